@@ -1,0 +1,144 @@
+//! The workload of Cube's quick start and tests. Runs as PID 1 in a
+//! `FROM scratch` image, so it uses nothing but std.
+//!
+//! - `/echo [serve [PORT]]`: HTTP on 0.0.0.0:PORT (env PORT, default 7777).
+//!   `GET /` answers "$GREETING from $HOSTNAME", `GET /health` answers 200
+//!   (503 once /tmp/unhealthy exists), `GET /env` lists the environment.
+//! - `/echo sleep SECS`: sleeps, then exits 0.
+//! - `/echo exit CODE [AFTER_MS]`: waits AFTER_MS ms, then exits with CODE.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+    fn _exit(code: i32) -> !;
+}
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+extern "C" fn on_terminate(_signum: i32) {
+    // SAFETY: _exit is async-signal-safe; nothing else happens here.
+    unsafe { _exit(0) }
+}
+
+fn main() {
+    // As PID 1 the default action of SIGTERM is to ignore it; exit instead,
+    // so that `docker stop` does not wait for its timeout.
+    // SAFETY: installing a handler that only calls _exit.
+    unsafe {
+        signal(SIGTERM, on_terminate);
+        signal(SIGINT, on_terminate);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["serve"] => serve(default_port()),
+        ["serve", port] => match port.parse() {
+            Ok(port) => serve(port),
+            Err(_) => usage(),
+        },
+        ["sleep", secs] => match secs.parse::<f64>() {
+            Ok(secs) if secs >= 0.0 => {
+                say(&format!("sleeping {secs} s"));
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                say("done");
+            }
+            _ => usage(),
+        },
+        ["exit", code] => exit_with(code, "0"),
+        ["exit", code, after_ms] => exit_with(code, after_ms),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS]");
+    std::process::exit(2)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn exit_with(code: &str, after_ms: &str) {
+    let (Ok(code), Ok(after_ms)) = (code.parse::<i32>(), after_ms.parse::<u64>()) else {
+        usage()
+    };
+    say(&format!("exiting with code {code} after {after_ms} ms"));
+    std::thread::sleep(Duration::from_millis(after_ms));
+    std::process::exit(code)
+}
+
+fn default_port() -> u16 {
+    std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(7777)
+}
+
+fn serve(port: u16) {
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on port {port}: {e}");
+            std::process::exit(1)
+        }
+    };
+    say(&format!("listening on 0.0.0.0:{port}"));
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            if let Err(e) = answer(stream) {
+                eprintln!("connection error: {e}");
+            }
+        });
+    }
+}
+
+fn answer(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the headers.
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("");
+    let (status, body) = match (method, path) {
+        ("GET", "/") => {
+            let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
+            ("200 OK", format!("{greeting} from {host}\n"))
+        }
+        ("GET", "/health") => {
+            if std::path::Path::new("/tmp/unhealthy").exists() {
+                ("503 Service Unavailable", "unhealthy\n".to_string())
+            } else {
+                ("200 OK", "ok\n".to_string())
+            }
+        }
+        ("GET", "/env") => {
+            let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+            vars.sort();
+            ("200 OK", vars.join("\n") + "\n")
+        }
+        _ => ("404 Not Found", "not found\n".to_string()),
+    };
+    say(&format!("{method} {path} {}", &status[..3]));
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}

@@ -1,0 +1,251 @@
+//! The user-facing commands: they talk to the manager's API and print tables
+//! for people or JSON (`--json`) for scripts.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use crate::client::{Client, ClientError};
+use crate::manager::nodes::NodeView;
+use crate::task::{TaskRecord, spec};
+
+/// Reads a spec file: TOML when it ends in `.toml`, JSON otherwise.
+pub fn read_spec(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec file {}", path.display()))?;
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    if is_toml {
+        let spec = spec::parse_toml(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), describe_spec_error(&e)))?;
+        Ok(serde_json::to_value(spec)?)
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    }
+}
+
+fn describe_spec_error(e: &spec::SpecError) -> String {
+    match &e.field {
+        Some(field) => format!("field `{field}`: {}", e.message),
+        None => e.message.clone(),
+    }
+}
+
+fn explain(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Unreachable { url, reason } => anyhow::anyhow!(
+            "cannot reach the manager ({url}): {reason}\n\
+             is a manager running there? (set --manager or CUBE_MANAGER)"
+        ),
+        ClientError::Api { error, .. } => match error.field {
+            Some(field) => anyhow::anyhow!("refused: field `{field}`: {}", error.error),
+            None => anyhow::anyhow!("refused: {}", error.error),
+        },
+        other => other.into(),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn run(client: &Client, path: &Path, json: bool) -> anyhow::Result<()> {
+    let spec = read_spec(path)?;
+    let record = client.submit(&spec).await.map_err(explain)?;
+    if json {
+        return print_json(&record);
+    }
+    println!(
+        "task {} ({}) accepted: {}",
+        record.id, record.name, record.state
+    );
+    Ok(())
+}
+
+/// Finds a task by full id or unique id prefix.
+async fn resolve(client: &Client, id: &str) -> anyhow::Result<String> {
+    if uuid::Uuid::parse_str(id).is_ok() {
+        return Ok(id.to_string());
+    }
+    let tasks = client.tasks().await.map_err(explain)?;
+    let matches: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.id.to_string().starts_with(id))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.id.to_string()),
+        [] => bail!("no task with id {id}"),
+        _ => bail!(
+            "{} tasks have ids starting with {id}; give more of it",
+            matches.len()
+        ),
+    }
+}
+
+pub async fn status(client: &Client, id: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let tasks = match id {
+        Some(id) => {
+            let id = resolve(client, id).await?;
+            vec![client.task(&id).await.map_err(explain)?]
+        }
+        None => client.tasks().await.map_err(explain)?,
+    };
+    if json {
+        return match id {
+            Some(_) => print_json(&tasks[0]),
+            None => print_json(&tasks),
+        };
+    }
+    print!("{}", task_table(&tasks));
+    Ok(())
+}
+
+pub async fn stop(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
+    let id = resolve(client, id).await?;
+    let record = client.stop(&id).await.map_err(explain)?;
+    if json {
+        return print_json(&record);
+    }
+    if record.state.is_terminal() {
+        println!("task {} stopped: {}", record.id, record.state);
+    } else {
+        println!(
+            "task {} will stop when its worker can be reached (now {})",
+            record.id, record.state
+        );
+    }
+    Ok(())
+}
+
+pub async fn nodes(client: &Client, json: bool) -> anyhow::Result<()> {
+    let nodes = client.nodes().await.map_err(explain)?;
+    if json {
+        return print_json(&nodes);
+    }
+    print!("{}", node_table(&nodes));
+    Ok(())
+}
+
+/// Formats rows as left-aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+pub fn task_table(tasks: &[TaskRecord]) -> String {
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            let ports = t
+                .host_ports
+                .iter()
+                .map(|(c, h)| format!("{h}->{c}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            vec![
+                t.id.to_string(),
+                t.name.clone(),
+                t.state.to_string(),
+                t.node.clone().unwrap_or_else(|| "-".into()),
+                t.container_id
+                    .as_deref()
+                    .map(|c| c[..c.len().min(12)].to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if ports.is_empty() { "-".into() } else { ports },
+                t.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "STATE",
+            "NODE",
+            "CONTAINER",
+            "PORTS",
+            "EXIT",
+            "ERROR",
+        ],
+        rows,
+    )
+}
+
+pub fn node_table(nodes: &[NodeView]) -> String {
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.address.clone(),
+                n.state.clone(),
+                format!("{}", n.capacity.cpus),
+                n.capacity.memory_mb.to_string(),
+                n.capacity.disk_mb.to_string(),
+                n.tasks.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "ADDRESS",
+            "STATE",
+            "CPUS",
+            "MEMORY_MB",
+            "DISK_MB",
+            "TASKS",
+        ],
+        rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "LONGER"], vec![vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn spec_files_in_toml_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("t.toml");
+        std::fs::write(&toml_path, "name = \"a\"\nimage = \"b\"\nports = [80]\n").unwrap();
+        let v = read_spec(&toml_path).unwrap();
+        assert_eq!(v["ports"][0], 80);
+        std::fs::write(&toml_path, "name = \"a\"\nimage = 1\n").unwrap();
+        let e = read_spec(&toml_path).unwrap_err().to_string();
+        assert!(e.contains("`image`"), "{e}");
+        let json_path = dir.path().join("t.json");
+        std::fs::write(&json_path, "{\"name\": \"a\"").unwrap();
+        assert!(read_spec(&json_path).is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! The HTTP client of Cube's APIs: the CLI and workers talk to the manager
+//! with it, the manager talks to workers with it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::api_error::ApiError;
+use crate::manager::nodes::NodeView;
+use crate::task::TaskRecord;
+use crate::wire::{Assignment, NodeStats, Registration, RegistrationReply, TaskStatus};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Long enough for a worker to stop a container gracefully.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} answered {status}: {}{}", .error.error, .error.field.as_ref().map(|f| format!(" (field: {f})")).unwrap_or_default())]
+    Api {
+        url: String,
+        status: u16,
+        error: ApiError,
+    },
+    #[error("{url} sent a response that cannot be read: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl ClientError {
+    /// Whether the other side never answered (as opposed to answering "no").
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+}
+
+/// A client of one Cube node (manager or worker), by base URL.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            // Only TLS back-end setup can fail here, and no TLS is configured.
+            .unwrap_or_default();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<(u16, T), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            reason: describe(&e),
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: describe(&e),
+            })?;
+        if status >= 400 {
+            let mut error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
+                status,
+                error: String::from_utf8_lossy(&bytes).into_owned(),
+                field: None,
+            });
+            error.status = status;
+            return Err(ClientError::Api { url, status, error });
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })?;
+        Ok((status, value))
+    }
+
+    // --- manager, user-facing ---
+
+    /// Submits a spec (as JSON; the manager validates it).
+    pub async fn submit(&self, spec: &serde_json::Value) -> Result<TaskRecord, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/tasks", Some(spec))
+            .await?
+            .1)
+    }
+
+    pub async fn tasks(&self) -> Result<Vec<TaskRecord>, ClientError> {
+        Ok(self
+            .call(reqwest::Method::GET, "/tasks", None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn task(&self, id: &str) -> Result<TaskRecord, ClientError> {
+        let path = format!("/tasks/{id}");
+        Ok(self.call(reqwest::Method::GET, &path, None::<&()>).await?.1)
+    }
+
+    /// Asks the manager to stop a task; the answer is the record after the
+    /// stop (202 when its worker could not be reached yet).
+    pub async fn stop(&self, id: &str) -> Result<TaskRecord, ClientError> {
+        let path = format!("/tasks/{id}");
+        Ok(self
+            .call(reqwest::Method::DELETE, &path, None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        Ok(self
+            .call(reqwest::Method::GET, "/nodes", None::<&()>)
+            .await?
+            .1)
+    }
+
+    // --- manager, worker-facing ---
+
+    pub async fn register(&self, reg: &Registration) -> Result<RegistrationReply, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/workers/register", Some(reg))
+            .await?
+            .1)
+    }
+
+    pub async fn report(&self, status: &TaskStatus) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(reqwest::Method::POST, "/workers/reports", Some(status))
+            .await?
+            .1;
+        Ok(())
+    }
+
+    // --- worker ---
+
+    pub async fn assign(&self, assignment: &Assignment) -> Result<TaskStatus, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/tasks", Some(assignment))
+            .await?
+            .1)
+    }
+
+    pub async fn worker_tasks(&self) -> Result<Vec<TaskStatus>, ClientError> {
+        Ok(self
+            .call(reqwest::Method::GET, "/tasks", None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn stop_on_worker(&self, task_id: Uuid) -> Result<TaskStatus, ClientError> {
+        let path = format!("/tasks/{task_id}");
+        Ok(self
+            .call(reqwest::Method::DELETE, &path, None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn stats(&self) -> Result<NodeStats, ClientError> {
+        Ok(self
+            .call(reqwest::Method::GET, "/stats", None::<&()>)
+            .await?
+            .1)
+    }
+}
+
+/// reqwest's Display hides the cause ("error sending request"); walk the chain.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,78 @@
+//! The `cube` binary: `cube node` runs a node; the other commands talk to a
+//! manager over HTTP.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cube::client::Client;
+use cube::config::NodeConfig;
+
+#[derive(Parser)]
+#[command(name = "cube", version, about = "A small container orchestrator")]
+struct Cli {
+    /// The manager's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "CUBE_MANAGER",
+        default_value = "http://127.0.0.1:5555"
+    )]
+    manager: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (manager, worker or dev) as its TOML config says.
+    Node {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Submit a task spec (JSON, or TOML when the file ends in .toml).
+    Run { spec: PathBuf },
+    /// Show all tasks, or one.
+    Status { id: Option<String> },
+    /// Stop a task: its container is stopped and removed.
+    Stop { id: String },
+    /// List the worker nodes.
+    Nodes,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node { config } => run_node(config),
+        command => {
+            let client = Client::new(&cli.manager);
+            let json = cli.json;
+            actix_rt::System::new().block_on(async move {
+                match command {
+                    Command::Run { spec } => cube::cli::run(&client, &spec, json).await,
+                    Command::Status { id } => cube::cli::status(&client, id.as_deref(), json).await,
+                    Command::Stop { id } => cube::cli::stop(&client, &id, json).await,
+                    Command::Nodes => cube::cli::nodes(&client, json).await,
+                    Command::Node { .. } => unreachable!("handled above"),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cube: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = NodeConfig::load(&config_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    actix_rt::System::new().block_on(cube::node::run(config))
+}

@@ -1,0 +1,613 @@
+//! The Manager actor: the desired state of the cluster.
+//!
+//! It accepts tasks (answering only once they are committed to LMDB), asks
+//! the Scheduler where to put them, persists each placement before sending it
+//! to the worker, and applies the state reports workers push. Its records
+//! live in memory and in the Store; memory is only ever changed here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+
+use actix::prelude::*;
+use chrono::Utc;
+use futures_util::future::{Either, LocalBoxFuture};
+use uuid::Uuid;
+
+use super::nodes::{NodeRecord, NodeView};
+use super::reconcile::{Reconciled, reconcile_node};
+use crate::client::Client;
+use crate::scheduler::{NodeSnapshot, PlaceBatch, Scheduler};
+use crate::store::{Put, Store, StoreError};
+use crate::task::{DesiredState, TaskRecord, TaskSpec, TaskState};
+use crate::wire::{Assignment, Registration, RegistrationReply, TaskStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("no task with id {0}")]
+    NotFound(Uuid),
+    #[error("could not store the change: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A queued write to the Store; resolves once committed.
+type Write = LocalBoxFuture<'static, Result<(), StoreError>>;
+
+/// Queues a record's write (in call order) and returns its completion.
+fn write<T: crate::store::Stored>(store: &Addr<Store>, record: T) -> Write {
+    let request = store.send(Put(record));
+    Box::pin(async move { request.await? })
+}
+
+pub struct Manager {
+    store: Addr<Store>,
+    scheduler: Addr<Scheduler>,
+    tasks: HashMap<Uuid, TaskRecord>,
+    nodes: BTreeMap<String, NodeRecord>,
+}
+
+impl Manager {
+    /// A manager over what the Store holds (loaded by the caller).
+    pub fn new(
+        store: Addr<Store>,
+        scheduler: Addr<Scheduler>,
+        tasks: Vec<TaskRecord>,
+        nodes: Vec<NodeRecord>,
+    ) -> Self {
+        Manager {
+            store,
+            scheduler,
+            tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
+            nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+        }
+    }
+
+    fn persist<T: crate::store::Stored>(&self, record: T) -> Write {
+        write(&self.store, record)
+    }
+
+    fn client_for(&self, node: &str) -> Option<Client> {
+        self.nodes.get(node).map(|n| Client::new(&n.address))
+    }
+
+    /// Applies a worker's report to the record; returns the write to await
+    /// when the record changed.
+    fn apply_report(&mut self, status: &TaskStatus) -> Result<Option<Write>, ManagerError> {
+        let record = self
+            .tasks
+            .get_mut(&status.task_id)
+            .ok_or(ManagerError::NotFound(status.task_id))?;
+        let before = record.state;
+        match record.apply_status(status, Utc::now()) {
+            Ok(true) => {
+                log_change(record, before);
+                let record = record.clone();
+                Ok(Some(self.persist(record)))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => {
+                log::warn!("manager: task {} ignores a report: {e}", status.task_id);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends a placed task to its worker and applies the worker's answer.
+    fn dispatch(&mut self, id: Uuid, ctx: &mut Context<Self>) {
+        let Some(record) = self.tasks.get(&id) else {
+            return;
+        };
+        if record.state != TaskState::Scheduled || record.desired_state != DesiredState::Running {
+            return;
+        }
+        let Some(node) = record.node.clone() else {
+            return;
+        };
+        let Some(client) = self.client_for(&node) else {
+            log::error!("manager: task {id} is placed on unknown node {node}");
+            return;
+        };
+        let assignment = Assignment {
+            task_id: id,
+            attempt: record.attempt,
+            spec: record.spec.clone(),
+        };
+        log::info!(
+            "manager: sending task {id} attempt {} to {node}",
+            assignment.attempt
+        );
+        let send = async move { client.assign(&assignment).await };
+        ctx.spawn(send.into_actor(self).then(move |result, act, _ctx| {
+            let write = match result {
+                Ok(status) => act.apply_report(&status).ok().flatten(),
+                Err(e) if e.is_unreachable() => {
+                    log::warn!(
+                        "manager: task {id} stays Scheduled on {node} until it registers again: {e}"
+                    );
+                    None
+                }
+                Err(e) => act.fail_task(id, format!("worker {node} refused the task: {e}")),
+            };
+            async move {
+                if let Some(write) = write
+                    && let Err(e) = write.await
+                {
+                    log::error!("manager: task {id}: {e}");
+                }
+            }
+            .into_actor(act)
+        }));
+    }
+
+    fn fail_task(&mut self, id: Uuid, error: String) -> Option<Write> {
+        let record = self.tasks.get(&id)?;
+        let status = TaskStatus {
+            task_id: id,
+            attempt: record.attempt,
+            node: record.node.clone().unwrap_or_default(),
+            state: TaskState::Failed,
+            container_id: record.container_id.clone(),
+            host_ports: Default::default(),
+            exit_code: None,
+            error: Some(error),
+            at: Utc::now(),
+        };
+        self.apply_report(&status).ok().flatten()
+    }
+
+    fn snapshots(&self) -> Vec<NodeSnapshot> {
+        self.nodes
+            .values()
+            .map(|n| NodeSnapshot {
+                name: n.name.clone(),
+                ready: true,
+            })
+            .collect()
+    }
+
+    /// Carries out a reconciliation's orders itself (used when the manager
+    /// restarts and finds workers that did not register anew).
+    fn execute(&mut self, node: &str, reply: RegistrationReply, ctx: &mut Context<Self>) {
+        for assignment in reply.assignments {
+            self.dispatch(assignment.task_id, ctx);
+        }
+        if let Some(client) = self.client_for(node) {
+            for id in reply.stop {
+                let client = client.clone();
+                ctx.spawn(
+                    async move { client.stop_on_worker(id).await }
+                        .into_actor(self)
+                        .then(move |result, act, _| {
+                            let write = match result {
+                                Ok(status) => act.apply_report(&status).ok().flatten(),
+                                Err(e) => {
+                                    log::warn!("manager: could not stop task {id}: {e}");
+                                    None
+                                }
+                            };
+                            async move {
+                                if let Some(write) = write {
+                                    let _ = write.await;
+                                }
+                            }
+                            .into_actor(act)
+                        }),
+                );
+            }
+        }
+    }
+
+    /// Applies a reconciliation's record changes; resolves once committed.
+    fn persist_changed(
+        &self,
+        reconciled: &Reconciled,
+    ) -> impl Future<Output = Result<(), StoreError>> + use<> {
+        let writes: Vec<_> = reconciled
+            .changed
+            .iter()
+            .filter_map(|id| self.tasks.get(id))
+            .map(|r| self.persist(r.clone()))
+            .collect();
+        async move {
+            for write in writes {
+                write.await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn log_change(record: &TaskRecord, before: TaskState) {
+    let node = record.node.as_deref().unwrap_or("-");
+    if before == record.state {
+        log::info!(
+            "manager: task {} on {node} updated (container {:?}, ports {:?})",
+            record.id,
+            record.container_id,
+            record.host_ports
+        );
+        return;
+    }
+    let detail = match (record.exit_code, &record.error) {
+        (Some(code), Some(e)) => format!(" (exit code {code}, {e})"),
+        (Some(code), None) => format!(" (exit code {code})"),
+        (None, Some(e)) => format!(" ({e})"),
+        (None, None) => String::new(),
+    };
+    log::info!(
+        "manager: task {} {before} -> {} on {node}{detail}",
+        record.id,
+        record.state
+    );
+}
+
+impl Actor for Manager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        log::info!(
+            "manager: started with {} tasks and {} nodes from the store",
+            self.tasks.len(),
+            self.nodes.len()
+        );
+        // Catch up with workers that may have changed while we were down.
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            ctx.notify(SyncNode(name));
+        }
+        ctx.notify(PlacePending);
+    }
+}
+
+/// A user submits a task. Answers after the record is committed.
+pub struct Submit(pub TaskSpec);
+
+impl Message for Submit {
+    type Result = Result<TaskRecord, ManagerError>;
+}
+
+impl Handler<Submit> for Manager {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, ManagerError>>;
+
+    fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
+        let record = TaskRecord::new(msg.0, Utc::now());
+        log::info!(
+            "manager: task {} ({}) accepted, image {}",
+            record.id,
+            record.name,
+            record.spec.image
+        );
+        let write = self.persist(record.clone());
+        Box::pin(write.into_actor(self).map(move |result, act, ctx| {
+            result?;
+            log::info!("manager: task {} stored (Pending)", record.id);
+            act.tasks.insert(record.id, record.clone());
+            ctx.notify(PlacePending);
+            Ok(record)
+        }))
+    }
+}
+
+/// Places every Pending task that should run.
+struct PlacePending;
+
+impl Message for PlacePending {
+    type Result = ();
+}
+
+impl Handler<PlacePending> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, _msg: PlacePending, ctx: &mut Context<Self>) {
+        let mut pending: Vec<&TaskRecord> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Pending && t.desired_state == DesiredState::Running)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        pending.sort_by_key(|t| t.created_at);
+        let batch = PlaceBatch {
+            tasks: pending.iter().map(|t| t.id).collect(),
+            nodes: self.snapshots(),
+        };
+        // Wait: no other message sees a task half-placed.
+        ctx.wait(
+            self.scheduler
+                .send(batch)
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    let placed = match result {
+                        Ok(placed) => placed,
+                        Err(e) => {
+                            log::error!("manager: the scheduler is gone: {e}");
+                            return;
+                        }
+                    };
+                    for (id, choice) in placed {
+                        let Some(record) = act.tasks.get_mut(&id) else {
+                            continue;
+                        };
+                        if record.state != TaskState::Pending {
+                            continue;
+                        }
+                        let now = Utc::now();
+                        match choice {
+                            Ok(node) => {
+                                if let Err(e) = record.place(&node, now) {
+                                    log::error!("manager: task {id}: {e}");
+                                    continue;
+                                }
+                                log::info!(
+                                    "manager: task {id} placed on {node} (attempt {})",
+                                    record.attempt
+                                );
+                                let write = write(&act.store, record.clone());
+                                ctx.spawn(write.into_actor(act).map(move |result, act, ctx| {
+                                    match result {
+                                        Ok(()) => act.dispatch(id, ctx),
+                                        Err(e) => log::error!(
+                                            "manager: placement of task {id} not stored: {e}"
+                                        ),
+                                    }
+                                }));
+                            }
+                            Err(no_fit) => {
+                                log::info!("manager: task {id} stays Pending: {no_fit}");
+                                if record.note_unplaceable(&no_fit.0, now) {
+                                    let write = write(&act.store, record.clone());
+                                    ctx.spawn(write.into_actor(act).map(move |result, _, _| {
+                                        if let Err(e) = result {
+                                            log::error!("manager: task {id}: {e}");
+                                        }
+                                    }));
+                                }
+                            }
+                        }
+                    }
+                }),
+        );
+    }
+}
+
+/// Reads one task.
+pub struct GetTask(pub Uuid);
+
+impl Message for GetTask {
+    type Result = Option<TaskRecord>;
+}
+
+impl Handler<GetTask> for Manager {
+    type Result = Option<TaskRecord>;
+
+    fn handle(&mut self, msg: GetTask, _ctx: &mut Context<Self>) -> Self::Result {
+        self.tasks.get(&msg.0).cloned()
+    }
+}
+
+/// Lists every task, oldest first.
+pub struct ListTasks;
+
+impl Message for ListTasks {
+    type Result = Vec<TaskRecord>;
+}
+
+impl Handler<ListTasks> for Manager {
+    type Result = MessageResult<ListTasks>;
+
+    fn handle(&mut self, _msg: ListTasks, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut tasks: Vec<TaskRecord> = self.tasks.values().cloned().collect();
+        tasks.sort_by_key(|t| (t.created_at, t.id));
+        MessageResult(tasks)
+    }
+}
+
+/// Lists the worker nodes.
+pub struct ListNodes;
+
+impl Message for ListNodes {
+    type Result = Vec<NodeView>;
+}
+
+impl Handler<ListNodes> for Manager {
+    type Result = MessageResult<ListNodes>;
+
+    fn handle(&mut self, _msg: ListNodes, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.nodes
+                .values()
+                .map(|n| NodeView::new(n, self.tasks.values()))
+                .collect(),
+        )
+    }
+}
+
+/// A user stops a task. The answer is the record once the worker has stopped
+/// and removed the container, and whether that happened (`false`: the worker
+/// could not be reached; it will be told when it registers).
+pub struct StopTask(pub Uuid);
+
+impl Message for StopTask {
+    type Result = Result<(TaskRecord, bool), ManagerError>;
+}
+
+impl Handler<StopTask> for Manager {
+    type Result = ResponseActFuture<Self, Result<(TaskRecord, bool), ManagerError>>;
+
+    fn handle(&mut self, msg: StopTask, _ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let Some(record) = self.tasks.get_mut(&id) else {
+            return Box::pin(fut::ready(Err(ManagerError::NotFound(id))));
+        };
+        let changed = record.request_stop(Utc::now());
+        if changed {
+            log::info!("manager: task {id} stop requested (state {})", record.state);
+        }
+        let record = record.clone();
+        let write = changed.then(|| self.persist(record.clone()));
+        let worker = match (&record.node, record.state.is_terminal()) {
+            (Some(node), false) => self.client_for(node),
+            _ => None,
+        };
+        let work = async move {
+            if let Some(write) = write {
+                write.await?;
+            }
+            Ok::<_, ManagerError>(match worker {
+                Some(client) => Some(client.stop_on_worker(id).await),
+                None => None,
+            })
+        };
+        Box::pin(work.into_actor(self).then(move |result, act, _ctx| {
+            let (write, done) = match result {
+                Err(e) => return Either::Left(fut::ready(Err(e))),
+                Ok(None) => (None, true),
+                Ok(Some(Ok(status))) => (act.apply_report(&status).ok().flatten(), true),
+                Ok(Some(Err(e))) => {
+                    log::warn!("manager: task {id} will be stopped when its worker is back: {e}");
+                    (None, false)
+                }
+            };
+            Either::Right(
+                async move {
+                    if let Some(write) = write {
+                        write.await?;
+                    }
+                    Ok::<_, ManagerError>(())
+                }
+                .into_actor(act)
+                .map(move |result, act, _| {
+                    result?;
+                    let record = act
+                        .tasks
+                        .get(&id)
+                        .cloned()
+                        .ok_or(ManagerError::NotFound(id))?;
+                    Ok((record, done))
+                }),
+            )
+        }))
+    }
+}
+
+/// A worker (re)registers: store the node, reconcile, and tell it what to run
+/// and what to stop.
+pub struct Register(pub Registration);
+
+impl Message for Register {
+    type Result = Result<RegistrationReply, ManagerError>;
+}
+
+impl Handler<Register> for Manager {
+    type Result = ResponseActFuture<Self, Result<RegistrationReply, ManagerError>>;
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+        let reg = msg.0;
+        let node = NodeRecord {
+            name: reg.name.clone(),
+            address: reg.address.clone(),
+            capacity: reg.capacity.clone(),
+            registered_at: Utc::now(),
+        };
+        log::info!(
+            "manager: worker {} registered from {} ({} cpus, {} MB memory, {} MB disk) holding {} tasks",
+            node.name,
+            node.address,
+            node.capacity.cpus,
+            node.capacity.memory_mb,
+            node.capacity.disk_mb,
+            reg.tasks.len()
+        );
+        let node_write = self.persist(node.clone());
+        self.nodes.insert(node.name.clone(), node);
+        let reconciled = reconcile_node(&mut self.tasks, &reg.name, &reg.tasks, Utc::now());
+        let task_writes = self.persist_changed(&reconciled);
+        ctx.notify(PlacePending);
+        let reply = reconciled.reply;
+        Box::pin(
+            async move {
+                node_write.await?;
+                task_writes.await?;
+                Ok(reply)
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// A worker reports a change of one of its tasks.
+pub struct Report(pub TaskStatus);
+
+impl Message for Report {
+    type Result = Result<(), ManagerError>;
+}
+
+impl Handler<Report> for Manager {
+    type Result = ResponseActFuture<Self, Result<(), ManagerError>>;
+
+    fn handle(&mut self, msg: Report, _ctx: &mut Context<Self>) -> Self::Result {
+        let write = self.apply_report(&msg.0);
+        Box::pin(
+            async move {
+                if let Some(write) = write? {
+                    write.await?;
+                }
+                Ok(())
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// After a restart of the manager: ask a known worker what it holds and
+/// reconcile, as if it had registered.
+struct SyncNode(String);
+
+impl Message for SyncNode {
+    type Result = ();
+}
+
+impl Handler<SyncNode> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: SyncNode, ctx: &mut Context<Self>) {
+        let name = msg.0;
+        let Some(client) = self.client_for(&name) else {
+            return;
+        };
+        ctx.spawn(
+            async move { client.worker_tasks().await }
+                .into_actor(self)
+                .then(move |result, act, ctx| {
+                    let statuses = match result {
+                        Ok(statuses) => statuses,
+                        Err(e) => {
+                            log::info!(
+                                "manager: worker {name} not reachable yet ({e}); it reconciles when it registers"
+                            );
+                            return Either::Left(fut::ready(()));
+                        }
+                    };
+                    let reconciled =
+                        reconcile_node(&mut act.tasks, &name, &statuses, Utc::now());
+                    log::info!(
+                        "manager: synced with {name}: {} tasks changed, {} to resend, {} to stop",
+                        reconciled.changed.len(),
+                        reconciled.reply.assignments.len(),
+                        reconciled.reply.stop.len()
+                    );
+                    let writes = act.persist_changed(&reconciled);
+                    act.execute(&name, reconciled.reply, ctx);
+                    Either::Right(
+                        async move {
+                            if let Err(e) = writes.await {
+                                log::error!("manager: sync not stored: {e}");
+                            }
+                        }
+                        .into_actor(act),
+                    )
+                }),
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The manager: the desired state of the cluster (Manager actor), what it
+//! knows of workers (nodes), and its HTTP routes.
+
+pub mod actor;
+pub mod nodes;
+pub mod reconcile;
+pub mod routes;
+
+pub use actor::Manager;

@@ -1,0 +1,112 @@
+//! The manager's HTTP routes: user-facing (`/tasks`, `/nodes`) and
+//! worker-facing (`/workers/register`, `/workers/reports`).
+
+use actix::Addr;
+use actix_web::{HttpResponse, web};
+use uuid::Uuid;
+
+use super::actor::{
+    GetTask, ListNodes, ListTasks, Manager, ManagerError, Register, Report, StopTask, Submit,
+};
+use crate::api_error::ApiError;
+use crate::task::spec;
+use crate::wire::{Registration, TaskStatus};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(crate::api_error::json_config())
+        .app_data(crate::api_error::path_config())
+        .route("/tasks", web::post().to(submit))
+        .route("/tasks", web::get().to(list_tasks))
+        .route("/tasks/{id}", web::get().to(get_task))
+        .route("/tasks/{id}", web::delete().to(stop_task))
+        .route("/nodes", web::get().to(list_nodes))
+        .route("/workers/register", web::post().to(register))
+        .route("/workers/reports", web::post().to(report));
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        match e {
+            ManagerError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ManagerError::Store(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+fn mailbox(e: actix::MailboxError) -> ApiError {
+    ApiError::unavailable(format!("the manager is not available: {e}"))
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("no task with id {raw:?} (not a task id)")))
+}
+
+async fn submit(
+    manager: web::Data<Addr<Manager>>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("request body is not UTF-8", None))?;
+    let spec = spec::parse_json(text)?;
+    let record = manager.send(Submit(spec)).await.map_err(mailbox)??;
+    Ok(HttpResponse::Created().json(record))
+}
+
+async fn list_tasks(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, ApiError> {
+    let tasks = manager.send(ListTasks).await.map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(tasks))
+}
+
+async fn get_task(
+    manager: web::Data<Addr<Manager>>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    match manager.send(GetTask(id)).await.map_err(mailbox)? {
+        Some(task) => Ok(HttpResponse::Ok().json(task)),
+        None => Err(ManagerError::NotFound(id).into()),
+    }
+}
+
+async fn stop_task(
+    manager: web::Data<Addr<Manager>>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let (record, done) = manager.send(StopTask(id)).await.map_err(mailbox)??;
+    Ok(if done {
+        HttpResponse::Ok().json(record)
+    } else {
+        HttpResponse::Accepted().json(record)
+    })
+}
+
+async fn list_nodes(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, ApiError> {
+    let nodes = manager.send(ListNodes).await.map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(nodes))
+}
+
+async fn register(
+    manager: web::Data<Addr<Manager>>,
+    reg: web::Json<Registration>,
+) -> Result<HttpResponse, ApiError> {
+    crate::config::validate_node_name(&reg.name)
+        .map_err(|m| ApiError::bad_request(m, Some("name".into())))?;
+    let reply = manager
+        .send(Register(reg.into_inner()))
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(reply))
+}
+
+async fn report(
+    manager: web::Data<Addr<Manager>>,
+    status: web::Json<TaskStatus>,
+) -> Result<HttpResponse, ApiError> {
+    manager
+        .send(Report(status.into_inner()))
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"ok": true})))
+}

@@ -1,0 +1,3 @@
+//! Container runtimes. Only Docker (through bollard) for now.
+
+pub mod docker;

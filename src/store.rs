@@ -1,0 +1,213 @@
+//! The Store actor: the only code that touches LMDB (through heed).
+//!
+//! It runs on a `SyncArbiter` thread of its own, so the blocking LMDB calls
+//! (and the fsync of every commit) never stall an async arbiter. One thread
+//! means one writer. A `Put` answers only after its transaction committed
+//! with LMDB's default, synced flags: whoever waits on it may say "done".
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use actix::prelude::*;
+use heed::types::{Bytes, Str};
+use heed::{Database, Env, EnvOpenOptions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The LMDB map size: the most the data file may grow to (it is sparse).
+pub const MAP_SIZE_BYTES: usize = 1 << 30;
+
+/// Tables (LMDB named databases) this store holds.
+const TABLES: &[&str] = &["tasks", "nodes", "worker_tasks"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("LMDB: {0}")]
+    Lmdb(#[from] heed::Error),
+    #[error("cannot encode or decode a {table} record: {source}")]
+    Codec {
+        table: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("the store is unavailable: {0}")]
+    Mailbox(#[from] MailboxError),
+}
+
+/// A kind of record the Store keeps: its table and key.
+pub trait Stored: Serialize + DeserializeOwned + Send + 'static {
+    const TABLE: &'static str;
+    fn key(&self) -> String;
+    /// Whether `self` may replace `old`; false keeps the stored one (a write
+    /// that lost a race never takes the record back in time).
+    fn supersedes(&self, _old: &Self) -> bool {
+        true
+    }
+}
+
+pub struct Store {
+    env: Env,
+    tables: HashMap<&'static str, Database<Str, Bytes>>,
+}
+
+impl Store {
+    /// Opens (or creates) the LMDB environment under `data_dir/lmdb` and
+    /// starts the Store on its own thread.
+    pub fn start(data_dir: &Path) -> Result<Addr<Store>, StoreError> {
+        let path = data_dir.join("lmdb");
+        std::fs::create_dir_all(&path).map_err(|source| StoreError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+        // SAFETY: heed requires that one process opens an environment once and
+        // that nothing else maps the file unsafely; the Store is the only
+        // opener in this process and LMDB's own locks cover other processes.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(MAP_SIZE_BYTES)
+                .max_dbs(TABLES.len() as u32)
+                .open(&path)?
+        };
+        let mut wtxn = env.write_txn()?;
+        let mut tables = HashMap::new();
+        for name in TABLES {
+            let db: Database<Str, Bytes> = env.create_database(&mut wtxn, Some(name))?;
+            tables.insert(*name, db);
+        }
+        wtxn.commit()?;
+        log::info!("store: LMDB opened at {}", path.display());
+        Ok(SyncArbiter::start(1, move || Store {
+            env: env.clone(),
+            tables: tables.clone(),
+        }))
+    }
+
+    fn table(&self, name: &'static str) -> Database<Str, Bytes> {
+        // TABLES lists every Stored::TABLE; all were created at start.
+        self.tables[name]
+    }
+}
+
+impl Actor for Store {
+    type Context = SyncContext<Self>;
+}
+
+/// Writes (inserts or replaces) one record, committed before the reply.
+pub struct Put<T: Stored>(pub T);
+
+impl<T: Stored> Message for Put<T> {
+    type Result = Result<(), StoreError>;
+}
+
+impl<T: Stored> Handler<Put<T>> for Store {
+    type Result = Result<(), StoreError>;
+
+    fn handle(&mut self, msg: Put<T>, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        let db = self.table(T::TABLE);
+        let key = msg.0.key();
+        let mut wtxn = self.env.write_txn()?;
+        if let Some(bytes) = db.get(&wtxn, &key)? {
+            let old: T = decode(T::TABLE, bytes)?;
+            if !msg.0.supersedes(&old) {
+                log::debug!("store: kept newer {} record {key}", T::TABLE);
+                return Ok(());
+            }
+        }
+        let bytes = serde_json::to_vec(&msg.0).map_err(|source| StoreError::Codec {
+            table: T::TABLE,
+            source,
+        })?;
+        db.put(&mut wtxn, &key, &bytes)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+}
+
+/// Reads every record of one table.
+pub struct LoadAll<T: Stored>(std::marker::PhantomData<T>);
+
+impl<T: Stored> LoadAll<T> {
+    pub fn new() -> Self {
+        LoadAll(std::marker::PhantomData)
+    }
+}
+
+impl<T: Stored> Default for LoadAll<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Stored> Message for LoadAll<T> {
+    type Result = Result<Vec<T>, StoreError>;
+}
+
+impl<T: Stored> Handler<LoadAll<T>> for Store {
+    type Result = Result<Vec<T>, StoreError>;
+
+    fn handle(&mut self, _msg: LoadAll<T>, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        let db = self.table(T::TABLE);
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for entry in db.iter(&rtxn)? {
+            let (_key, bytes) = entry?;
+            out.push(decode(T::TABLE, bytes)?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Codec { table, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Row {
+        id: String,
+        version: u64,
+    }
+
+    impl Stored for Row {
+        const TABLE: &'static str = "tasks";
+        fn key(&self) -> String {
+            self.id.clone()
+        }
+        fn supersedes(&self, old: &Self) -> bool {
+            self.version >= old.version
+        }
+    }
+
+    #[actix_rt::test]
+    async fn put_commits_and_never_goes_back_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::start(dir.path()).unwrap();
+            let row = |v| Row {
+                id: "a".into(),
+                version: v,
+            };
+            store.send(Put(row(2))).await.unwrap().unwrap();
+            store.send(Put(row(1))).await.unwrap().unwrap();
+            store
+                .send(Put(Row {
+                    id: "b".into(),
+                    version: 1,
+                }))
+                .await
+                .unwrap()
+                .unwrap();
+            let rows = store.send(LoadAll::<Row>::new()).await.unwrap().unwrap();
+            assert_eq!(rows.len(), 2);
+            assert_eq!(rows[0].version, 2);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The task record: the spec plus what the system learned about it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::spec::TaskSpec;
+use super::state::{IllegalTransition, TaskState, check_transition};
+use crate::wire::TaskStatus;
+
+/// What the user wants of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub state: TaskState,
+    pub desired_state: DesiredState,
+    /// The node of the current attempt.
+    pub node: Option<String>,
+    /// Placement attempt: 0 until placed, then 1, 2, ...
+    pub attempt: u32,
+    pub container_id: Option<String>,
+    /// Container port -> host port.
+    pub host_ports: BTreeMap<u16, u16>,
+    pub restart_count: u32,
+    pub exit_code: Option<i64>,
+    /// Why the task is where it is, when that is not obvious (last error,
+    /// or why it is still Pending).
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped on every change; the Store never replaces a record by an older one.
+    pub version: u64,
+    pub spec: TaskSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("report for attempt {reported} on {node}, but the task is at attempt {current}")]
+    StaleAttempt {
+        reported: u32,
+        current: u32,
+        node: String,
+    },
+    #[error("report from node {reported}, but the task is placed on {expected:?}")]
+    WrongNode {
+        reported: String,
+        expected: Option<String>,
+    },
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+}
+
+impl TaskRecord {
+    pub fn new(spec: TaskSpec, now: DateTime<Utc>) -> Self {
+        TaskRecord {
+            id: Uuid::new_v4(),
+            name: spec.name.clone(),
+            state: TaskState::Pending,
+            desired_state: DesiredState::Running,
+            node: None,
+            attempt: 0,
+            container_id: None,
+            host_ports: BTreeMap::new(),
+            restart_count: 0,
+            exit_code: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            spec,
+        }
+    }
+
+    fn touch(&mut self, now: DateTime<Utc>) {
+        self.updated_at = now;
+        self.version += 1;
+    }
+
+    fn transition(&mut self, to: TaskState) -> Result<(), IllegalTransition> {
+        check_transition(self.state, to)?;
+        self.state = to;
+        Ok(())
+    }
+
+    /// Pending -> Scheduled on `node`, as a new attempt.
+    pub fn place(&mut self, node: &str, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(TaskState::Scheduled)?;
+        self.node = Some(node.to_string());
+        self.attempt += 1;
+        self.container_id = None;
+        self.host_ports.clear();
+        self.error = None;
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Records why a Pending task could not be placed. Returns whether the
+    /// record changed.
+    pub fn note_unplaceable(&mut self, reason: &str, now: DateTime<Utc>) -> bool {
+        if self.error.as_deref() == Some(reason) {
+            return false;
+        }
+        self.error = Some(reason.to_string());
+        self.touch(now);
+        true
+    }
+
+    /// Scheduled -> Pending: the chosen node refused the task.
+    pub fn unplace(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(TaskState::Pending)?;
+        self.node = None;
+        self.error = Some(reason.to_string());
+        self.touch(now);
+        Ok(())
+    }
+
+    /// The user asked to stop the task. A task that never reached a node ends
+    /// here (Completed); one on a node ends when its worker reports.
+    /// Returns whether the record changed.
+    pub fn request_stop(&mut self, now: DateTime<Utc>) -> bool {
+        if self.state.is_terminal() || self.desired_state == DesiredState::Stopped {
+            return false;
+        }
+        self.desired_state = DesiredState::Stopped;
+        if self.state == TaskState::Pending {
+            // Pending -> Completed is in the table; it cannot fail.
+            let _ = self.transition(TaskState::Completed);
+            self.error = None;
+        }
+        self.touch(now);
+        true
+    }
+
+    /// Applies a worker's report. Reports of other attempts or nodes are
+    /// refused; a report in the current state only updates the details.
+    /// Returns whether the record changed.
+    pub fn apply_status(
+        &mut self,
+        status: &TaskStatus,
+        now: DateTime<Utc>,
+    ) -> Result<bool, ApplyError> {
+        if status.attempt != self.attempt {
+            return Err(ApplyError::StaleAttempt {
+                reported: status.attempt,
+                current: self.attempt,
+                node: status.node.clone(),
+            });
+        }
+        if self.node.as_deref() != Some(status.node.as_str()) {
+            return Err(ApplyError::WrongNode {
+                reported: status.node.clone(),
+                expected: self.node.clone(),
+            });
+        }
+        let before = (
+            self.state,
+            self.container_id.clone(),
+            self.host_ports.clone(),
+            self.exit_code,
+            self.error.clone(),
+        );
+        if status.state != self.state {
+            self.transition(status.state)?;
+        }
+        if status.container_id.is_some() {
+            self.container_id = status.container_id.clone();
+        }
+        if !status.host_ports.is_empty() || status.state != TaskState::Running {
+            self.host_ports = status.host_ports.clone();
+        }
+        self.exit_code = status.exit_code;
+        self.error = status.error.clone();
+        let after = (
+            self.state,
+            self.container_id.clone(),
+            self.host_ports.clone(),
+            self.exit_code,
+            self.error.clone(),
+        );
+        let changed = before != after;
+        if changed {
+            self.touch(now);
+        }
+        Ok(changed)
+    }
+}
+
+impl crate::store::Stored for TaskRecord {
+    const TABLE: &'static str = "tasks";
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+    fn supersedes(&self, old: &Self) -> bool {
+        self.version >= old.version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        crate::task::spec::from_value(serde_json::json!({"name": "t", "image": "i"})).unwrap()
+    }
+
+    fn status(rec: &TaskRecord, state: TaskState) -> TaskStatus {
+        TaskStatus {
+            task_id: rec.id,
+            attempt: rec.attempt,
+            node: rec.node.clone().unwrap_or_default(),
+            state,
+            container_id: Some("c1".into()),
+            host_ports: BTreeMap::from([(80, 32768)]),
+            exit_code: None,
+            error: None,
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_task_runs_and_ends() {
+        let now = Utc::now();
+        let mut r = TaskRecord::new(spec(), now);
+        assert_eq!((r.state, r.attempt, r.version), (TaskState::Pending, 0, 1));
+        r.place("w1", now).unwrap();
+        assert_eq!((r.state, r.attempt), (TaskState::Scheduled, 1));
+        assert!(
+            r.apply_status(&status(&r, TaskState::Running), now)
+                .unwrap()
+        );
+        assert_eq!(r.container_id.as_deref(), Some("c1"));
+        assert_eq!(r.host_ports[&80], 32768);
+        // the same report again changes nothing
+        assert!(
+            !r.apply_status(&status(&r, TaskState::Running), now)
+                .unwrap()
+        );
+        let mut done = status(&r, TaskState::Failed);
+        done.exit_code = Some(3);
+        done.host_ports.clear();
+        assert!(r.apply_status(&done, now).unwrap());
+        assert_eq!((r.state, r.exit_code), (TaskState::Failed, Some(3)));
+        assert!(r.host_ports.is_empty());
+        // a terminal task does not come back
+        let err = r
+            .apply_status(&status(&r, TaskState::Running), now)
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::Illegal(_)));
+        assert_eq!(r.state, TaskState::Failed);
+    }
+
+    #[test]
+    fn stale_or_foreign_reports_are_refused() {
+        let now = Utc::now();
+        let mut r = TaskRecord::new(spec(), now);
+        r.place("w1", now).unwrap();
+        let mut old = status(&r, TaskState::Running);
+        old.attempt = 0;
+        assert!(matches!(
+            r.apply_status(&old, now),
+            Err(ApplyError::StaleAttempt { .. })
+        ));
+        let mut other = status(&r, TaskState::Running);
+        other.node = "w2".into();
+        assert!(matches!(
+            r.apply_status(&other, now),
+            Err(ApplyError::WrongNode { .. })
+        ));
+        assert_eq!(r.state, TaskState::Scheduled);
+    }
+
+    #[test]
+    fn stopping_a_pending_task_completes_it() {
+        let now = Utc::now();
+        let mut r = TaskRecord::new(spec(), now);
+        assert!(r.request_stop(now));
+        assert_eq!(r.state, TaskState::Completed);
+        assert!(!r.request_stop(now));
+    }
+
+    #[test]
+    fn stopping_a_placed_task_waits_for_the_worker() {
+        let now = Utc::now();
+        let mut r = TaskRecord::new(spec(), now);
+        r.place("w1", now).unwrap();
+        assert!(r.request_stop(now));
+        assert_eq!(
+            (r.state, r.desired_state),
+            (TaskState::Scheduled, DesiredState::Stopped)
+        );
+    }
+
+    #[test]
+    fn every_change_bumps_the_version() {
+        let now = Utc::now();
+        let mut r = TaskRecord::new(spec(), now);
+        let v = r.version;
+        assert!(r.note_unplaceable("no node", now));
+        assert!(!r.note_unplaceable("no node", now));
+        r.place("w1", now).unwrap();
+        r.unplace("refused", now).unwrap();
+        assert_eq!(r.version, v + 3);
+        assert_eq!(r.node, None);
+    }
+}

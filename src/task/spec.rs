@@ -1,0 +1,299 @@
+//! The task spec (what a user writes) and its validation.
+//!
+//! Parsing goes field by field through a JSON value so that every error names
+//! the field it is about: `{"error": "...", "field": "cpu"}`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One container to run. Units are in the field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub image: String,
+    /// The container's command; the image's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// CPU cores the container may use (a limit, and its request for placement).
+    #[serde(default)]
+    pub cpu: f64,
+    /// Memory limit in MiB; 0 means no limit.
+    #[serde(default)]
+    pub memory_mb: u64,
+    /// Disk the task expects to use in MiB (for placement).
+    #[serde(default)]
+    pub disk_mb: u64,
+    /// Container TCP ports, each published on an ephemeral host port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// A spec that cannot be accepted, with the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct SpecError {
+    /// The field at fault; `None` when the document itself is malformed.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl SpecError {
+    fn field(field: &str, message: impl Into<String>) -> Self {
+        SpecError {
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+    fn document(message: impl Into<String>) -> Self {
+        SpecError {
+            field: None,
+            message: message.into(),
+        }
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "name",
+    "image",
+    "cmd",
+    "env",
+    "cpu",
+    "memory_mb",
+    "disk_mb",
+    "ports",
+];
+
+/// Parses a spec from JSON text.
+pub fn parse_json(text: &str) -> Result<TaskSpec, SpecError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| SpecError::document(format!("request body is not valid JSON: {e}")))?;
+    from_value(value)
+}
+
+/// Parses a spec from TOML text (the CLI accepts both).
+pub fn parse_toml(text: &str) -> Result<TaskSpec, SpecError> {
+    let value: toml::Value = toml::from_str(text)
+        .map_err(|e| SpecError::document(format!("spec is not valid TOML: {e}")))?;
+    let json = serde_json::to_value(value)
+        .map_err(|e| SpecError::document(format!("spec cannot be converted: {e}")))?;
+    from_value(json)
+}
+
+/// Checks a spec document field by field and builds the spec.
+pub fn from_value(value: Value) -> Result<TaskSpec, SpecError> {
+    let Value::Object(map) = value else {
+        return Err(SpecError::document("a task spec must be a JSON object"));
+    };
+    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(SpecError::field(
+            unknown,
+            format!("unknown field (known fields: {})", FIELDS.join(", ")),
+        ));
+    }
+    let spec = TaskSpec {
+        name: required(&map, "name", "a string")?,
+        image: required(&map, "image", "a string")?,
+        cmd: optional(&map, "cmd", "an array of strings")?,
+        env: optional(&map, "env", "an object of string values")?.unwrap_or_default(),
+        cpu: optional(&map, "cpu", "a number of cores")?.unwrap_or(0.0),
+        memory_mb: optional(&map, "memory_mb", "a non-negative integer")?.unwrap_or(0),
+        disk_mb: optional(&map, "disk_mb", "a non-negative integer")?.unwrap_or(0),
+        ports: optional(&map, "ports", "an array of port numbers (1-65535)")?.unwrap_or_default(),
+    };
+    validate(&spec)?;
+    Ok(spec)
+}
+
+fn required<T: serde::de::DeserializeOwned>(
+    map: &Map<String, Value>,
+    field: &str,
+    expected: &str,
+) -> Result<T, SpecError> {
+    optional(map, field, expected)?
+        .ok_or_else(|| SpecError::field(field, format!("missing (expected {expected})")))
+}
+
+fn optional<T: serde::de::DeserializeOwned>(
+    map: &Map<String, Value>,
+    field: &str,
+    expected: &str,
+) -> Result<Option<T>, SpecError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| SpecError::field(field, format!("expected {expected}: {e}"))),
+    }
+}
+
+/// Semantic checks on a well-typed spec.
+pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
+    crate::config::validate_node_name(&spec.name).map_err(|m| SpecError::field("name", m))?;
+    if spec.image.trim().is_empty() {
+        return Err(SpecError::field("image", "must not be empty"));
+    }
+    if spec.image.chars().any(char::is_whitespace) {
+        return Err(SpecError::field("image", "must not contain whitespace"));
+    }
+    if let Some(cmd) = &spec.cmd
+        && cmd.is_empty()
+    {
+        return Err(SpecError::field(
+            "cmd",
+            "must not be empty (leave it out to use the image's command)",
+        ));
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(SpecError::field(
+                "env",
+                format!("{key:?} is not a valid variable name"),
+            ));
+        }
+    }
+    if !spec.cpu.is_finite() || spec.cpu < 0.0 {
+        return Err(SpecError::field(
+            "cpu",
+            "must be a non-negative number of cores",
+        ));
+    }
+    if spec.cpu > 1024.0 {
+        return Err(SpecError::field("cpu", "must be at most 1024 cores"));
+    }
+    if spec.memory_mb > 0 && spec.memory_mb < 6 {
+        return Err(SpecError::field(
+            "memory_mb",
+            "must be 0 (no limit) or at least 6 (the engine's minimum)",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for port in &spec.ports {
+        if *port == 0 {
+            return Err(SpecError::field("ports", "port 0 is not a valid port"));
+        }
+        if !seen.insert(port) {
+            return Err(SpecError::field(
+                "ports",
+                format!("port {port} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok(v: Value) -> TaskSpec {
+        from_value(v).unwrap()
+    }
+
+    fn field_of(v: Value) -> Option<String> {
+        from_value(v).unwrap_err().field
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let s = ok(json!({"name": "a", "image": "busybox"}));
+        assert_eq!(s.cmd, None);
+        assert!(s.env.is_empty());
+        assert_eq!((s.cpu, s.memory_mb, s.disk_mb), (0.0, 0, 0));
+        assert!(s.ports.is_empty());
+    }
+
+    #[test]
+    fn full_spec_parses() {
+        let s = ok(
+            json!({"name": "echo", "image": "cube-demo/echo:latest", "cmd": ["/echo"],
+            "env": {"GREETING": "hi"}, "cpu": 0.25, "memory_mb": 64, "disk_mb": 100,
+            "ports": [7777]}),
+        );
+        assert_eq!(s.cmd.as_deref(), Some(&["/echo".to_string()][..]));
+        assert_eq!(s.env["GREETING"], "hi");
+        assert_eq!(s.ports, vec![7777]);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        assert_eq!(field_of(json!({"name": "a"})).as_deref(), Some("image"));
+        assert_eq!(field_of(json!({"image": "a"})).as_deref(), Some("name"));
+        assert_eq!(
+            field_of(json!({"name": "a", "image": null})).as_deref(),
+            Some("image")
+        );
+    }
+
+    #[test]
+    fn ill_typed_fields_are_named() {
+        let base = || json!({"name": "a", "image": "b"});
+        for (field, bad) in [
+            ("name", json!(3)),
+            ("image", json!(["x"])),
+            ("cmd", json!("echo hi")),
+            ("env", json!({"A": 1})),
+            ("cpu", json!("lots")),
+            ("memory_mb", json!(-5)),
+            ("disk_mb", json!(1.5)),
+            ("ports", json!([70000])),
+        ] {
+            let mut v = base();
+            v[field] = bad;
+            assert_eq!(field_of(v).as_deref(), Some(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_are_named() {
+        let base = || json!({"name": "a", "image": "b"});
+        for (field, bad) in [
+            ("name", json!("has space")),
+            ("image", json!("")),
+            ("cmd", json!([])),
+            ("env", json!({"A=B": "x"})),
+            ("cpu", json!(-1.0)),
+            ("memory_mb", json!(3)),
+            ("ports", json!([0])),
+            ("ports", json!([80, 80])),
+        ] {
+            let mut v = base();
+            v[field] = bad;
+            assert_eq!(field_of(v).as_deref(), Some(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let e = from_value(json!({"name": "a", "image": "b", "imgae": "c"})).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("imgae"));
+    }
+
+    #[test]
+    fn not_an_object_or_not_json() {
+        assert_eq!(from_value(json!([1])).unwrap_err().field, None);
+        assert_eq!(parse_json("{").unwrap_err().field, None);
+    }
+
+    #[test]
+    fn toml_spec_parses_like_json() {
+        let t = parse_toml(
+            "name = \"echo\"\nimage = \"x\"\ncpu = 0.5\nports = [80]\n[env]\nA = \"b\"\n",
+        )
+        .unwrap();
+        let j = parse_json(r#"{"name":"echo","image":"x","cpu":0.5,"ports":[80],"env":{"A":"b"}}"#)
+            .unwrap();
+        assert_eq!(t, j);
+        assert_eq!(
+            parse_toml("name = \"a\"\nimage = 5\n")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("image")
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Messages that cross process boundaries as JSON (manager <-> worker).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::task::{TaskSpec, TaskState};
+
+/// The manager asks a worker to run attempt `attempt` of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub spec: TaskSpec,
+}
+
+/// What a worker knows of one attempt of a task; pushed to the manager on
+/// every change and returned by the worker's routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub node: String,
+    pub state: TaskState,
+    pub container_id: Option<String>,
+    /// Container port -> host port.
+    #[serde(default)]
+    pub host_ports: BTreeMap<u16, u16>,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A node's resources, as sysinfo reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
+/// Whether the worker can talk to its container engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub up: bool,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A machine's resources and their use, as sysinfo reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineStats {
+    pub capacity: Capacity,
+    pub cpu_usage_percent: f64,
+    pub memory_available_mb: u64,
+    pub disk_free_mb: u64,
+    pub load_1m: f64,
+}
+
+/// A worker's live view of itself (worker `GET /stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub node: String,
+    pub machine: MachineStats,
+    pub engine: EngineStatus,
+    /// Tasks whose container runs or is being started.
+    pub active_tasks: usize,
+}
+
+/// A worker introduces itself to the manager, with what it runs now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    /// Base URL the manager uses to reach the worker.
+    pub address: String,
+    pub capacity: Capacity,
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// The manager's answer to a registration: the assignments the worker should
+/// hold (it starts those it lacks) and the tasks it should stop.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationReply {
+    pub assignments: Vec<Assignment>,
+    pub stop: Vec<Uuid>,
+}

@@ -1,0 +1,522 @@
+//! The Worker actor: owns the node. It accepts assignments (answering once
+//! they are committed to its LMDB), spawns one TaskSupervisor per task,
+//! routes engine events to them, keeps its records current, and pushes every
+//! state change to the manager (the newest status per task, one request in
+//! flight per task, retried until the manager takes it).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bollard::Docker;
+use uuid::Uuid;
+
+use super::events::DockerEvents;
+use super::record::WorkerTaskRecord;
+use super::stats::{ReadStats, Stats};
+use super::supervisor::{ContainerDied, EngineBack, Stop, TaskSupervisor};
+use crate::client::Client;
+use crate::runtime::docker::{ContainerEvent, ContainerEventKind};
+use crate::store::{Put, Store, StoreError};
+use crate::wire::{Assignment, EngineStatus, NodeStats, Registration, TaskStatus};
+
+/// Back-stop for reports and registration the manager did not take.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("no task with id {0} on this worker")]
+    NotFound(Uuid),
+    #[error("this worker holds attempt {held} of task {task}, not attempt {asked}")]
+    OtherAttempt { task: Uuid, held: u32, asked: u32 },
+    #[error("could not store the change: {0}")]
+    Store(#[from] StoreError),
+    #[error("the task's supervisor is gone: {0}")]
+    Supervisor(#[from] MailboxError),
+}
+
+struct Held {
+    record: WorkerTaskRecord,
+    supervisor: Option<Addr<TaskSupervisor>>,
+}
+
+pub struct Worker {
+    name: String,
+    address: String,
+    manager: Client,
+    store: Addr<Store>,
+    stats: Addr<Stats>,
+    docker: Option<Docker>,
+    engine: EngineStatus,
+    tasks: HashMap<Uuid, Held>,
+    /// Newest status per task not yet taken by the manager.
+    outbox: HashMap<Uuid, TaskStatus>,
+    in_flight: HashSet<Uuid>,
+    report_retry: Duration,
+    retry_scheduled: bool,
+    register_retry: Duration,
+}
+
+impl Worker {
+    pub fn new(
+        name: String,
+        address: String,
+        manager: Client,
+        store: Addr<Store>,
+        stats: Addr<Stats>,
+        records: Vec<WorkerTaskRecord>,
+    ) -> Self {
+        let tasks = records
+            .into_iter()
+            .map(|record| {
+                let held = Held {
+                    record,
+                    supervisor: None,
+                };
+                (held.record.assignment.task_id, held)
+            })
+            .collect();
+        Worker {
+            name,
+            address,
+            manager,
+            store,
+            stats,
+            docker: None,
+            engine: EngineStatus {
+                up: false,
+                version: None,
+                error: Some("not connected yet".into()),
+            },
+            tasks,
+            outbox: HashMap::new(),
+            in_flight: HashSet::new(),
+            report_retry: RETRY_FIRST,
+            retry_scheduled: false,
+            register_retry: RETRY_FIRST,
+        }
+    }
+
+    fn supervise(&mut self, id: Uuid, ctx: &mut Context<Self>) {
+        let Some(held) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let supervisor = TaskSupervisor::new(
+            self.name.clone(),
+            held.record.assignment.clone(),
+            held.record.status.clone(),
+            ctx.address(),
+            self.docker.clone(),
+            held.record.stop_requested,
+        );
+        held.supervisor = Some(supervisor.start());
+    }
+
+    /// Queues a status for the manager and sends it unless one is in flight.
+    fn report(&mut self, status: TaskStatus, ctx: &mut Context<Self>) {
+        let id = status.task_id;
+        self.outbox.insert(id, status);
+        self.flush(id, ctx);
+    }
+
+    fn flush(&mut self, id: Uuid, ctx: &mut Context<Self>) {
+        if self.in_flight.contains(&id) {
+            return;
+        }
+        let Some(status) = self.outbox.remove(&id) else {
+            return;
+        };
+        self.in_flight.insert(id);
+        let manager = self.manager.clone();
+        let send = async move {
+            let result = manager.report(&status).await;
+            (status, result)
+        };
+        ctx.spawn(
+            send.into_actor(self)
+                .map(move |(status, result), act, ctx| {
+                    act.in_flight.remove(&id);
+                    match result {
+                        Ok(()) => {
+                            act.report_retry = RETRY_FIRST;
+                            act.flush(id, ctx);
+                        }
+                        Err(e) if e.is_unreachable() => {
+                            // Keep it unless a newer status replaced it meanwhile.
+                            act.outbox.entry(id).or_insert(status);
+                            act.schedule_retry(&e.to_string(), ctx);
+                        }
+                        Err(e) => {
+                            log::warn!("worker: manager refused the report of task {id}: {e}");
+                            act.flush(id, ctx);
+                        }
+                    }
+                }),
+        );
+    }
+
+    fn schedule_retry(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if self.retry_scheduled {
+            return;
+        }
+        self.retry_scheduled = true;
+        log::warn!(
+            "worker: {} reports wait for the manager ({why}); retrying in {:?}",
+            self.outbox.len(),
+            self.report_retry
+        );
+        ctx.run_later(self.report_retry, |act, ctx| {
+            act.retry_scheduled = false;
+            let ids: Vec<Uuid> = act.outbox.keys().copied().collect();
+            for id in ids {
+                act.flush(id, ctx);
+            }
+        });
+        self.report_retry = (self.report_retry * 2).min(RETRY_MAX);
+    }
+
+    fn register(&mut self, ctx: &mut Context<Self>) {
+        let statuses: Vec<TaskStatus> = self
+            .tasks
+            .values()
+            .map(|h| h.record.status.clone())
+            .collect();
+        let manager = self.manager.clone();
+        let stats = self.stats.clone();
+        let name = self.name.clone();
+        let address = self.address.clone();
+        let work = async move {
+            let machine = stats.send(ReadStats).await.unwrap_or_default();
+            let registration = Registration {
+                name,
+                address,
+                capacity: machine.capacity,
+                tasks: statuses,
+            };
+            manager.register(&registration).await
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| match result {
+            Ok(reply) => {
+                log::info!(
+                    "worker: registered with the manager at {} ({} assignments to hold, {} tasks to stop)",
+                    act.manager.base(),
+                    reply.assignments.len(),
+                    reply.stop.len()
+                );
+                act.register_retry = RETRY_FIRST;
+                for assignment in reply.assignments {
+                    ctx.notify(Assign(assignment));
+                }
+                for id in reply.stop {
+                    ctx.notify(StopTask(id));
+                }
+                let ids: Vec<Uuid> = act.outbox.keys().copied().collect();
+                for id in ids {
+                    act.flush(id, ctx);
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "worker: cannot register with the manager ({e}); retrying in {:?}",
+                    act.register_retry
+                );
+                ctx.run_later(act.register_retry, |act, ctx| act.register(ctx));
+                act.register_retry = (act.register_retry * 2).min(RETRY_MAX);
+            }
+        }));
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        DockerEvents::new(self.name.clone(), ctx.address()).start();
+        let open: Vec<Uuid> = self
+            .tasks
+            .iter()
+            .filter(|(_, h)| !h.record.is_done())
+            .map(|(id, _)| *id)
+            .collect();
+        log::info!(
+            "worker {}: started with {} tasks from the store, {} to re-adopt",
+            self.name,
+            self.tasks.len(),
+            open.len()
+        );
+        for id in open {
+            self.supervise(id, ctx);
+        }
+        self.register(ctx);
+    }
+}
+
+/// The manager assigns a task. Answers once the assignment is committed.
+pub struct Assign(pub Assignment);
+
+impl Message for Assign {
+    type Result = Result<TaskStatus, WorkerError>;
+}
+
+impl Handler<Assign> for Worker {
+    type Result = ResponseActFuture<Self, Result<TaskStatus, WorkerError>>;
+
+    fn handle(&mut self, msg: Assign, _ctx: &mut Context<Self>) -> Self::Result {
+        let assignment = msg.0;
+        let id = assignment.task_id;
+        if let Some(held) = self.tasks.get(&id) {
+            let status = held.record.status.clone();
+            let result = if status.attempt == assignment.attempt {
+                Ok(status)
+            } else {
+                Err(WorkerError::OtherAttempt {
+                    task: id,
+                    held: status.attempt,
+                    asked: assignment.attempt,
+                })
+            };
+            return Box::pin(fut::ready(result));
+        }
+        log::info!(
+            "worker {}: task {id} attempt {} assigned ({})",
+            self.name,
+            assignment.attempt,
+            assignment.spec.image
+        );
+        let record = WorkerTaskRecord::new(assignment, &self.name);
+        let write = self.store.send(Put(record.clone()));
+        Box::pin(
+            async move { write.await? }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    result?;
+                    let status = record.status.clone();
+                    // A duplicate assignment may have won the race to the store.
+                    if let std::collections::hash_map::Entry::Vacant(slot) = act.tasks.entry(id) {
+                        slot.insert(Held {
+                            record,
+                            supervisor: None,
+                        });
+                        act.supervise(id, ctx);
+                    }
+                    Ok(status)
+                }),
+        )
+    }
+}
+
+/// The manager asks to stop a task: the answer is its final status, once
+/// the container is stopped and removed.
+pub struct StopTask(pub Uuid);
+
+impl Message for StopTask {
+    type Result = Result<TaskStatus, WorkerError>;
+}
+
+impl Handler<StopTask> for Worker {
+    type Result = ResponseActFuture<Self, Result<TaskStatus, WorkerError>>;
+
+    fn handle(&mut self, msg: StopTask, _ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let Some(held) = self.tasks.get_mut(&id) else {
+            return Box::pin(fut::ready(Err(WorkerError::NotFound(id))));
+        };
+        let Some(supervisor) = held.supervisor.clone() else {
+            return Box::pin(fut::ready(Ok(held.record.status.clone())));
+        };
+        log::info!("worker {}: stop of task {id} requested", self.name);
+        let write = (!held.record.stop_requested).then(|| {
+            held.record.stop_requested = true;
+            held.record.version += 1;
+            held.record.clone()
+        });
+        let write = write.map(|r| self.store.send(Put(r)));
+        Box::pin(
+            async move {
+                if let Some(write) = write {
+                    write.await??;
+                }
+                Ok(supervisor.send(Stop).await?)
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// A supervisor's task changed.
+pub struct StatusChanged(pub TaskStatus);
+
+impl Message for StatusChanged {
+    type Result = ();
+}
+
+impl Handler<StatusChanged> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: StatusChanged, ctx: &mut Context<Self>) {
+        let status = msg.0;
+        let id = status.task_id;
+        let Some(held) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if held.record.status.attempt != status.attempt {
+            return;
+        }
+        held.record.status = status.clone();
+        held.record.version += 1;
+        if held.record.is_done() {
+            // The supervisor has finished; dropping its address stops it.
+            held.supervisor = None;
+        }
+        let write = self.store.send(Put(held.record.clone()));
+        ctx.spawn(
+            async move {
+                if let Err(e) = async { write.await? }.await {
+                    log::error!("worker: status of task {id} not stored: {e}");
+                }
+            }
+            .into_actor(self),
+        );
+        self.report(status, ctx);
+    }
+}
+
+/// Every status this worker holds (worker `GET /tasks`).
+pub struct ListStatuses;
+
+impl Message for ListStatuses {
+    type Result = Vec<TaskStatus>;
+}
+
+impl Handler<ListStatuses> for Worker {
+    type Result = MessageResult<ListStatuses>;
+
+    fn handle(&mut self, _msg: ListStatuses, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut statuses: Vec<TaskStatus> = self
+            .tasks
+            .values()
+            .map(|h| h.record.status.clone())
+            .collect();
+        statuses.sort_by_key(|s| (s.at, s.task_id));
+        MessageResult(statuses)
+    }
+}
+
+/// The worker's view of itself (worker `GET /stats`).
+pub struct GetNodeStats;
+
+impl Message for GetNodeStats {
+    type Result = Result<NodeStats, MailboxError>;
+}
+
+impl Handler<GetNodeStats> for Worker {
+    type Result = ResponseFuture<Result<NodeStats, MailboxError>>;
+
+    fn handle(&mut self, _msg: GetNodeStats, _ctx: &mut Context<Self>) -> Self::Result {
+        let read = self.stats.send(ReadStats);
+        let node = self.name.clone();
+        let engine = self.engine.clone();
+        let active_tasks = self.tasks.values().filter(|h| !h.record.is_done()).count();
+        Box::pin(async move {
+            Ok(NodeStats {
+                node,
+                machine: read.await?,
+                engine,
+                active_tasks,
+            })
+        })
+    }
+}
+
+/// The engine connection is up (first time, or again).
+pub struct EngineUp {
+    pub docker: Docker,
+    pub version: String,
+}
+
+impl Message for EngineUp {
+    type Result = ();
+}
+
+impl Handler<EngineUp> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: EngineUp, _ctx: &mut Context<Self>) {
+        self.engine = EngineStatus {
+            up: true,
+            version: Some(msg.version),
+            error: None,
+        };
+        self.docker = Some(msg.docker.clone());
+        for held in self.tasks.values() {
+            if let Some(supervisor) = &held.supervisor
+                && supervisor.try_send(EngineBack(msg.docker.clone())).is_err()
+            {
+                log::error!(
+                    "worker: supervisor of task {} is not taking messages",
+                    held.record.assignment.task_id
+                );
+            }
+        }
+    }
+}
+
+/// The engine cannot be reached.
+pub struct EngineDown {
+    pub error: String,
+}
+
+impl Message for EngineDown {
+    type Result = ();
+}
+
+impl Handler<EngineDown> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: EngineDown, _ctx: &mut Context<Self>) {
+        self.engine = EngineStatus {
+            up: false,
+            version: None,
+            error: Some(msg.error),
+        };
+    }
+}
+
+/// An engine event about one of this node's containers.
+pub struct EngineEvent(pub ContainerEvent);
+
+impl Message for EngineEvent {
+    type Result = ();
+}
+
+impl Handler<EngineEvent> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: EngineEvent, _ctx: &mut Context<Self>) {
+        let event = msg.0;
+        let Some(held) = self.tasks.get(&event.task_id) else {
+            return;
+        };
+        let (Some(supervisor), true) = (
+            &held.supervisor,
+            held.record.assignment.attempt == event.attempt,
+        ) else {
+            return;
+        };
+        let died = match event.kind {
+            ContainerEventKind::Died { exit_code } => ContainerDied {
+                container_id: event.container_id,
+                exit_code,
+            },
+            ContainerEventKind::Destroyed => return,
+        };
+        if supervisor.try_send(died).is_err() {
+            log::error!(
+                "worker: supervisor of task {} is not taking messages",
+                event.task_id
+            );
+        }
+    }
+}

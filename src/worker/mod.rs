@@ -1,0 +1,12 @@
+//! The worker: the Worker actor (owns the node), one TaskSupervisor per task,
+//! the DockerEvents actor (the engine connection and its event stream), the
+//! Stats actor (sysinfo), the worker's own task records, and its routes.
+
+pub mod actor;
+pub mod events;
+pub mod record;
+pub mod routes;
+pub mod stats;
+pub mod supervisor;
+
+pub use actor::Worker;

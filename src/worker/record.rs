@@ -1,0 +1,55 @@
+//! What a worker keeps of each task in its own LMDB, so that a restarted
+//! worker re-adopts its containers instead of starting copies.
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Stored;
+use crate::task::TaskState;
+use crate::wire::{Assignment, TaskStatus};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerTaskRecord {
+    /// Bumped on every change; the Store never replaces a record by an older one.
+    pub version: u64,
+    pub assignment: Assignment,
+    pub status: TaskStatus,
+    /// The manager asked to stop it; a restarted worker finishes the stop.
+    pub stop_requested: bool,
+}
+
+impl WorkerTaskRecord {
+    pub fn new(assignment: Assignment, node: &str) -> Self {
+        let status = TaskStatus {
+            task_id: assignment.task_id,
+            attempt: assignment.attempt,
+            node: node.to_string(),
+            state: TaskState::Scheduled,
+            container_id: None,
+            host_ports: Default::default(),
+            exit_code: None,
+            error: None,
+            at: Utc::now(),
+        };
+        WorkerTaskRecord {
+            version: 1,
+            assignment,
+            status,
+            stop_requested: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.status.state.is_terminal()
+    }
+}
+
+impl Stored for WorkerTaskRecord {
+    const TABLE: &'static str = "worker_tasks";
+    fn key(&self) -> String {
+        self.assignment.task_id.to_string()
+    }
+    fn supersedes(&self, old: &Self) -> bool {
+        self.version >= old.version
+    }
+}

@@ -1,0 +1,385 @@
+//! The TaskSupervisor actor: one per task attempt, the only code that touches
+//! its container. It brings the container up (adopting one that exists
+//! already: a restarted worker never starts a second copy), learns of its
+//! death from the worker's event stream, and stops and removes it on request.
+//! Every change goes to the Worker as a `StatusChanged`.
+
+use actix::prelude::*;
+use bollard::Docker;
+use chrono::Utc;
+
+use super::actor::{StatusChanged, Worker};
+use crate::runtime::docker::{self as engine, ContainerView, RuntimeError};
+use crate::task::TaskState;
+use crate::wire::{Assignment, TaskStatus};
+
+/// Seconds between SIGTERM and SIGKILL when stopping a container.
+pub const STOP_TIMEOUT_S: i32 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Bringing the container up.
+    Starting,
+    /// The engine is unreachable; start again on `EngineUp`.
+    WaitingForEngine,
+    Running,
+    /// Stopping on request: engine events are the stop's own doing.
+    Stopping,
+    /// Ended (and its container removed); the actor stops.
+    Done,
+}
+
+pub struct TaskSupervisor {
+    node: String,
+    assignment: Assignment,
+    worker: Addr<Worker>,
+    docker: Option<Docker>,
+    status: TaskStatus,
+    phase: Phase,
+    /// Finish a stop the manager asked for before this worker restarted.
+    stop_on_start: bool,
+}
+
+impl TaskSupervisor {
+    /// `status` is what the worker last recorded (Scheduled for a new task).
+    pub fn new(
+        node: String,
+        assignment: Assignment,
+        status: TaskStatus,
+        worker: Addr<Worker>,
+        docker: Option<Docker>,
+        stop_on_start: bool,
+    ) -> Self {
+        TaskSupervisor {
+            node,
+            assignment,
+            worker,
+            docker,
+            status,
+            phase: Phase::Starting,
+            stop_on_start,
+        }
+    }
+
+    fn id(&self) -> uuid::Uuid {
+        self.assignment.task_id
+    }
+
+    /// Records a new status and tells the Worker.
+    fn set(
+        &mut self,
+        state: TaskState,
+        ctx: &mut Context<Self>,
+        change: impl FnOnce(&mut TaskStatus),
+    ) {
+        self.status.state = state;
+        change(&mut self.status);
+        self.status.at = Utc::now();
+        if state.is_terminal() {
+            self.phase = Phase::Done;
+            self.status.host_ports.clear();
+        }
+        let notify = self.worker.send(StatusChanged(self.status.clone()));
+        ctx.spawn(
+            async move {
+                if let Err(e) = notify.await {
+                    log::error!("supervisor: the worker is gone: {e}");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn bring_up(&mut self, ctx: &mut Context<Self>) {
+        let Some(docker) = self.docker.clone() else {
+            self.wait_for_engine("the container engine is unreachable".into(), ctx);
+            return;
+        };
+        self.phase = Phase::Starting;
+        let assignment = self.assignment.clone();
+        let node = self.node.clone();
+        let was_running = self.status.state == TaskState::Running;
+        let work = async move { start_container(&docker, &node, &assignment, was_running).await };
+        // Wait: a Stop or an event for this task is handled after the start.
+        ctx.wait(
+            work.into_actor(self)
+                .map(|result, act, ctx| act.started_outcome(result, ctx)),
+        );
+    }
+
+    fn started_outcome(&mut self, result: Result<Outcome, RuntimeError>, ctx: &mut Context<Self>) {
+        let id = self.id();
+        match result {
+            Ok(Outcome::Running(view)) => {
+                log::info!(
+                    "supervisor: task {id} container {} running (ports {:?})",
+                    short(&view.id),
+                    view.host_ports
+                );
+                self.phase = Phase::Running;
+                self.set(TaskState::Running, ctx, |s| {
+                    s.container_id = Some(view.id.clone());
+                    s.host_ports = view.host_ports.clone();
+                    s.error = None;
+                });
+                if self.stop_on_start {
+                    ctx.wait(self.stop());
+                }
+            }
+            Ok(Outcome::Exited(view)) => {
+                let code = view.exit_code.unwrap_or(-1);
+                self.phase = Phase::Running;
+                self.status.container_id = Some(view.id.clone());
+                self.exited(view.id, code, ctx);
+            }
+            Ok(Outcome::Lost) => {
+                log::warn!(
+                    "supervisor: task {id}: its container disappeared while the worker was down"
+                );
+                self.set(TaskState::Failed, ctx, |s| {
+                    s.error = Some("the container disappeared while the worker was down".into());
+                });
+            }
+            Err(RuntimeError::EngineDown(e)) => self.wait_for_engine(e, ctx),
+            Err(e) => {
+                log::warn!("supervisor: task {id} failed to start: {e}");
+                self.set(TaskState::Failed, ctx, |s| s.error = Some(e.to_string()));
+            }
+        }
+    }
+
+    fn wait_for_engine(&mut self, error: String, ctx: &mut Context<Self>) {
+        log::warn!(
+            "supervisor: task {} waits for the engine: {error}",
+            self.id()
+        );
+        self.phase = Phase::WaitingForEngine;
+        let state = self.status.state;
+        self.set(state, ctx, |s| {
+            s.error = Some(format!("waiting for the container engine: {error}"))
+        });
+    }
+
+    /// The container ended by itself: record the exit and remove it.
+    fn exited(&mut self, container_id: String, exit_code: i64, ctx: &mut Context<Self>) {
+        let id = self.id();
+        let state = if exit_code == 0 || self.stop_on_start {
+            TaskState::Completed
+        } else {
+            TaskState::Failed
+        };
+        log::info!(
+            "supervisor: task {id} container {} exited with code {exit_code} -> {state}",
+            short(&container_id)
+        );
+        if let Some(docker) = self.docker.clone() {
+            let remove = async move { engine::remove(&docker, &container_id).await };
+            ctx.wait(remove.into_actor(self).map(move |result, act, ctx| {
+                if let Err(e) = result {
+                    log::warn!("supervisor: task {id}: could not remove its container: {e}");
+                }
+                act.set(state, ctx, |s| s.exit_code = Some(exit_code));
+            }));
+        } else {
+            self.set(state, ctx, |s| s.exit_code = Some(exit_code));
+        }
+    }
+
+    /// Stops and removes the container; the task ends Completed.
+    fn stop(&mut self) -> ResponseActFuture<Self, ()> {
+        let id = self.id();
+        self.phase = Phase::Stopping;
+        let (Some(docker), Some(container_id)) =
+            (self.docker.clone(), self.status.container_id.clone())
+        else {
+            return Box::pin(fut::ready(()).map(move |(), act: &mut Self, ctx| {
+                log::info!("supervisor: task {id} stopped before its container ran");
+                act.set(TaskState::Completed, ctx, |s| s.error = None);
+            }));
+        };
+        log::info!(
+            "supervisor: task {id} stopping container {}",
+            short(&container_id)
+        );
+        let work =
+            async move { engine::stop_and_remove(&docker, &container_id, STOP_TIMEOUT_S).await };
+        Box::pin(
+            work.into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(exit_code) => {
+                        log::info!("supervisor: task {id} container stopped and removed");
+                        act.set(TaskState::Completed, ctx, |s| {
+                            s.exit_code = exit_code;
+                            s.error = None;
+                        });
+                    }
+                    Err(e) => {
+                        log::warn!("supervisor: task {id}: stop failed: {e}");
+                        act.phase = Phase::Running;
+                        let state = act.status.state;
+                        act.set(state, ctx, |s| s.error = Some(format!("stop failed: {e}")));
+                    }
+                }),
+        )
+    }
+}
+
+/// What bringing a container up found.
+enum Outcome {
+    Running(ContainerView),
+    /// The container exists and has exited (while the worker was down).
+    Exited(ContainerView),
+    /// It ran before, and its container is gone.
+    Lost,
+}
+
+async fn start_container(
+    docker: &Docker,
+    node: &str,
+    assignment: &Assignment,
+    was_running: bool,
+) -> Result<Outcome, RuntimeError> {
+    let name = engine::container_name(assignment.task_id, assignment.attempt);
+    match engine::inspect_existing(docker, &name).await? {
+        Some(view) if view.running => return Ok(Outcome::Running(view)),
+        Some(view) if view.started => return Ok(Outcome::Exited(view)),
+        Some(_) => {} // created, never started: start it below
+        None if was_running => return Ok(Outcome::Lost),
+        None => {}
+    }
+    engine::ensure_image(docker, &assignment.spec.image).await?;
+    let id = engine::create(
+        docker,
+        assignment.task_id,
+        assignment.attempt,
+        node,
+        &assignment.spec,
+    )
+    .await?;
+    log::info!(
+        "supervisor: task {} container {} created",
+        assignment.task_id,
+        short(&id)
+    );
+    engine::start(docker, &id).await?;
+    let view = engine::inspect(docker, &id).await?;
+    Ok(if view.running {
+        Outcome::Running(view)
+    } else {
+        Outcome::Exited(view)
+    })
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+impl Actor for TaskSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        log::info!(
+            "supervisor: task {} attempt {} ({}) supervised",
+            self.id(),
+            self.assignment.attempt,
+            self.assignment.spec.image
+        );
+        self.bring_up(ctx);
+    }
+}
+
+/// The engine is (back) up: start a task that waited, and re-inspect a
+/// running one in case its death fell into the gap.
+pub struct EngineBack(pub Docker);
+
+impl Message for EngineBack {
+    type Result = ();
+}
+
+impl Handler<EngineBack> for TaskSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EngineBack, ctx: &mut Context<Self>) {
+        self.docker = Some(msg.0.clone());
+        match self.phase {
+            Phase::WaitingForEngine => self.bring_up(ctx),
+            Phase::Running => {
+                let Some(container_id) = self.status.container_id.clone() else {
+                    return;
+                };
+                let docker = msg.0;
+                let check = async move { engine::inspect_existing(&docker, &container_id).await };
+                ctx.wait(check.into_actor(self).map(|result, act, ctx| {
+                    let id = act.status.container_id.clone().unwrap_or_default();
+                    match result {
+                        Ok(Some(view)) if !view.running => {
+                            act.exited(id, view.exit_code.unwrap_or(-1), ctx)
+                        }
+                        Ok(None) => act.set(TaskState::Failed, ctx, |s| {
+                            s.error = Some("the container disappeared".into())
+                        }),
+                        _ => {}
+                    }
+                }));
+            }
+            Phase::Starting | Phase::Stopping | Phase::Done => {}
+        }
+    }
+}
+
+/// The engine says the task's container died.
+pub struct ContainerDied {
+    pub container_id: String,
+    pub exit_code: i64,
+}
+
+impl Message for ContainerDied {
+    type Result = ();
+}
+
+impl Handler<ContainerDied> for TaskSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ContainerDied, ctx: &mut Context<Self>) {
+        let ours = self.status.container_id.as_deref() == Some(msg.container_id.as_str());
+        if self.phase != Phase::Running || !ours {
+            return;
+        }
+        self.exited(msg.container_id, msg.exit_code, ctx);
+    }
+}
+
+/// Stop the task: the answer is its final status.
+pub struct Stop;
+
+impl Message for Stop {
+    type Result = TaskStatus;
+}
+
+impl Handler<Stop> for TaskSupervisor {
+    type Result = ResponseActFuture<Self, TaskStatus>;
+
+    fn handle(&mut self, _msg: Stop, _ctx: &mut Context<Self>) -> Self::Result {
+        self.stop_on_start = true;
+        let stop = match self.phase {
+            Phase::Done | Phase::Stopping => Box::pin(fut::ready(())),
+            Phase::Starting | Phase::WaitingForEngine | Phase::Running => self.stop(),
+        };
+        Box::pin(stop.map(|(), act, _| act.status.clone()))
+    }
+}
+
+/// The task's current status.
+pub struct GetStatus;
+
+impl Message for GetStatus {
+    type Result = TaskStatus;
+}
+
+impl Handler<GetStatus> for TaskSupervisor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status.clone())
+    }
+}
