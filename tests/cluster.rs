@@ -50,13 +50,13 @@ async fn kill9_of_the_worker_keeps_its_container_and_starts_no_copy() {
     let before = cluster.wait_state(&id, "Running", T).await;
     let container = before.container_id.clone().unwrap();
 
-    for _ in 0..2 {
+    for round in 1..=3 {
         cluster.nodes[1].restart(); // kill -9, then start again
         let worker = cluster.worker_names[0].clone();
         let log_marker = format!("worker {worker}: started with 1 tasks");
         wait_for("the worker to come back and re-adopt", T, || {
             let seen = cluster.nodes[1].log_text().matches(&log_marker).count();
-            async move { (seen >= 2).then_some(()) }
+            async move { (seen >= round).then_some(()) }
         })
         .await;
     }
