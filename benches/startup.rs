@@ -1,0 +1,218 @@
+//! POST-to-Running, Cube beside the engine driven directly, in one run.
+//!
+//! `cargo bench --bench startup` builds the workload image if needed, starts
+//! a release `cube` dev node on loopback ports with its own data dir, and
+//! measures, for 1 task and for 50 tasks posted concurrently:
+//! - engine: create + start through bollard, concurrently, until every
+//!   start call has returned;
+//! - cube: POST /tasks, concurrently, until GET /tasks shows every task
+//!   Running (polled every 5 ms, so up to 5 ms of the figure is the poll).
+//! Prints a table of medians and the ratio. Not a test: it asserts nothing.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use futures_util::future::join_all;
+
+const IMAGE: &str = "cube-demo/echo:latest";
+const BENCH_LABEL: &str = "cube.bench";
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+async fn engine_run(docker: &Docker, n: usize) -> f64 {
+    let start = Instant::now();
+    let runs = (0..n).map(|_| async {
+        let body = ContainerCreateBody {
+            image: Some(IMAGE.into()),
+            cmd: Some(vec!["/echo".into(), "sleep".into(), "600".into()]),
+            labels: Some(HashMap::from([(BENCH_LABEL.into(), "engine".into())])),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .expect("create");
+        docker
+            .start_container(&created.id, None)
+            .await
+            .expect("start");
+    });
+    join_all(runs).await;
+    let secs = start.elapsed().as_secs_f64();
+    remove_labelled(docker, &format!("{BENCH_LABEL}=engine")).await;
+    secs
+}
+
+async fn remove_labelled(docker: &Docker, label: &str) {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([("label".into(), vec![label.to_string()])])),
+        ..Default::default()
+    };
+    let list = docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default();
+    let removals = list.into_iter().filter_map(|c| c.id).map(|id| async move {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        let _ = docker.remove_container(&id, Some(options)).await;
+    });
+    join_all(removals).await;
+}
+
+async fn cube_run(http: &reqwest::Client, base: &str, n: usize) -> f64 {
+    let spec = serde_json::json!({
+        "name": "bench", "image": IMAGE, "cmd": ["/echo", "sleep", "600"]
+    });
+    let start = Instant::now();
+    let posts = (0..n).map(|_| async {
+        let r = http
+            .post(format!("{base}/tasks"))
+            .json(&spec)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+        r.json::<serde_json::Value>().await.expect("record")["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    });
+    let ids: Vec<String> = join_all(posts).await;
+    loop {
+        let tasks: Vec<serde_json::Value> = http
+            .get(format!("{base}/tasks"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("tasks");
+        let running = tasks
+            .iter()
+            .filter(|t| ids.iter().any(|id| t["id"] == id.as_str()) && t["state"] == "Running")
+            .count();
+        if running == n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "cube never got there"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let stops = ids
+        .iter()
+        .map(|id| http.delete(format!("{base}/tasks/{id}")).send());
+    join_all(stops).await;
+    secs
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = Command::new("bash")
+        .arg(format!("{root}/images/build.sh"))
+        .status()
+        .expect("run images/build.sh");
+    assert!(
+        built.success(),
+        "cannot build the workload image (is Docker running?)"
+    );
+
+    let docker = Docker::connect_with_local_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine is not reachable");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mport, wport) = (free_port(), free_port());
+    let node_name = format!("bench-{}", std::process::id());
+    let config = dir.path().join("dev.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
+             [worker]\nname = \"{node_name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_cube"))
+            .args(["node", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cube"),
+    );
+    let base = format!("http://127.0.0.1:{mport}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/nodes")).send().await
+            && let Ok(nodes) = r.json::<Vec<serde_json::Value>>().await
+            && !nodes.is_empty()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cube node did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the worker's engine connection come up, and warm both paths.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    engine_run(&docker, 1).await;
+    cube_run(&http, &base, 1).await;
+
+    println!("\nPOST-to-Running, median of runs (same machine, same run)\n");
+    println!("| tasks | runs | engine direct (s) | cube (s) | cube - engine | cube / engine |");
+    println!("|------:|-----:|------------------:|---------:|--------------:|--------------:|");
+    for (n, runs) in [(1usize, 7usize), (50, 3)] {
+        let mut engine = Vec::new();
+        let mut cube = Vec::new();
+        for _ in 0..runs {
+            engine.push(engine_run(&docker, n).await);
+            cube.push(cube_run(&http, &base, n).await);
+        }
+        let (e, c) = (median(engine), median(cube));
+        println!(
+            "| {n:>5} | {runs:>4} | {e:>17.3} | {c:>8.3} | {:>+10.0} ms | {:>12.2}x |",
+            (c - e) * 1000.0,
+            c / e
+        );
+    }
+    remove_labelled(&docker, &format!("{BENCH_LABEL}=engine")).await;
+    remove_labelled(&docker, &format!("cube.node={node_name}")).await;
+}
