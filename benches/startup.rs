@@ -7,6 +7,7 @@
 //!   start call has returned;
 //! - cube: POST /tasks, concurrently, until GET /tasks shows every task
 //!   Running (polled every 5 ms, so up to 5 ms of the figure is the poll).
+//!
 //! Prints a table of medians and the ratio. Not a test: it asserts nothing.
 
 use std::collections::HashMap;
