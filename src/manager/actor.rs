@@ -546,8 +546,20 @@ impl Message for Report {
 impl Handler<Report> for Manager {
     type Result = ResponseActFuture<Self, Result<(), ManagerError>>;
 
-    fn handle(&mut self, msg: Report, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) -> Self::Result {
         let write = self.apply_report(&msg.0);
+        // A stop that reached the worker before the task did: stop it now.
+        if let Some(record) = self.tasks.get(&msg.0.task_id)
+            && record.desired_state == DesiredState::Stopped
+            && !record.state.is_terminal()
+            && let Some(node) = record.node.clone()
+        {
+            let orders = RegistrationReply {
+                assignments: vec![],
+                stop: vec![record.id],
+            };
+            self.execute(&node, orders, ctx);
+        }
         Box::pin(
             async move {
                 if let Some(write) = write? {
