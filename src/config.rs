@@ -207,9 +207,9 @@ fn validate_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// toml's messages already name unknown and missing keys; we add the line.
+/// toml's messages already name unknown and missing keys, with the line.
 fn describe_toml_error(e: &toml::de::Error) -> ConfigError {
-    ConfigError::Parse(e.to_string().trim().replace('\n', " "))
+    ConfigError::Parse(e.to_string().trim_end().to_string())
 }
 
 #[cfg(test)]

@@ -227,3 +227,22 @@ async fn with_the_engine_down_the_node_says_so_and_keeps_running() {
     let stopped = cluster.client().stop(&id).await.unwrap();
     assert_eq!(stopped.state.as_str(), "Completed");
 }
+
+#[test]
+fn a_bad_config_file_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "role = \"worker\"\ndata_dir = \"d\"\n[worker]\nname = \"w\"\nlisten = \"127.0.0.1:1\"\nmanagr = \"http://x\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cube"))
+        .args(["node", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("managr"), "{err}");
+}
