@@ -164,8 +164,8 @@ impl Manager {
             .collect()
     }
 
-    /// Carries out a reconciliation's orders itself (used when the manager
-    /// restarts and finds workers that did not register anew).
+    /// Carries out orders for a worker itself: after a restart of the manager
+    /// (workers that did not register anew), or a stop that must be repeated.
     fn execute(&mut self, node: &str, reply: RegistrationReply, ctx: &mut Context<Self>) {
         for assignment in reply.assignments {
             self.dispatch(assignment.task_id, ctx);

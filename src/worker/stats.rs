@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use actix::prelude::*;
 use sysinfo::{CpuRefreshKind, Disks, System};
 
-use crate::wire::{Capacity, MachineStats};
+use crate::wire::MachineStats;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -88,14 +88,6 @@ impl Handler<ReadStats> for Stats {
     fn handle(&mut self, _msg: ReadStats, _ctx: &mut SyncContext<Self>) -> Self::Result {
         MessageResult(self.read())
     }
-}
-
-/// Capacity as a plain figure set, for tests and logs.
-pub fn describe(capacity: &Capacity) -> String {
-    format!(
-        "{} cpus, {} MB memory, {} MB disk",
-        capacity.cpus, capacity.memory_mb, capacity.disk_mb
-    )
 }
 
 #[cfg(test)]

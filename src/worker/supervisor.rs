@@ -368,18 +368,3 @@ impl Handler<Stop> for TaskSupervisor {
         Box::pin(stop.map(|(), act, _| act.status.clone()))
     }
 }
-
-/// The task's current status.
-pub struct GetStatus;
-
-impl Message for GetStatus {
-    type Result = TaskStatus;
-}
-
-impl Handler<GetStatus> for TaskSupervisor {
-    type Result = MessageResult<GetStatus>;
-
-    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.status.clone())
-    }
-}
