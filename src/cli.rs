@@ -196,17 +196,43 @@ pub fn task_table(tasks: &[TaskRecord]) -> String {
 }
 
 pub fn node_table(nodes: &[NodeView]) -> String {
+    let now = chrono::Utc::now();
     let rows = nodes
         .iter()
         .map(|n| {
+            let seen = n
+                .last_heartbeat
+                .map(|at| {
+                    format!(
+                        "{:.1}s ago",
+                        (now - at).num_milliseconds().max(0) as f64 / 1000.0
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            let usage = n
+                .usage
+                .as_ref()
+                .map(|u| {
+                    format!(
+                        "{:.0}% cpu, {} MB free, load {:.2}",
+                        u.cpu_usage_percent, u.memory_available_mb, u.load_1m
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
             vec![
                 n.name.clone(),
                 n.address.clone(),
-                n.state.clone(),
-                format!("{}", n.capacity.cpus),
-                n.capacity.memory_mb.to_string(),
-                n.capacity.disk_mb.to_string(),
+                n.state.as_str().to_string(),
+                seen,
+                format!(
+                    "{}/{}",
+                    trim_float(n.allocated.cpus),
+                    trim_float(n.capacity.cpus)
+                ),
+                format!("{}/{}", n.allocated.memory_mb, n.capacity.memory_mb),
+                format!("{}/{}", n.allocated.disk_mb, n.capacity.disk_mb),
                 n.tasks.to_string(),
+                usage,
             ]
         })
         .collect();
@@ -215,18 +241,33 @@ pub fn node_table(nodes: &[NodeView]) -> String {
             "NAME",
             "ADDRESS",
             "STATE",
+            "HEARTBEAT",
             "CPUS",
             "MEMORY_MB",
             "DISK_MB",
             "TASKS",
+            "USAGE",
         ],
         rows,
     )
 }
 
+/// `2`, `0.25`: no trailing zeros.
+fn trim_float(x: f64) -> String {
+    let text = format!("{x:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_lose_trailing_zeros() {
+        assert_eq!(trim_float(2.0), "2");
+        assert_eq!(trim_float(0.25), "0.25");
+        assert_eq!(trim_float(1.5), "1.5");
+    }
 
     #[test]
     fn tables_align_columns() {

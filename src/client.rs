@@ -10,7 +10,9 @@ use uuid::Uuid;
 use crate::api_error::ApiError;
 use crate::manager::nodes::NodeView;
 use crate::task::TaskRecord;
-use crate::wire::{Assignment, NodeStats, Registration, RegistrationReply, TaskStatus};
+use crate::wire::{
+    Assignment, Heartbeat, HeartbeatReply, NodeStats, Registration, RegistrationReply, TaskStatus,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Long enough for a worker to stop a container gracefully.
@@ -46,9 +48,15 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Self {
+        Self::with_timeout(base, REQUEST_TIMEOUT)
+    }
+
+    /// A client whose requests give up after `timeout` (a stopped process
+    /// may accept a connection and never answer).
+    pub fn with_timeout(base: &str, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .timeout(timeout)
             .build()
             // Only TLS back-end setup can fail here, and no TLS is configured.
             .unwrap_or_default();
@@ -145,6 +153,13 @@ impl Client {
     pub async fn register(&self, reg: &Registration) -> Result<RegistrationReply, ClientError> {
         Ok(self
             .call(reqwest::Method::POST, "/workers/register", Some(reg))
+            .await?
+            .1)
+    }
+
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/workers/heartbeat", Some(beat))
             .await?
             .1)
     }

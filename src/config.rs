@@ -14,8 +14,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::wire::Capacity;
 
 /// What a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -32,6 +35,36 @@ pub enum Role {
 pub enum SchedulerKind {
     #[serde(rename = "round-robin")]
     RoundRobin,
+    #[serde(rename = "epvm")]
+    Epvm,
+    #[serde(rename = "bin-pack")]
+    BinPack,
+    #[serde(rename = "spread")]
+    Spread,
+}
+
+impl SchedulerKind {
+    pub const ALL: [SchedulerKind; 4] = [
+        SchedulerKind::RoundRobin,
+        SchedulerKind::Epvm,
+        SchedulerKind::BinPack,
+        SchedulerKind::Spread,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulerKind::RoundRobin => "round-robin",
+            SchedulerKind::Epvm => "epvm",
+            SchedulerKind::BinPack => "bin-pack",
+            SchedulerKind::Spread => "spread",
+        }
+    }
+}
+
+impl std::fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,10 +73,48 @@ pub struct ManagerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_scheduler")]
     pub scheduler: SchedulerKind,
+    /// A worker not heard from for this long is down, and its tasks move.
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
 }
 
 fn default_scheduler() -> SchedulerKind {
     SchedulerKind::RoundRobin
+}
+
+fn default_down_after_ms() -> u64 {
+    3000
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+impl ManagerConfig {
+    pub fn down_after(&self) -> Duration {
+        Duration::from_millis(self.down_after_ms)
+    }
+}
+
+/// Resources a worker offers instead of what sysinfo reads (to keep some
+/// back for the machine, or to test placement). Each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityOverride {
+    pub cpus: Option<f64>,
+    pub memory_mb: Option<u64>,
+    pub disk_mb: Option<u64>,
+}
+
+impl CapacityOverride {
+    /// The capacity offered: the machine's, where not overridden.
+    pub fn apply(&self, machine: &Capacity) -> Capacity {
+        Capacity {
+            cpus: self.cpus.unwrap_or(machine.cpus),
+            memory_mb: self.memory_mb.unwrap_or(machine.memory_mb),
+            disk_mb: self.disk_mb.unwrap_or(machine.disk_mb),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +128,12 @@ pub struct WorkerConfig {
     /// The address the manager uses to reach this worker; defaults to
     /// `http://<listen>`.
     pub advertise: Option<String>,
+    /// How often the worker tells the manager it is alive (with its stats).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// What the worker offers for placement, where it is not the machine's.
+    #[serde(default)]
+    pub capacity: CapacityOverride,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +236,39 @@ impl NodeConfig {
             if let Some(url) = &worker.advertise {
                 validate_url(url).map_err(|m| ConfigError::key("worker.advertise", m))?;
             }
+            if !(10..=60_000).contains(&worker.heartbeat_ms) {
+                return Err(ConfigError::key(
+                    "worker.heartbeat_ms",
+                    "must be between 10 and 60000 (milliseconds)",
+                ));
+            }
+            let c = &worker.capacity;
+            if c.cpus.is_some_and(|cpus| !(cpus.is_finite() && cpus > 0.0)) {
+                return Err(ConfigError::key(
+                    "worker.capacity.cpus",
+                    "must be a positive number of cores",
+                ));
+            }
+            if c.memory_mb == Some(0) {
+                return Err(ConfigError::key(
+                    "worker.capacity.memory_mb",
+                    "must be positive",
+                ));
+            }
+            if c.disk_mb == Some(0) {
+                return Err(ConfigError::key(
+                    "worker.capacity.disk_mb",
+                    "must be positive",
+                ));
+            }
+        }
+        if let Some(manager) = &self.manager
+            && !(100..=600_000).contains(&manager.down_after_ms)
+        {
+            return Err(ConfigError::key(
+                "manager.down_after_ms",
+                "must be between 100 and 600000 (milliseconds)",
+            ));
         }
         Ok(())
     }
@@ -175,6 +285,10 @@ impl NodeConfig {
 }
 
 impl WorkerConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
     pub fn advertise_url(&self) -> String {
         match &self.advertise {
             Some(url) => url.trim_end_matches('/').to_string(),
@@ -246,6 +360,33 @@ listen = "127.0.0.1:5556"
     }
 
     #[test]
+    fn every_scheduler_and_the_liveness_settings_parse() {
+        for kind in SchedulerKind::ALL {
+            let c = NodeConfig::parse(&DEV.replace("round-robin", kind.as_str())).unwrap();
+            assert_eq!(c.manager.unwrap().scheduler, kind);
+        }
+        let c = NodeConfig::parse(DEV).unwrap();
+        assert_eq!(
+            c.manager.as_ref().unwrap().down_after(),
+            Duration::from_secs(3)
+        );
+        let w = c.worker.as_ref().unwrap();
+        assert_eq!(w.heartbeat(), Duration::from_secs(1));
+        assert_eq!(w.capacity, CapacityOverride::default());
+        let text = DEV.replace(
+            "[worker]",
+            "down_after_ms = 1500\n[worker]\nheartbeat_ms = 200",
+        ) + "[worker.capacity]\nmemory_mb = 4096\ncpus = 2.5\n";
+        let c = NodeConfig::parse(&text).unwrap();
+        assert_eq!(c.manager.unwrap().down_after_ms, 1500);
+        let w = c.worker.unwrap();
+        assert_eq!(w.heartbeat_ms, 200);
+        assert_eq!(w.capacity.memory_mb, Some(4096));
+        assert_eq!(w.capacity.cpus, Some(2.5));
+        assert_eq!(w.capacity.disk_mb, None);
+    }
+
+    #[test]
     fn parses_a_worker_config() {
         let c = NodeConfig::parse(
             r#"role = "worker"
@@ -279,8 +420,16 @@ manager = "http://127.0.0.1:5555/"
     fn bad_values_are_named() {
         let e = err(&DEV.replace("\"127.0.0.1:5555\"", "\"localhost\""));
         assert!(e.contains("listen"), "{e}");
-        let e = err(&DEV.replace("round-robin", "epvm"));
-        assert!(e.contains("scheduler") || e.contains("epvm"), "{e}");
+        let e = err(&DEV.replace("round-robin", "best"));
+        assert!(e.contains("scheduler") || e.contains("best"), "{e}");
+        let e = err(&DEV.replace("[worker]", "[worker]\nheartbeat_ms = 0"));
+        assert!(e.contains("worker.heartbeat_ms"), "{e}");
+        let e = err(&DEV.replace("[worker]", "[worker]\ncapacity = { memory_mb = 0 }"));
+        assert!(e.contains("worker.capacity.memory_mb"), "{e}");
+        let e = err(&DEV.replace("[worker]", "[worker]\ncapacity = { gpus = 1 }"));
+        assert!(e.contains("gpus"), "{e}");
+        let e = err(&DEV.replace("[worker]", "down_after_ms = 5\n[worker]"));
+        assert!(e.contains("manager.down_after_ms"), "{e}");
         let e = err(&DEV.replace("\"dev\"", "\"boss\""));
         assert!(e.contains("role") || e.contains("boss"), "{e}");
         let e = err(&DEV.replace("\"w1\"", "\"w 1\""));

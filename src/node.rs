@@ -5,7 +5,6 @@ use actix::prelude::*;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 
-use crate::client::Client;
 use crate::config::{NodeConfig, Role};
 use crate::manager::Manager;
 use crate::manager::nodes::NodeRecord;
@@ -14,13 +13,15 @@ use crate::store::{LoadAll, Store};
 use crate::task::TaskRecord;
 use crate::worker::Worker;
 use crate::worker::record::WorkerTaskRecord;
-use crate::worker::stats::Stats;
+use crate::worker::stats::{SAMPLE_EVERY, Stats};
 
 /// Runs a node until it is stopped (Ctrl-C / SIGTERM) or fails.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let store = Store::start(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let mut servers = Vec::new();
+    // An actor that cannot go on says why here; the process then ends.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
 
     if let Some(mc) = &config.manager {
         let tasks = store
@@ -32,7 +33,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .await?
             .context("cannot load nodes")?;
         let scheduler = Scheduler::new(mc.scheduler).start();
-        let manager = Manager::new(store.clone(), scheduler, tasks, nodes).start();
+        let manager = Manager::new(store.clone(), scheduler, tasks, nodes, mc.down_after()).start();
         let data = web::Data::new(manager);
         let server = HttpServer::new(move || {
             App::new()
@@ -44,9 +45,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("manager: cannot listen on {}", mc.listen))?
         .run();
         log::info!(
-            "manager: listening on http://{} (scheduler {:?})",
+            "manager: listening on http://{} (scheduler {}, workers down after {} ms)",
             mc.listen,
-            mc.scheduler
+            mc.scheduler,
+            mc.down_after_ms
         );
         servers.push(server);
     }
@@ -59,18 +61,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .send(LoadAll::<WorkerTaskRecord>::new())
             .await?
             .context("cannot load the worker's tasks")?;
-        let stats = Stats::start(&config.data_dir);
+        let stats = Stats::start(&config.data_dir, SAMPLE_EVERY);
         // Bind before the worker starts, so it registers a reachable address.
         let worker_addr = wc.listen;
         let listener = std::net::TcpListener::bind(worker_addr)
             .with_context(|| format!("worker: cannot listen on {worker_addr}"))?;
         let worker = Worker::new(
-            wc.name.clone(),
-            wc.advertise_url(),
-            Client::new(&manager_url),
+            wc,
+            &manager_url,
             store.clone(),
             stats,
             records,
+            fatal_tx.clone(),
         )
         .start();
         let data = web::Data::new(worker);
@@ -92,6 +94,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if config.role == Role::Dev {
         log::info!("dev node: manager and worker in one process");
     }
-    futures_util::future::try_join_all(servers).await?;
-    Ok(())
+    let fatal = async move { fatal_rx.recv().await };
+    tokio::select! {
+        served = futures_util::future::try_join_all(servers) => {
+            served?;
+            Ok(())
+        }
+        Some(why) = fatal => Err(anyhow::anyhow!(why)),
+    }
 }

@@ -57,12 +57,19 @@ pub struct MachineStats {
     pub memory_available_mb: u64,
     pub disk_free_mb: u64,
     pub load_1m: f64,
+    /// When the Stats actor took this sample (`None`: never sampled).
+    #[serde(default)]
+    pub sampled_at: Option<DateTime<Utc>>,
 }
 
 /// A worker's live view of itself (worker `GET /stats`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStats {
     pub node: String,
+    /// This worker process (a new one on every start).
+    pub instance: Uuid,
+    /// What the worker offers for placement (the machine's, or the config's override).
+    pub capacity: Capacity,
     pub machine: MachineStats,
     pub engine: EngineStatus,
     /// Tasks whose container runs or is being started.
@@ -73,10 +80,14 @@ pub struct NodeStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
     pub name: String,
+    /// This worker process (a new one on every start): the manager tells a
+    /// restart (the old process is gone) from a second live worker of one name.
+    pub instance: Uuid,
     /// Base URL the manager uses to reach the worker.
     pub address: String,
     pub capacity: Capacity,
     pub tasks: Vec<TaskStatus>,
+    pub stats: MachineStats,
 }
 
 /// The manager's answer to a registration: the assignments the worker should
@@ -85,4 +96,21 @@ pub struct Registration {
 pub struct RegistrationReply {
     pub assignments: Vec<Assignment>,
     pub stop: Vec<Uuid>,
+}
+
+/// A worker tells the manager it is alive, with its latest stats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub name: String,
+    pub instance: Uuid,
+    pub stats: MachineStats,
+}
+
+/// The manager's answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The manager does not hold this worker as live (it was marked down,
+    /// the manager lost it, or another process registered under its name):
+    /// it must register again, which reconciles its tasks.
+    pub reregister: bool,
 }

@@ -2,29 +2,43 @@
 //!
 //! It accepts tasks (answering only once they are committed to LMDB), asks
 //! the Scheduler where to put them, persists each placement before sending it
-//! to the worker, and applies the state reports workers push. Its records
-//! live in memory and in the Store; memory is only ever changed here.
+//! to the worker, and applies the state reports workers push. It takes the
+//! workers' heartbeats, marks a silent worker down and moves its tasks (see
+//! `liveness`), and places Pending tasks whenever capacity may have appeared
+//! (a task submitted, a node registered, a task ended or moved): no retry
+//! timer. Its records live in memory and in the Store; memory is only ever
+//! changed here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
 use futures_util::future::{Either, LocalBoxFuture};
 use uuid::Uuid;
 
-use super::nodes::{NodeRecord, NodeView};
+use super::liveness::{Life, NodeState, Watch};
+use super::nodes::{self, NodeRecord, NodeView};
 use super::reconcile::{Reconciled, reconcile_node};
 use crate::client::Client;
 use crate::scheduler::{NodeSnapshot, PlaceBatch, Scheduler};
 use crate::store::{Put, Store, StoreError};
 use crate::task::{DesiredState, TaskRecord, TaskSpec, TaskState};
-use crate::wire::{Assignment, Registration, RegistrationReply, TaskStatus};
+use crate::wire::{
+    Assignment, Heartbeat, HeartbeatReply, Registration, RegistrationReply, TaskStatus,
+};
+
+/// How long the manager waits for a worker that may be a live namesake of
+/// one registering.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error("no task with id {0}")]
     NotFound(Uuid),
+    #[error("{0}")]
+    Conflict(String),
     #[error("could not store the change: {0}")]
     Store(#[from] StoreError),
 }
@@ -43,6 +57,9 @@ pub struct Manager {
     scheduler: Addr<Scheduler>,
     tasks: HashMap<Uuid, TaskRecord>,
     nodes: BTreeMap<String, NodeRecord>,
+    /// Liveness of every known node (memory only).
+    lives: BTreeMap<String, Life>,
+    watch: Watch,
 }
 
 impl Manager {
@@ -52,12 +69,20 @@ impl Manager {
         scheduler: Addr<Scheduler>,
         tasks: Vec<TaskRecord>,
         nodes: Vec<NodeRecord>,
+        down_after: Duration,
     ) -> Self {
+        // Every known node gets a full `down_after` to be heard from.
+        let now = Instant::now();
         Manager {
             store,
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
+            lives: nodes
+                .iter()
+                .map(|n| (n.name.clone(), Life::new(now)))
+                .collect(),
             nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            watch: Watch::new(down_after),
         }
     }
 
@@ -155,13 +180,95 @@ impl Manager {
     }
 
     fn snapshots(&self) -> Vec<NodeSnapshot> {
+        let loads = nodes::loads(self.tasks.values());
         self.nodes
             .values()
-            .map(|n| NodeSnapshot {
-                name: n.name.clone(),
-                ready: true,
-            })
+            .map(|n| nodes::snapshot(n, self.lives.get(&n.name), loads.get(&n.name)))
             .collect()
+    }
+
+    fn is_down(&self, node: &str) -> bool {
+        self.lives
+            .get(node)
+            .is_none_or(|life| life.state == NodeState::Down)
+    }
+
+    /// The liveness clock ticks: mark silent nodes down, move the tasks of
+    /// the nodes `Watch` says to drain.
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        let tick = self.watch.tick(&mut self.lives, Instant::now());
+        let after = self.watch.down_after().as_secs_f64();
+        if tick.paused {
+            log::warn!(
+                "manager: its own clock ran late by more than {after:.1} s (was the process stopped?); every worker gets a fresh {after:.1} s"
+            );
+        }
+        for name in &tick.went_down {
+            log::warn!("manager: worker {name} is down (no heartbeat for {after:.1} s)");
+        }
+        if tick.all_silent && !tick.went_down.is_empty() {
+            log::warn!(
+                "manager: every worker went silent at once: suspecting the manager's own network; no task is moved until a worker is heard again"
+            );
+        }
+        for name in tick.drain {
+            self.drain(&name, ctx);
+        }
+    }
+
+    /// Moves the tasks of a down node: each gets a new attempt on a live
+    /// node that fits (or stays Pending, saying why). A task the user was
+    /// stopping ends: its container goes when the node comes back.
+    fn drain(&mut self, node: &str, ctx: &mut Context<Self>) {
+        let after = self.watch.down_after().as_secs_f64();
+        let now = Utc::now();
+        let mut writes = Vec::new();
+        let ids: Vec<Uuid> = self
+            .tasks
+            .values()
+            .filter(|t| t.node.as_deref() == Some(node) && nodes::holds_resources(t))
+            .map(|t| t.id)
+            .collect();
+        for id in &ids {
+            let Some(record) = self.tasks.get_mut(id) else {
+                continue;
+            };
+            let before = record.state;
+            let result = match record.desired_state {
+                DesiredState::Running => record.lose(
+                    &format!("worker {node} is down (no heartbeat for {after:.1} s); moving"),
+                    now,
+                ),
+                DesiredState::Stopped => record.end_on_lost_node(
+                    &format!(
+                        "stopped while worker {node} was down; its container is removed if it comes back"
+                    ),
+                    now,
+                ),
+            };
+            match result {
+                Ok(()) => {
+                    log_change(record, before);
+                    writes.push(write(&self.store, record.clone()));
+                }
+                Err(e) => log::error!("manager: task {id}: {e}"),
+            }
+        }
+        log::warn!(
+            "manager: moving {} tasks off down worker {node}",
+            writes.len()
+        );
+        ctx.spawn(
+            async move {
+                for write in writes {
+                    if let Err(e) = write.await {
+                        log::error!("manager: a moved task was not stored: {e}");
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+        ctx.notify(PlacePending);
     }
 
     /// Carries out orders for a worker itself: after a restart of the manager
@@ -256,6 +363,7 @@ impl Actor for Manager {
             ctx.notify(SyncNode(name));
         }
         ctx.notify(PlacePending);
+        ctx.run_interval(self.watch.tick_every(), |act, ctx| act.check_liveness(ctx));
     }
 }
 
@@ -309,7 +417,7 @@ impl Handler<PlacePending> for Manager {
         }
         pending.sort_by_key(|t| t.created_at);
         let batch = PlaceBatch {
-            tasks: pending.iter().map(|t| t.id).collect(),
+            tasks: pending.iter().map(|t| nodes::request(t)).collect(),
             nodes: self.snapshots(),
         };
         // Wait: no other message sees a task half-placed.
@@ -414,10 +522,11 @@ impl Handler<ListNodes> for Manager {
     type Result = MessageResult<ListNodes>;
 
     fn handle(&mut self, _msg: ListNodes, _ctx: &mut Context<Self>) -> Self::Result {
+        let loads = nodes::loads(self.tasks.values());
         MessageResult(
             self.nodes
                 .values()
-                .map(|n| NodeView::new(n, self.tasks.values()))
+                .map(|n| NodeView::new(n, self.lives.get(&n.name), loads.get(&n.name)))
                 .collect(),
         )
     }
@@ -446,10 +555,13 @@ impl Handler<StopTask> for Manager {
         }
         let record = record.clone();
         let write = changed.then(|| self.persist(record.clone()));
+        // A down worker may accept the connection and never answer: it is
+        // told to stop the task when it registers again.
         let worker = match (&record.node, record.state.is_terminal()) {
-            (Some(node), false) => self.client_for(node),
+            (Some(node), false) if !self.is_down(node) => self.client_for(node),
             _ => None,
         };
+        let done = worker.is_some() || record.state.is_terminal();
         let work = async move {
             if let Some(write) = write {
                 write.await?;
@@ -462,7 +574,7 @@ impl Handler<StopTask> for Manager {
         Box::pin(work.into_actor(self).then(move |result, act, _ctx| {
             let (write, done) = match result {
                 Err(e) => return Either::Left(fut::ready(Err(e))),
-                Ok(None) => (None, true),
+                Ok(None) => (None, done),
                 Ok(Some(Ok(status))) => (act.apply_report(&status).ok().flatten(), true),
                 Ok(Some(Err(e))) => {
                     log::warn!("manager: task {id} will be stopped when its worker is back: {e}");
@@ -492,7 +604,7 @@ impl Handler<StopTask> for Manager {
 }
 
 /// A worker (re)registers: store the node, reconcile, and tell it what to run
-/// and what to stop.
+/// and what to stop. A second live worker under a taken name is refused.
 pub struct Register(pub Registration);
 
 impl Message for Register {
@@ -502,11 +614,56 @@ impl Message for Register {
 impl Handler<Register> for Manager {
     type Result = ResponseActFuture<Self, Result<RegistrationReply, ManagerError>>;
 
-    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Register, _ctx: &mut Context<Self>) -> Self::Result {
         let reg = msg.0;
+        // Another process registered under this name and is heard from:
+        // ask it who it is. A restarted worker's old process is gone (or
+        // is the new process itself, at the same address).
+        let namesake = self.nodes.get(&reg.name).filter(|node| {
+            node.instance != reg.instance
+                && self
+                    .lives
+                    .get(&node.name)
+                    .is_some_and(|l| l.state == NodeState::Ready)
+        });
+        let Some(namesake) = namesake.cloned() else {
+            return Box::pin(
+                fut::ready(()).then(move |(), act: &mut Self, ctx| act.accept(reg, ctx)),
+            );
+        };
+        let probe = Client::with_timeout(&namesake.address, PROBE_TIMEOUT);
+        Box::pin(
+            async move { probe.stats().await }
+                .into_actor(self)
+                .then(move |answer, act, ctx| match answer {
+                    Ok(stats) if stats.instance == namesake.instance => {
+                        log::warn!(
+                            "manager: refusing worker {} from {}: a live worker of that name runs at {}",
+                            reg.name,
+                            reg.address,
+                            namesake.address
+                        );
+                        Box::pin(fut::ready(Err(ManagerError::Conflict(format!(
+                            "a live worker named {:?} is registered from {}",
+                            reg.name, namesake.address
+                        )))))
+                    }
+                    _ => act.accept(reg, ctx),
+                }),
+        )
+    }
+}
+
+impl Manager {
+    fn accept(
+        &mut self,
+        reg: Registration,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<RegistrationReply, ManagerError>> {
         let node = NodeRecord {
             name: reg.name.clone(),
             address: reg.address.clone(),
+            instance: reg.instance,
             capacity: reg.capacity.clone(),
             registered_at: Utc::now(),
         };
@@ -521,6 +678,10 @@ impl Handler<Register> for Manager {
         );
         let node_write = self.persist(node.clone());
         self.nodes.insert(node.name.clone(), node);
+        self.lives
+            .entry(reg.name.clone())
+            .or_insert_with(|| Life::new(Instant::now()))
+            .seen(Instant::now(), Utc::now(), reg.stats.clone());
         let reconciled = reconcile_node(&mut self.tasks, &reg.name, &reg.tasks, Utc::now());
         let task_writes = self.persist_changed(&reconciled);
         ctx.notify(PlacePending);
@@ -536,6 +697,33 @@ impl Handler<Register> for Manager {
     }
 }
 
+/// A worker's heartbeat. The answer tells it to register again when the
+/// manager does not hold it as a live node of this process.
+pub struct Beat(pub Heartbeat);
+
+impl Message for Beat {
+    type Result = HeartbeatReply;
+}
+
+impl Handler<Beat> for Manager {
+    type Result = MessageResult<Beat>;
+
+    fn handle(&mut self, msg: Beat, _ctx: &mut Context<Self>) -> Self::Result {
+        let beat = msg.0;
+        let known = self
+            .nodes
+            .get(&beat.name)
+            .is_some_and(|n| n.instance == beat.instance);
+        match self.lives.get_mut(&beat.name) {
+            Some(life) if known && life.state == NodeState::Ready => {
+                life.seen(Instant::now(), Utc::now(), beat.stats);
+                MessageResult(HeartbeatReply { reregister: false })
+            }
+            _ => MessageResult(HeartbeatReply { reregister: true }),
+        }
+    }
+}
+
 /// A worker reports a change of one of its tasks.
 pub struct Report(pub TaskStatus);
 
@@ -548,6 +736,15 @@ impl Handler<Report> for Manager {
 
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) -> Self::Result {
         let write = self.apply_report(&msg.0);
+        // A task that ended frees its node's capacity.
+        if let Ok(Some(_)) = &write
+            && self
+                .tasks
+                .get(&msg.0.task_id)
+                .is_some_and(|t| t.state.is_terminal())
+        {
+            ctx.notify(PlacePending);
+        }
         // A stop that reached the worker before the task did: stop it now.
         if let Some(record) = self.tasks.get(&msg.0.task_id)
             && record.desired_state == DesiredState::Stopped

@@ -1,7 +1,8 @@
 //! The manager: the desired state of the cluster (Manager actor), what it
-//! knows of workers (nodes), and its HTTP routes.
+//! knows of workers (nodes) and of their liveness, and its HTTP routes.
 
 pub mod actor;
+pub mod liveness;
 pub mod nodes;
 pub mod reconcile;
 pub mod routes;

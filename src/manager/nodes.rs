@@ -1,11 +1,18 @@
-//! What the manager knows of each worker node.
+//! What the manager knows of each worker node: its stored record, what its
+//! tasks take of it (allocation), and the views built from both: the
+//! scheduler's snapshots and `GET /nodes`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
+use super::liveness::{Life, NodeState};
+use crate::scheduler::{NodeSnapshot, Resources, TaskRequest, Usage};
 use crate::store::Stored;
-use crate::task::TaskRecord;
-use crate::wire::Capacity;
+use crate::task::{TaskRecord, TaskState};
+use crate::wire::{Capacity, MachineStats};
 
 /// A registered worker, as stored in LMDB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -13,6 +20,9 @@ pub struct NodeRecord {
     pub name: String,
     /// Base URL of the worker's API.
     pub address: String,
+    /// The worker process that registered last.
+    #[serde(default)]
+    pub instance: Uuid,
     pub capacity: Capacity,
     pub registered_at: DateTime<Utc>,
 }
@@ -24,30 +34,186 @@ impl Stored for NodeRecord {
     }
 }
 
+/// What the tasks placed on one node take of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Load {
+    /// The sum of their requests.
+    pub allocated: Resources,
+    pub tasks: usize,
+    pub names: BTreeMap<String, usize>,
+    pub host_ports: BTreeSet<u16>,
+}
+
+/// Whether a task holds its node's resources: placed, and not ended.
+pub fn holds_resources(task: &TaskRecord) -> bool {
+    matches!(task.state, TaskState::Scheduled | TaskState::Running) && task.node.is_some()
+}
+
+/// What a task asks of a node.
+pub fn request(task: &TaskRecord) -> TaskRequest {
+    TaskRequest {
+        id: task.id,
+        name: task.name.clone(),
+        resources: Resources {
+            cpu: task.spec.cpu,
+            memory_mb: task.spec.memory_mb,
+            disk_mb: task.spec.disk_mb,
+        },
+        host_ports: task.spec.host_ports(),
+    }
+}
+
+/// The load of every node, in one pass over the tasks.
+pub fn loads<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> HashMap<String, Load> {
+    let mut out: HashMap<String, Load> = HashMap::new();
+    for task in tasks.filter(|t| holds_resources(t)) {
+        let Some(node) = &task.node else { continue };
+        let load = out.entry(node.clone()).or_default();
+        load.allocated.cpu += task.spec.cpu;
+        load.allocated.memory_mb += task.spec.memory_mb;
+        load.allocated.disk_mb += task.spec.disk_mb;
+        load.tasks += 1;
+        *load.names.entry(task.name.clone()).or_default() += 1;
+        load.host_ports.extend(task.spec.host_ports());
+    }
+    out
+}
+
+/// Live use of the machine from a worker's stats.
+pub fn usage(stats: &MachineStats) -> Usage {
+    Usage {
+        cpu: stats.capacity.cpus * stats.cpu_usage_percent / 100.0,
+        memory_mb: stats
+            .capacity
+            .memory_mb
+            .saturating_sub(stats.memory_available_mb),
+    }
+}
+
+/// What the scheduler sees of a node.
+pub fn snapshot(node: &NodeRecord, life: Option<&Life>, load: Option<&Load>) -> NodeSnapshot {
+    let load = load.cloned().unwrap_or_default();
+    NodeSnapshot {
+        name: node.name.clone(),
+        ready: life.is_some_and(|l| l.state == NodeState::Ready),
+        capacity: node.capacity.clone(),
+        allocated: load.allocated,
+        usage: life
+            .and_then(|l| l.stats.as_ref())
+            .map(usage)
+            .unwrap_or_default(),
+        tasks: load.tasks,
+        names: load.names,
+        host_ports: load.host_ports,
+    }
+}
+
 /// A node as `GET /nodes` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
     pub address: String,
-    pub state: String,
+    pub state: NodeState,
+    /// When its last heartbeat (or registration) came in; `None` since the
+    /// manager started.
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    /// What it offers for placement.
     pub capacity: Capacity,
-    pub registered_at: DateTime<Utc>,
+    /// The sum of the requests of its tasks that have not ended.
+    pub allocated: Capacity,
+    /// The machine's live use, from its last heartbeat.
+    pub usage: Option<MachineStats>,
     /// Tasks placed on the node that have not ended.
     pub tasks: usize,
+    pub registered_at: DateTime<Utc>,
 }
 
 impl NodeView {
-    pub fn new<'a>(node: &NodeRecord, tasks: impl Iterator<Item = &'a TaskRecord>) -> Self {
-        let active = tasks
-            .filter(|t| t.node.as_deref() == Some(node.name.as_str()) && !t.state.is_terminal())
-            .count();
+    pub fn new(node: &NodeRecord, life: Option<&Life>, load: Option<&Load>) -> Self {
+        let load = load.cloned().unwrap_or_default();
         NodeView {
             name: node.name.clone(),
             address: node.address.clone(),
-            state: "ready".to_string(),
+            state: life.map(|l| l.state).unwrap_or(NodeState::Down),
+            last_heartbeat: life.and_then(|l| l.last_heartbeat),
             capacity: node.capacity.clone(),
+            allocated: Capacity {
+                cpus: load.allocated.cpu,
+                memory_mb: load.allocated.memory_mb,
+                disk_mb: load.allocated.disk_mb,
+            },
+            usage: life.and_then(|l| l.stats.clone()),
+            tasks: load.tasks,
             registered_at: node.registered_at,
-            tasks: active,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &str, spec: serde_json::Value, node: &str, state: TaskState) -> TaskRecord {
+        let mut value = spec;
+        value["name"] = name.into();
+        value["image"] = "i".into();
+        let spec = crate::task::spec::from_value(value).unwrap();
+        let mut t = TaskRecord::new(spec, Utc::now());
+        t.place(node, Utc::now()).unwrap();
+        t.state = state;
+        t
+    }
+
+    #[test]
+    fn loads_count_only_placed_tasks_that_have_not_ended() {
+        let spec = serde_json::json!({"cpu": 0.5, "memory_mb": 100, "disk_mb": 10, "ports": ["8080:80", 81]});
+        let tasks = [
+            task("a", spec.clone(), "w1", TaskState::Running),
+            task("a", spec.clone(), "w1", TaskState::Scheduled),
+            task("b", spec.clone(), "w1", TaskState::Failed),
+            task("b", spec.clone(), "w2", TaskState::Running),
+        ];
+        let loads = loads(tasks.iter());
+        let w1 = &loads["w1"];
+        assert_eq!(w1.tasks, 2);
+        assert_eq!(w1.allocated.cpu, 1.0);
+        assert_eq!(w1.allocated.memory_mb, 200);
+        assert_eq!(w1.allocated.disk_mb, 20);
+        assert_eq!(w1.names["a"], 2);
+        assert_eq!(w1.host_ports, BTreeSet::from([8080]));
+        assert_eq!(loads["w2"].names.get("a"), None);
+    }
+
+    #[test]
+    fn usage_and_views_come_from_the_last_heartbeat() {
+        let node = NodeRecord {
+            name: "w1".into(),
+            address: "http://127.0.0.1:1".into(),
+            instance: Uuid::new_v4(),
+            capacity: Capacity {
+                cpus: 4.0,
+                memory_mb: 1000,
+                disk_mb: 10,
+            },
+            registered_at: Utc::now(),
+        };
+        let stats = MachineStats {
+            capacity: node.capacity.clone(),
+            cpu_usage_percent: 25.0,
+            memory_available_mb: 600,
+            ..Default::default()
+        };
+        let mut life = Life::new(std::time::Instant::now());
+        life.seen(std::time::Instant::now(), Utc::now(), stats);
+        let snap = snapshot(&node, Some(&life), None);
+        assert!(snap.ready);
+        assert_eq!(snap.usage.cpu, 1.0);
+        assert_eq!(snap.usage.memory_mb, 400);
+        let view = NodeView::new(&node, Some(&life), None);
+        assert_eq!(view.state, NodeState::Ready);
+        assert!(view.last_heartbeat.is_some());
+        life.state = NodeState::Down;
+        assert!(!snapshot(&node, Some(&life), None).ready);
+        assert_eq!(NodeView::new(&node, None, None).state, NodeState::Down);
     }
 }

@@ -1,16 +1,16 @@
 //! The manager's HTTP routes: user-facing (`/tasks`, `/nodes`) and
-//! worker-facing (`/workers/register`, `/workers/reports`).
+//! worker-facing (`/workers/register`, `/workers/heartbeat`, `/workers/reports`).
 
 use actix::Addr;
 use actix_web::{HttpResponse, web};
 use uuid::Uuid;
 
 use super::actor::{
-    GetTask, ListNodes, ListTasks, Manager, ManagerError, Register, Report, StopTask, Submit,
+    Beat, GetTask, ListNodes, ListTasks, Manager, ManagerError, Register, Report, StopTask, Submit,
 };
 use crate::api_error::ApiError;
 use crate::task::spec;
-use crate::wire::{Registration, TaskStatus};
+use crate::wire::{Heartbeat, Registration, TaskStatus};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(crate::api_error::json_config())
@@ -21,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks/{id}", web::delete().to(stop_task))
         .route("/nodes", web::get().to(list_nodes))
         .route("/workers/register", web::post().to(register))
+        .route("/workers/heartbeat", web::post().to(heartbeat))
         .route("/workers/reports", web::post().to(report));
 }
 
@@ -28,6 +29,9 @@ impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         match e {
             ManagerError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ManagerError::Conflict(_) => {
+                ApiError::new(actix_web::http::StatusCode::CONFLICT, e.to_string())
+            }
             ManagerError::Store(_) => ApiError::internal(e.to_string()),
         }
     }
@@ -97,6 +101,17 @@ async fn register(
         .send(Register(reg.into_inner()))
         .await
         .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(reply))
+}
+
+async fn heartbeat(
+    manager: web::Data<Addr<Manager>>,
+    beat: web::Json<Heartbeat>,
+) -> Result<HttpResponse, ApiError> {
+    let reply = manager
+        .send(Beat(beat.into_inner()))
+        .await
+        .map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(reply))
 }
 

@@ -165,13 +165,20 @@ pub async fn create(
 
 fn create_body(task_id: Uuid, attempt: u32, node: &str, spec: &TaskSpec) -> ContainerCreateBody {
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let port_keys: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
-    let bindings: HashMap<String, Option<Vec<PortBinding>>> = port_keys
+    let port_keys: Vec<String> = spec
+        .ports
         .iter()
-        .map(|key| {
+        .map(|p| format!("{}/tcp", p.container))
+        .collect();
+    let bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
+        .ports
+        .iter()
+        .zip(&port_keys)
+        .map(|(port, key)| {
             let binding = PortBinding {
                 host_ip: None,
-                host_port: Some(String::new()),
+                // Empty: the engine picks an ephemeral port.
+                host_port: Some(port.host.map(|h| h.to_string()).unwrap_or_default()),
             };
             (key.clone(), Some(vec![binding]))
         })

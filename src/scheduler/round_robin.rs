@@ -1,43 +1,127 @@
-//! Round-robin: the next ready node after the last one chosen.
+//! Round-robin: the next fitting node after the last one chosen.
 
-use super::{NoFit, NodeSnapshot};
+use super::filter::candidates;
+use super::{NoFit, NodeSnapshot, TaskRequest};
 
-/// Picks the first ready node at or after `cursor` (wrapping), and returns its
-/// index and the cursor for the next call.
-pub fn place(nodes: &[NodeSnapshot], cursor: usize) -> Result<(usize, usize), NoFit> {
-    if nodes.is_empty() {
-        return Err(NoFit("no worker has registered yet".into()));
-    }
+/// Picks the first node that fits `task` at or after `cursor` (wrapping), and
+/// returns its index and the cursor for the next call (the index after it).
+pub fn place(
+    task: &TaskRequest,
+    nodes: &[NodeSnapshot],
+    cursor: usize,
+) -> Result<(usize, usize), NoFit> {
+    let fitting = candidates(task, nodes)?;
     let n = nodes.len();
-    (0..n)
-        .map(|offset| (cursor + offset) % n)
-        .find(|&i| nodes[i].ready)
-        .map(|i| (i, (i + 1) % n))
-        .ok_or_else(|| NoFit(format!("none of the {n} workers is ready")))
+    let start = cursor % n;
+    let chosen = fitting
+        .iter()
+        .copied()
+        .find(|&i| i >= start)
+        .or_else(|| fitting.first().copied())
+        .ok_or_else(|| NoFit("no node fits the task".into()))?;
+    Ok((chosen, (chosen + 1) % n))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::tests::{node, task};
 
-    fn nodes(ready: &[bool]) -> Vec<NodeSnapshot> {
-        ready
-            .iter()
-            .enumerate()
-            .map(|(i, &ready)| NodeSnapshot {
-                name: format!("w{i}"),
-                ready,
-            })
-            .collect()
+    /// (case, nodes, task, cursor, expected node, expected next cursor)
+    type Case = (
+        &'static str,
+        Vec<NodeSnapshot>,
+        TaskRequest,
+        usize,
+        &'static str,
+        usize,
+    );
+
+    #[test]
+    fn table() {
+        let small = task("t", 1.0, 512, 0);
+        let cases: Vec<Case> = vec![
+            (
+                "cursor at the start",
+                vec![node("w0", 2.0, 1024, 0), node("w1", 2.0, 1024, 0)],
+                small.clone(),
+                0,
+                "w0",
+                1,
+            ),
+            (
+                "cursor in the middle",
+                vec![node("w0", 2.0, 1024, 0), node("w1", 2.0, 1024, 0)],
+                small.clone(),
+                1,
+                "w1",
+                0,
+            ),
+            (
+                "a cursor past the end wraps",
+                vec![node("w0", 2.0, 1024, 0), node("w1", 2.0, 1024, 0)],
+                small.clone(),
+                7,
+                "w1",
+                0,
+            ),
+            (
+                "skips a node that is not ready",
+                vec![
+                    node("w0", 2.0, 1024, 0),
+                    node("w1", 2.0, 1024, 0).not_ready(),
+                    node("w2", 2.0, 1024, 0),
+                ],
+                small.clone(),
+                1,
+                "w2",
+                0,
+            ),
+            (
+                "skips a full node and wraps",
+                vec![
+                    node("w0", 2.0, 1024, 0),
+                    node("w1", 2.0, 1024, 0).with_allocated(0.0, 1000, 0),
+                ],
+                small.clone(),
+                1,
+                "w0",
+                1,
+            ),
+            (
+                "skips a node holding the host port",
+                vec![
+                    node("w0", 2.0, 1024, 0).with_ports(&[80]),
+                    node("w1", 2.0, 1024, 0),
+                ],
+                small.clone().with_ports(&[80]),
+                0,
+                "w1",
+                0,
+            ),
+        ];
+        for (case, nodes, task, cursor, expected, next) in cases {
+            let (i, got_next) = place(&task, &nodes, cursor).expect(case);
+            assert_eq!(
+                (nodes[i].name.as_str(), got_next),
+                (expected, next),
+                "{case}"
+            );
+        }
     }
 
     #[test]
-    fn cycles_through_ready_nodes() {
-        let all = nodes(&[true, true, true]);
+    fn cycles_through_the_nodes() {
+        let nodes = vec![
+            node("w0", 8.0, 8192, 0),
+            node("w1", 8.0, 8192, 0),
+            node("w2", 8.0, 8192, 0),
+        ];
+        let t = task("t", 1.0, 64, 0);
         let mut cursor = 0;
         let mut picked = Vec::new();
         for _ in 0..6 {
-            let (i, next) = place(&all, cursor).unwrap();
+            let (i, next) = place(&t, &nodes, cursor).expect("fits");
             picked.push(i);
             cursor = next;
         }
@@ -45,20 +129,13 @@ mod tests {
     }
 
     #[test]
-    fn skips_nodes_that_are_not_ready() {
-        let some = nodes(&[true, false, true]);
-        assert_eq!(place(&some, 1).unwrap(), (2, 0));
-        assert_eq!(place(&some, 0).unwrap(), (0, 1));
-    }
-
-    #[test]
-    fn a_cursor_past_the_end_wraps() {
-        assert_eq!(place(&nodes(&[true, true]), 7).unwrap(), (1, 0));
-    }
-
-    #[test]
     fn no_fit_says_why() {
-        assert!(place(&[], 0).unwrap_err().0.contains("no worker"));
-        assert!(place(&nodes(&[false]), 0).unwrap_err().0.contains("ready"));
+        let t = task("t", 0.0, 0, 0);
+        assert_eq!(
+            place(&t, &[], 0),
+            Err(NoFit("no worker has registered yet".into()))
+        );
+        let down = vec![node("w0", 1.0, 1, 0).not_ready()];
+        assert!(place(&t, &down, 0).is_err());
     }
 }

@@ -123,6 +123,34 @@ impl TaskRecord {
         Ok(())
     }
 
+    /// Scheduled | Running -> Pending: its node was lost. The attempt on
+    /// that node is over (a report from it is stale from now on); the next
+    /// placement is a new attempt.
+    pub fn lose(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(TaskState::Pending)?;
+        self.node = None;
+        self.container_id = None;
+        self.host_ports.clear();
+        self.exit_code = None;
+        self.error = Some(reason.to_string());
+        self.touch(now);
+        Ok(())
+    }
+
+    /// A task the user was stopping, whose node was lost, ends Completed
+    /// (its container is removed if the node comes back).
+    pub fn end_on_lost_node(
+        &mut self,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
+        self.transition(TaskState::Completed)?;
+        self.host_ports.clear();
+        self.error = Some(reason.to_string());
+        self.touch(now);
+        Ok(())
+    }
+
     /// The user asked to stop the task. A task that never reached a node ends
     /// here (Completed); one on a node ends when its worker reports.
     /// Returns whether the record changed.
@@ -297,6 +325,33 @@ mod tests {
             (r.state, r.desired_state),
             (TaskState::Scheduled, DesiredState::Stopped)
         );
+    }
+
+    #[test]
+    fn a_task_on_a_lost_node_goes_back_to_pending_and_its_old_attempt_is_stale() {
+        let now = Utc::now();
+        let mut r = TaskRecord::new(spec(), now);
+        r.place("w1", now).unwrap();
+        let running = status(&r, TaskState::Running);
+        r.apply_status(&running, now).unwrap();
+        r.lose("node w1 is down", now).unwrap();
+        assert_eq!((r.state, r.node.as_deref()), (TaskState::Pending, None));
+        assert_eq!(r.container_id, None);
+        assert!(r.host_ports.is_empty());
+        assert_eq!(r.error.as_deref(), Some("node w1 is down"));
+        r.place("w2", now).unwrap();
+        assert_eq!(r.attempt, 2);
+        // The old attempt's reports are refused.
+        assert!(matches!(
+            r.apply_status(&running, now),
+            Err(ApplyError::StaleAttempt { .. })
+        ));
+        // A task that ended is not lost.
+        let mut done = TaskRecord::new(spec(), now);
+        done.place("w1", now).unwrap();
+        done.apply_status(&status(&done, TaskState::Failed), now)
+            .unwrap();
+        assert!(done.lose("node w1 is down", now).is_err());
     }
 
     #[test]

@@ -27,9 +27,89 @@ pub struct TaskSpec {
     /// Disk the task expects to use in MiB (for placement).
     #[serde(default)]
     pub disk_mb: u64,
-    /// Container TCP ports, each published on an ephemeral host port.
+    /// Container TCP ports, each published on a host port: an ephemeral one,
+    /// or the one asked for (`"8080:7777"`).
     #[serde(default)]
-    pub ports: Vec<u16>,
+    pub ports: Vec<PortSpec>,
+}
+
+impl TaskSpec {
+    /// The host ports the task needs free on its node.
+    pub fn host_ports(&self) -> Vec<u16> {
+        self.ports.iter().filter_map(|p| p.host).collect()
+    }
+}
+
+/// One published container port: `7777` (on an ephemeral host port) or
+/// `"8080:7777"` (on host port 8080, which the scheduler keeps free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    pub container: u16,
+    pub host: Option<u16>,
+}
+
+impl PortSpec {
+    pub fn ephemeral(container: u16) -> Self {
+        PortSpec {
+            container,
+            host: None,
+        }
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host {
+            Some(host) => write!(f, "{host}:{}", self.container),
+            None => write!(f, "{}", self.container),
+        }
+    }
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = |part: &str| {
+            part.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{text:?} is not PORT or HOST:CONTAINER (ports 1-65535)"))
+        };
+        match text.split_once(':') {
+            Some((host, container)) => Ok(PortSpec {
+                container: number(container)?,
+                host: Some(number(host)?),
+            }),
+            None => Ok(PortSpec::ephemeral(number(text)?)),
+        }
+    }
+}
+
+impl Serialize for PortSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.host {
+            None => s.serialize_u16(self.container),
+            Some(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u16),
+            Text(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Number(port)) => Ok(PortSpec::ephemeral(port)),
+            Ok(Raw::Text(text)) => text.parse().map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a port number (1-65535) or a \"HOST:CONTAINER\" string",
+            )),
+        }
+    }
 }
 
 /// A spec that cannot be accepted, with the field at fault.
@@ -102,7 +182,12 @@ pub fn from_value(value: Value) -> Result<TaskSpec, SpecError> {
         cpu: optional(&map, "cpu", "a number of cores")?.unwrap_or(0.0),
         memory_mb: optional(&map, "memory_mb", "a non-negative integer")?.unwrap_or(0),
         disk_mb: optional(&map, "disk_mb", "a non-negative integer")?.unwrap_or(0),
-        ports: optional(&map, "ports", "an array of port numbers (1-65535)")?.unwrap_or_default(),
+        ports: optional(
+            &map,
+            "ports",
+            "an array of port numbers (1-65535) or \"HOST:CONTAINER\" strings",
+        )?
+        .unwrap_or_default(),
     };
     validate(&spec)?;
     Ok(spec)
@@ -171,14 +256,23 @@ pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
+    let mut seen_host = std::collections::BTreeSet::new();
     for port in &spec.ports {
-        if *port == 0 {
+        if port.container == 0 || port.host == Some(0) {
             return Err(SpecError::field("ports", "port 0 is not a valid port"));
         }
-        if !seen.insert(port) {
+        if !seen.insert(port.container) {
             return Err(SpecError::field(
                 "ports",
-                format!("port {port} is listed twice"),
+                format!("container port {} is listed twice", port.container),
+            ));
+        }
+        if let Some(host) = port.host
+            && !seen_host.insert(host)
+        {
+            return Err(SpecError::field(
+                "ports",
+                format!("host port {host} is listed twice"),
             ));
         }
     }
@@ -216,7 +310,30 @@ mod tests {
         );
         assert_eq!(s.cmd.as_deref(), Some(&["/echo".to_string()][..]));
         assert_eq!(s.env["GREETING"], "hi");
-        assert_eq!(s.ports, vec![7777]);
+        assert_eq!(s.ports, vec![PortSpec::ephemeral(7777)]);
+        assert!(s.host_ports().is_empty());
+    }
+
+    #[test]
+    fn a_port_may_name_its_host_port() {
+        let s = ok(json!({"name": "a", "image": "b", "ports": [7777, "8080:80"]}));
+        assert_eq!(
+            s.ports,
+            vec![
+                PortSpec::ephemeral(7777),
+                PortSpec {
+                    container: 80,
+                    host: Some(8080)
+                }
+            ]
+        );
+        assert_eq!(s.host_ports(), vec![8080]);
+        // It goes back out as it came in.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["ports"], json!([7777, "8080:80"]));
+        let e = from_value(json!({"name": "a", "image": "b", "ports": ["80:x"]})).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ports"));
+        assert!(e.message.contains("HOST:CONTAINER"), "{e}");
     }
 
     #[test]
@@ -241,6 +358,8 @@ mod tests {
             ("memory_mb", json!(-5)),
             ("disk_mb", json!(1.5)),
             ("ports", json!([70000])),
+            ("ports", json!(["99999:80"])),
+            ("ports", json!([true])),
         ] {
             let mut v = base();
             v[field] = bad;
@@ -260,6 +379,9 @@ mod tests {
             ("memory_mb", json!(3)),
             ("ports", json!([0])),
             ("ports", json!([80, 80])),
+            ("ports", json!(["0:80"])),
+            ("ports", json!(["8080:80", "8080:81"])),
+            ("ports", json!(["8080:80", 80])),
         ] {
             let mut v = base();
             v[field] = bad;

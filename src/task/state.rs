@@ -59,8 +59,8 @@ pub struct IllegalTransition {
 const TABLE: [[bool; 5]; 5] = [
     //  Pend   Sched  Run    Compl  Fail
     [false, true, false, true, true], // Pending: placed, stopped before placement, or refused
-    [true, false, true, true, true],  // Scheduled: back to Pending when its node refuses it
-    [false, false, false, true, true], // Running: it ends
+    [true, false, true, true, true], // Scheduled: back to Pending when its node refuses it or is lost
+    [true, false, false, true, true], // Running: it ends, or back to Pending when its node is lost
     [false, false, false, false, false], // Completed: terminal
     [false, false, false, false, false], // Failed: terminal
 ];
@@ -99,6 +99,7 @@ mod tests {
             (Scheduled, Running),
             (Scheduled, Completed),
             (Scheduled, Failed),
+            (Running, Pending),
             (Running, Completed),
             (Running, Failed),
         ];

@@ -2,7 +2,9 @@
 //! they are committed to its LMDB), spawns one TaskSupervisor per task,
 //! routes engine events to them, keeps its records current, and pushes every
 //! state change to the manager (the newest status per task, one request in
-//! flight per task, retried until the manager takes it).
+//! flight per task, retried until the manager takes it). It heartbeats to
+//! the manager with its stats, and registers again when the manager says it
+//! had lost it (then the manager's answer stops the tasks that moved away).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -15,14 +17,20 @@ use super::events::DockerEvents;
 use super::record::WorkerTaskRecord;
 use super::stats::{ReadStats, Stats};
 use super::supervisor::{ContainerDied, EngineBack, Stop, TaskSupervisor};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
+use crate::config::{CapacityOverride, WorkerConfig};
 use crate::runtime::docker::{ContainerEvent, ContainerEventKind};
 use crate::store::{Put, Store, StoreError};
-use crate::wire::{Assignment, EngineStatus, NodeStats, Registration, TaskStatus};
+use crate::wire::{Assignment, EngineStatus, Heartbeat, NodeStats, Registration, TaskStatus};
 
 /// Back-stop for reports and registration the manager did not take.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A heartbeat the manager has not answered by then is lost.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a worker cannot go on; `node::run` ends the process with it.
+pub type Fatal = tokio::sync::mpsc::UnboundedSender<String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -44,7 +52,20 @@ struct Held {
 pub struct Worker {
     name: String,
     address: String,
+    /// This process; a new one on every start.
+    instance: Uuid,
+    capacity: CapacityOverride,
+    heartbeat: Duration,
     manager: Client,
+    /// The manager, with a short timeout for heartbeats.
+    beat_client: Client,
+    /// Registered and not told otherwise since: heartbeats go out.
+    registered: bool,
+    registering: bool,
+    beat_in_flight: bool,
+    /// Said once when the manager stops answering heartbeats.
+    beat_failing: bool,
+    fatal: Fatal,
     store: Addr<Store>,
     stats: Addr<Stats>,
     docker: Option<Docker>,
@@ -60,12 +81,12 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
-        name: String,
-        address: String,
-        manager: Client,
+        config: &WorkerConfig,
+        manager_url: &str,
         store: Addr<Store>,
         stats: Addr<Stats>,
         records: Vec<WorkerTaskRecord>,
+        fatal: Fatal,
     ) -> Self {
         let tasks = records
             .into_iter()
@@ -78,9 +99,18 @@ impl Worker {
             })
             .collect();
         Worker {
-            name,
-            address,
-            manager,
+            name: config.name.clone(),
+            address: config.advertise_url(),
+            instance: Uuid::new_v4(),
+            capacity: config.capacity.clone(),
+            heartbeat: config.heartbeat(),
+            manager: Client::new(manager_url),
+            beat_client: Client::with_timeout(manager_url, HEARTBEAT_TIMEOUT),
+            registered: false,
+            registering: false,
+            beat_in_flight: false,
+            beat_failing: false,
+            fatal,
             store,
             stats,
             docker: None,
@@ -177,6 +207,11 @@ impl Worker {
     }
 
     fn register(&mut self, ctx: &mut Context<Self>) {
+        if self.registering {
+            return;
+        }
+        self.registering = true;
+        self.registered = false;
         let statuses: Vec<TaskStatus> = self
             .tasks
             .values()
@@ -186,18 +221,24 @@ impl Worker {
         let stats = self.stats.clone();
         let name = self.name.clone();
         let address = self.address.clone();
+        let instance = self.instance;
+        let capacity = self.capacity.clone();
         let work = async move {
             let machine = stats.send(ReadStats).await.unwrap_or_default();
             let registration = Registration {
                 name,
+                instance,
                 address,
-                capacity: machine.capacity,
+                capacity: capacity.apply(&machine.capacity),
                 tasks: statuses,
+                stats: machine,
             };
             manager.register(&registration).await
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| match result {
             Ok(reply) => {
+                act.registering = false;
+                act.registered = true;
                 log::info!(
                     "worker: registered with the manager at {} ({} assignments to hold, {} tasks to stop)",
                     act.manager.base(),
@@ -216,13 +257,98 @@ impl Worker {
                     act.flush(id, ctx);
                 }
             }
+            Err(ClientError::Api { status: 409, error, .. }) => {
+                let why = format!(
+                    "worker {}: the manager refuses it: {} (two live workers cannot share a name)",
+                    act.name, error.error
+                );
+                log::error!("{why}");
+                let _ = act.fatal.send(why);
+            }
             Err(e) => {
+                act.registering = false;
                 log::warn!(
                     "worker: cannot register with the manager ({e}); retrying in {:?}",
                     act.register_retry
                 );
-                ctx.run_later(act.register_retry, |act, ctx| act.register(ctx));
+                ctx.run_later(act.register_retry, |act, ctx| {
+                    if !act.registered {
+                        act.register(ctx)
+                    }
+                });
                 act.register_retry = (act.register_retry * 2).min(RETRY_MAX);
+            }
+        }));
+    }
+}
+
+impl Worker {
+    /// Forgets the held attempt of a task, stopping and removing its
+    /// container if it still runs (its supervisor finishes the stop; its
+    /// reports are ignored from now on, being of another attempt).
+    fn retire(&mut self, id: Uuid, ctx: &mut Context<Self>) {
+        let Some(held) = self.tasks.remove(&id) else {
+            return;
+        };
+        self.outbox.remove(&id);
+        if let Some(supervisor) = held.supervisor {
+            log::info!(
+                "worker {}: task {id} attempt {} is superseded; stopping it",
+                self.name,
+                held.record.status.attempt
+            );
+            ctx.spawn(
+                async move {
+                    let _ = supervisor.send(Stop).await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// Tells the manager this worker is alive, with its latest stats; one
+    /// heartbeat in flight at a time.
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        if !self.registered || self.beat_in_flight {
+            return;
+        }
+        self.beat_in_flight = true;
+        let stats = self.stats.clone();
+        let client = self.beat_client.clone();
+        let name = self.name.clone();
+        let instance = self.instance;
+        let work = async move {
+            let stats = stats.send(ReadStats).await.unwrap_or_default();
+            client
+                .heartbeat(&Heartbeat {
+                    name,
+                    instance,
+                    stats,
+                })
+                .await
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.beat_in_flight = false;
+            match result {
+                Ok(reply) => {
+                    if act.beat_failing {
+                        log::info!("worker {}: the manager answers heartbeats again", act.name);
+                        act.beat_failing = false;
+                    }
+                    if reply.reregister && act.registered {
+                        log::warn!(
+                            "worker {}: the manager had lost this worker (marked down, or restarted without it); registering again",
+                            act.name
+                        );
+                        act.register(ctx);
+                    }
+                }
+                Err(e) => {
+                    if !act.beat_failing {
+                        log::warn!("worker {}: heartbeat not taken: {e}", act.name);
+                        act.beat_failing = true;
+                    }
+                }
             }
         }));
     }
@@ -250,6 +376,7 @@ impl Actor for Worker {
             self.supervise(id, ctx);
         }
         self.register(ctx);
+        ctx.run_interval(self.heartbeat, |act, ctx| act.beat(ctx));
     }
 }
 
@@ -263,21 +390,24 @@ impl Message for Assign {
 impl Handler<Assign> for Worker {
     type Result = ResponseActFuture<Self, Result<TaskStatus, WorkerError>>;
 
-    fn handle(&mut self, msg: Assign, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Assign, ctx: &mut Context<Self>) -> Self::Result {
         let assignment = msg.0;
         let id = assignment.task_id;
         if let Some(held) = self.tasks.get(&id) {
             let status = held.record.status.clone();
-            let result = if status.attempt == assignment.attempt {
-                Ok(status)
-            } else {
-                Err(WorkerError::OtherAttempt {
+            if status.attempt > assignment.attempt {
+                return Box::pin(fut::ready(Err(WorkerError::OtherAttempt {
                     task: id,
                     held: status.attempt,
                     asked: assignment.attempt,
-                })
-            };
-            return Box::pin(fut::ready(result));
+                })));
+            }
+            if status.attempt == assignment.attempt {
+                return Box::pin(fut::ready(Ok(status)));
+            }
+            // The task comes back to this node as a newer attempt: the old
+            // one (moved away while this worker was out of reach) goes.
+            self.retire(id, ctx);
         }
         log::info!(
             "worker {}: task {id} attempt {} assigned ({})",
@@ -294,11 +424,16 @@ impl Handler<Assign> for Worker {
                     result?;
                     let status = record.status.clone();
                     // A duplicate assignment may have won the race to the store.
-                    if let std::collections::hash_map::Entry::Vacant(slot) = act.tasks.entry(id) {
-                        slot.insert(Held {
-                            record,
-                            supervisor: None,
-                        });
+                    let held_attempt = act.tasks.get(&id).map(|h| h.record.status.attempt);
+                    if held_attempt.is_none_or(|held| held < record.status.attempt) {
+                        act.retire(id, ctx);
+                        act.tasks.insert(
+                            id,
+                            Held {
+                                record,
+                                supervisor: None,
+                            },
+                        );
                         act.supervise(id, ctx);
                     }
                     Ok(status)
@@ -419,10 +554,15 @@ impl Handler<GetNodeStats> for Worker {
         let node = self.name.clone();
         let engine = self.engine.clone();
         let active_tasks = self.tasks.values().filter(|h| !h.record.is_done()).count();
+        let instance = self.instance;
+        let capacity = self.capacity.clone();
         Box::pin(async move {
+            let machine = read.await?;
             Ok(NodeStats {
                 node,
-                machine: read.await?,
+                instance,
+                capacity: capacity.apply(&machine.capacity),
+                machine,
                 engine,
                 active_tasks,
             })

@@ -124,6 +124,40 @@ impl NodeProc {
         self.spawn();
     }
 
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the process is not running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for the process to exit by itself; its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the process is still alive.
     pub fn alive(&mut self) -> bool {
         match &mut self.child {
@@ -139,6 +173,12 @@ impl NodeProc {
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        // A paused process must wake to die promptly.
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
         self.kill9();
     }
 }
@@ -236,51 +276,80 @@ impl Cluster {
 
     /// A manager process and `workers` worker processes.
     pub fn split(workers: usize) -> Self {
+        Self::split_with("round-robin", &vec![""; workers])
+    }
+
+    /// A manager with this scheduler, and one worker per entry of `workers`,
+    /// each entry being extra TOML for its `[worker]` section.
+    pub fn split_with(scheduler: &str, workers: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mport = free_port();
         let mconfig = dir.path().join("manager.toml");
         std::fs::write(
             &mconfig,
             format!(
-                "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n",
+                "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
+                 scheduler = \"{scheduler}\"\n",
                 dir.path().join("manager").display()
             ),
         )
         .unwrap();
         let manager_url = format!("http://127.0.0.1:{mport}");
-        let mut nodes = vec![NodeProc::start(
+        let nodes = vec![NodeProc::start(
             mconfig,
             dir.path().join("manager.log"),
             vec![],
         )];
-        let mut names = Vec::new();
-        for i in 0..workers {
-            let name = unique(&format!("w{i}"));
-            let config = dir.path().join(format!("{name}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
-                     listen = \"127.0.0.1:{}\"\nmanager = \"{manager_url}\"\n",
-                    dir.path().join(&name).display(),
-                    free_port()
-                ),
-            )
-            .unwrap();
-            nodes.push(NodeProc::start(
-                config,
-                dir.path().join(format!("{name}.log")),
-                vec![],
-            ));
-            names.push(name);
-        }
-        Cluster {
+        let mut cluster = Cluster {
             manager_url,
             nodes,
-            worker_names: names.clone(),
+            worker_names: Vec::new(),
             dir,
-            _guard: ContainerGuard(names),
+            _guard: ContainerGuard(Vec::new()),
+        };
+        for extra in workers {
+            cluster.add_worker(extra);
         }
+        cluster
+    }
+
+    /// Starts one more worker process; `extra` is TOML for its `[worker]`
+    /// section. Returns its index in `nodes`.
+    pub fn add_worker(&mut self, extra: &str) -> usize {
+        let name = unique(&format!("w{}", self.worker_names.len()));
+        self.add_named_worker(&name, extra)
+    }
+
+    /// Starts a worker process under a given name (which may be taken).
+    pub fn add_named_worker(&mut self, name: &str, extra: &str) -> usize {
+        let config = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.toml", self.nodes.len()));
+        std::fs::write(
+            &config,
+            format!(
+                "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
+                 listen = \"127.0.0.1:{}\"\nmanager = \"{}\"\n{extra}\n",
+                self.dir
+                    .path()
+                    .join(format!("{name}-{}", self.nodes.len()))
+                    .display(),
+                free_port(),
+                self.manager_url
+            ),
+        )
+        .unwrap();
+        let log = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.log", self.nodes.len()));
+        self.nodes.push(NodeProc::start(config, log, vec![]));
+        if !self.worker_names.iter().any(|n| n == name) {
+            self.worker_names.push(name.to_string());
+            self._guard.0.push(name.to_string());
+        }
+        self.nodes.len() - 1
     }
 
     pub fn client(&self) -> Client {
