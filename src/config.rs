@@ -387,6 +387,20 @@ listen = "127.0.0.1:5556"
     }
 
     #[test]
+    fn the_shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                NodeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "{seen} configs");
+    }
+
+    #[test]
     fn parses_a_worker_config() {
         let c = NodeConfig::parse(
             r#"role = "worker"

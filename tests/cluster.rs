@@ -3,11 +3,15 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
 const T: Duration = Duration::from_secs(60);
+
+fn serve_spec(name: &str) -> serde_json::Value {
+    echo_spec(name, &["/echo", "serve", "7777"])
+}
 
 async fn submit(cluster: &Cluster, spec: &serde_json::Value) -> String {
     let r = cluster.post(spec).await;
@@ -84,10 +88,10 @@ async fn kill9_of_the_worker_keeps_its_container_and_starts_no_copy() {
 #[tokio::test]
 async fn kill9_of_the_manager_loses_no_task_and_duplicates_none() {
     ensure_image();
-    let mut cluster = Cluster::split(1);
+    let mut cluster = Cluster::split(3);
     cluster.ready().await;
     let mut ids = Vec::new();
-    for i in 0..3 {
+    for i in 0..6 {
         ids.push(
             submit(
                 &cluster,
@@ -106,13 +110,22 @@ async fn kill9_of_the_manager_loses_no_task_and_duplicates_none() {
         cluster.wait_state(id, "Running", T).await;
     }
     cluster.nodes[0].kill9();
-    // While the manager is down the CLI says so, at once.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cube"))
-        .args(["--manager", &cluster.manager_url, "status"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the manager"));
+    // While the manager is down the CLI says so, at once, and a task
+    // submitted then is refused, not taken.
+    let spec_path = cluster.dir.path().join("late.json");
+    std::fs::write(&spec_path, serve_spec("late").to_string()).unwrap();
+    let asked = Instant::now();
+    for args in [vec!["status"], vec!["run", spec_path.to_str().unwrap()]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cube"))
+            .args(["--manager", &cluster.manager_url])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot reach the manager"), "{stderr}");
+    }
+    assert!(asked.elapsed() < Duration::from_secs(10), "the CLI hung");
     wait_for("the short task's container to exit", T, || {
         let gone = containers_of_task(&short).is_empty();
         async move { gone.then_some(()) }
@@ -122,7 +135,25 @@ async fn kill9_of_the_manager_loses_no_task_and_duplicates_none() {
     let failed = cluster.wait_state(&short, "Failed", T).await;
     assert_eq!(failed.exit_code, Some(3));
     let tasks = cluster.client().tasks().await.unwrap();
-    assert_eq!(tasks.len(), 4);
+    assert_eq!(tasks.len(), 7);
+    // The nodes are known again, with the tasks placed on them; all ready.
+    let nodes = cluster.client().nodes().await.unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(
+        nodes.iter().all(|n| n.state.as_str() == "ready"),
+        "{nodes:?}"
+    );
+    assert_eq!(nodes.iter().map(|n| n.tasks).sum::<usize>(), 6);
+    // Past the down threshold nothing was moved: the workers kept beating.
+    let stable = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < stable {
+        for id in &ids {
+            let t = cluster.client().task(id).await.unwrap();
+            assert_eq!(t.state.as_str(), "Running", "{t:?}");
+            assert_eq!(t.attempt, 1, "{t:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for id in &ids {
         let t = cluster.wait_state(id, "Running", T).await;
         assert_eq!(

@@ -244,7 +244,10 @@ async fn a_second_live_worker_under_a_taken_name_is_refused() {
         .expect("the second worker should give up");
     assert!(!status.success());
     let log = cluster.nodes[twin].log_text();
-    assert!(log.contains("two live workers cannot share a name"), "{log}");
+    assert!(
+        log.contains("two live workers cannot share a name"),
+        "{log}"
+    );
     // The first one is untouched.
     assert!(cluster.nodes[1].alive());
     assert_eq!(node_state(&cluster, &name).await.as_deref(), Some("ready"));

@@ -1,6 +1,6 @@
 //! Round-robin: the next fitting node after the last one chosen.
 
-use super::filter::candidates;
+use super::filter::{candidates, fits};
 use super::{NoFit, NodeSnapshot, TaskRequest};
 
 /// Picks the first node that fits `task` at or after `cursor` (wrapping), and
@@ -10,16 +10,18 @@ pub fn place(
     nodes: &[NodeSnapshot],
     cursor: usize,
 ) -> Result<(usize, usize), NoFit> {
-    let fitting = candidates(task, nodes)?;
     let n = nodes.len();
-    let start = cursor % n;
-    let chosen = fitting
-        .iter()
-        .copied()
-        .find(|&i| i >= start)
-        .or_else(|| fitting.first().copied())
-        .ok_or_else(|| NoFit("no node fits the task".into()))?;
-    Ok((chosen, (chosen + 1) % n))
+    // Scan from the cursor and stop at the first fit; only a task that fits
+    // nowhere pays for the full filter (which says why).
+    let chosen = (0..n)
+        .map(|offset| (cursor + offset) % n)
+        .find(|&i| fits(task, &nodes[i]).is_ok());
+    match chosen {
+        Some(i) => Ok((i, (i + 1) % n)),
+        None => Err(candidates(task, nodes)
+            .err()
+            .unwrap_or_else(|| NoFit("no node fits the task".into()))),
+    }
 }
 
 #[cfg(test)]
