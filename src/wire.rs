@@ -31,6 +31,10 @@ pub struct TaskStatus {
     pub exit_code: Option<i64>,
     pub error: Option<String>,
     pub at: DateTime<Utc>,
+    /// Bumped by the worker on every change of this attempt's status, so a
+    /// late answer never overwrites a newer report.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A node's resources, as sysinfo reports them.

@@ -175,6 +175,7 @@ impl Manager {
             exit_code: None,
             error: Some(error),
             at: Utc::now(),
+            seq: record.status_seq,
         };
         self.apply_report(&status).ok().flatten()
     }

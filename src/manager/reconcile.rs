@@ -112,6 +112,7 @@ fn lost_status(
         exit_code: None,
         error,
         at: now,
+        seq: record.status_seq,
     }
 }
 
@@ -140,6 +141,7 @@ mod tests {
             exit_code: None,
             error: None,
             at: Utc::now(),
+            seq: r.status_seq,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct TaskRecord {
     pub updated_at: DateTime<Utc>,
     /// Bumped on every change; the Store never replaces a record by an older one.
     pub version: u64,
+    /// The `seq` of the last status applied for the current attempt.
+    #[serde(default)]
+    pub status_seq: u64,
     pub spec: TaskSpec,
 }
 
@@ -76,6 +79,7 @@ impl TaskRecord {
             created_at: now,
             updated_at: now,
             version: 1,
+            status_seq: 0,
             spec,
         }
     }
@@ -96,6 +100,7 @@ impl TaskRecord {
         self.transition(TaskState::Scheduled)?;
         self.node = Some(node.to_string());
         self.attempt += 1;
+        self.status_seq = 0;
         self.container_id = None;
         self.host_ports.clear();
         self.error = None;
@@ -169,7 +174,8 @@ impl TaskRecord {
     }
 
     /// Applies a worker's report. Reports of other attempts or nodes are
-    /// refused; a report in the current state only updates the details.
+    /// refused; one older than the last applied (a lower `seq`) is ignored;
+    /// a report in the current state only updates the details.
     /// Returns whether the record changed.
     pub fn apply_status(
         &mut self,
@@ -189,6 +195,9 @@ impl TaskRecord {
                 expected: self.node.clone(),
             });
         }
+        if status.seq < self.status_seq {
+            return Ok(false);
+        }
         let before = (
             self.state,
             self.container_id.clone(),
@@ -207,6 +216,7 @@ impl TaskRecord {
         }
         self.exit_code = status.exit_code;
         self.error = status.error.clone();
+        self.status_seq = status.seq;
         let after = (
             self.state,
             self.container_id.clone(),
@@ -251,6 +261,7 @@ mod tests {
             exit_code: None,
             error: None,
             at: Utc::now(),
+            seq: rec.status_seq + 1,
         }
     }
 
@@ -304,6 +315,31 @@ mod tests {
             Err(ApplyError::WrongNode { .. })
         ));
         assert_eq!(r.state, TaskState::Scheduled);
+    }
+
+    #[test]
+    fn a_late_older_status_does_not_overwrite_a_newer_one() {
+        let now = Utc::now();
+        let mut r = TaskRecord::new(spec(), now);
+        r.place("w1", now).unwrap();
+        let mut first = status(&r, TaskState::Scheduled);
+        first.seq = 0;
+        first.error = None;
+        let mut waiting = status(&r, TaskState::Scheduled);
+        waiting.seq = 1;
+        waiting.error = Some("waiting for the container engine".into());
+        // The report of the later change arrives before the earlier answer.
+        assert!(r.apply_status(&waiting, now).unwrap());
+        assert!(!r.apply_status(&first, now).unwrap());
+        assert_eq!(r.error.as_deref(), Some("waiting for the container engine"));
+        // A new attempt starts counting again.
+        r.lose("node lost", now).unwrap();
+        r.place("w2", now).unwrap();
+        assert_eq!(r.status_seq, 0);
+        assert!(
+            r.apply_status(&status(&r, TaskState::Running), now)
+                .unwrap()
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ impl WorkerTaskRecord {
             exit_code: None,
             error: None,
             at: Utc::now(),
+            seq: 0,
         };
         WorkerTaskRecord {
             version: 1,

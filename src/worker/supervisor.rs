@@ -75,6 +75,7 @@ impl TaskSupervisor {
         self.status.state = state;
         change(&mut self.status);
         self.status.at = Utc::now();
+        self.status.seq += 1;
         if state.is_terminal() {
             self.phase = Phase::Done;
             self.status.host_ports.clear();
