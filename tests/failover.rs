@@ -261,3 +261,43 @@ async fn a_second_live_worker_under_a_taken_name_is_refused() {
     .await;
     assert!(cluster.nodes[heir].alive());
 }
+
+#[tokio::test]
+async fn a_worker_restarted_after_its_tasks_moved_stops_its_old_copies() {
+    ensure_image();
+    let mut cluster = Cluster::split_with("round-robin", &["", ""]);
+    cluster.ready().await;
+    let records = run_tasks(&cluster, "restarted", 4).await;
+    let gone = cluster.worker_names[0].clone();
+    let on_gone: Vec<String> = records
+        .iter()
+        .filter(|r| r.node.as_deref() == Some(gone.as_str()))
+        .map(|r| r.id.to_string())
+        .collect();
+    assert_eq!(on_gone.len(), 2);
+    // kill -9 of the worker process only: its containers go on running.
+    cluster.nodes[1].kill9();
+    let moved = wait_moved(&cluster, &on_gone, &gone).await;
+    // It starts again (its engine connection comes up after it registered
+    // and was told to stop its moved tasks): the old copies go.
+    cluster.nodes[1].restart();
+    for r in &moved {
+        let id = r.id.to_string();
+        let keep = r.container_id.clone().unwrap();
+        let what = format!("the restarted worker to remove its copy of {id}");
+        wait_for(&what, T, || {
+            let left = containers_of_task(&id);
+            let keep = keep.clone();
+            async move { (left == vec![keep]).then_some(()) }
+        })
+        .await;
+        let now = cluster.client().task(&id).await.unwrap();
+        assert_eq!(now.state.as_str(), "Running");
+        assert_eq!(now.attempt, 2);
+    }
+    wait_for("the restarted worker to be ready", T, || {
+        let state = node_state(&cluster, &gone);
+        async move { (state.await.as_deref() == Some("ready")).then_some(()) }
+    })
+    .await;
+}

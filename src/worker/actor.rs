@@ -71,6 +71,9 @@ pub struct Worker {
     docker: Option<Docker>,
     engine: EngineStatus,
     tasks: HashMap<Uuid, Held>,
+    /// Supervisors of superseded attempts, kept until their stop is done
+    /// (it may wait for the engine).
+    retired: HashMap<(Uuid, u32), Addr<TaskSupervisor>>,
     /// Newest status per task not yet taken by the manager.
     outbox: HashMap<Uuid, TaskStatus>,
     in_flight: HashSet<Uuid>,
@@ -120,6 +123,7 @@ impl Worker {
                 error: Some("not connected yet".into()),
             },
             tasks,
+            retired: HashMap::new(),
             outbox: HashMap::new(),
             in_flight: HashSet::new(),
             report_retry: RETRY_FIRST,
@@ -292,11 +296,12 @@ impl Worker {
         };
         self.outbox.remove(&id);
         if let Some(supervisor) = held.supervisor {
+            let attempt = held.record.status.attempt;
             log::info!(
-                "worker {}: task {id} attempt {} is superseded; stopping it",
-                self.name,
-                held.record.status.attempt
+                "worker {}: task {id} attempt {attempt} is superseded; stopping it",
+                self.name
             );
+            self.retired.insert((id, attempt), supervisor.clone());
             ctx.spawn(
                 async move {
                     let _ = supervisor.send(Stop).await;
@@ -493,6 +498,10 @@ impl Handler<StatusChanged> for Worker {
     fn handle(&mut self, msg: StatusChanged, ctx: &mut Context<Self>) {
         let status = msg.0;
         let id = status.task_id;
+        if status.state.is_terminal() {
+            // A superseded attempt is done: its supervisor may go.
+            self.retired.remove(&(id, status.attempt));
+        }
         let Some(held) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -590,14 +599,14 @@ impl Handler<EngineUp> for Worker {
             error: None,
         };
         self.docker = Some(msg.docker.clone());
-        for held in self.tasks.values() {
-            if let Some(supervisor) = &held.supervisor
-                && supervisor.try_send(EngineBack(msg.docker.clone())).is_err()
-            {
-                log::error!(
-                    "worker: supervisor of task {} is not taking messages",
-                    held.record.assignment.task_id
-                );
+        let current = self
+            .tasks
+            .iter()
+            .filter_map(|(id, held)| Some((*id, held.supervisor.as_ref()?)));
+        let retired = self.retired.iter().map(|((id, _), s)| (*id, s));
+        for (id, supervisor) in current.chain(retired) {
+            if supervisor.try_send(EngineBack(msg.docker.clone())).is_err() {
+                log::error!("worker: supervisor of task {id} is not taking messages");
             }
         }
     }
@@ -636,13 +645,14 @@ impl Handler<EngineEvent> for Worker {
 
     fn handle(&mut self, msg: EngineEvent, _ctx: &mut Context<Self>) {
         let event = msg.0;
-        let Some(held) = self.tasks.get(&event.task_id) else {
-            return;
-        };
-        let (Some(supervisor), true) = (
-            &held.supervisor,
-            held.record.assignment.attempt == event.attempt,
-        ) else {
+        let current = self
+            .tasks
+            .get(&event.task_id)
+            .filter(|held| held.record.assignment.attempt == event.attempt)
+            .and_then(|held| held.supervisor.as_ref());
+        let Some(supervisor) =
+            current.or_else(|| self.retired.get(&(event.task_id, event.attempt)))
+        else {
             return;
         };
         let died = match event.kind {

@@ -100,7 +100,9 @@ impl TaskSupervisor {
         let assignment = self.assignment.clone();
         let node = self.node.clone();
         let was_running = self.status.state == TaskState::Running;
-        let work = async move { start_container(&docker, &node, &assignment, was_running).await };
+        let create = !self.stop_on_start;
+        let work =
+            async move { start_container(&docker, &node, &assignment, was_running, create).await };
         // Wait: a Stop or an event for this task is handled after the start.
         ctx.wait(
             work.into_actor(self)
@@ -132,6 +134,10 @@ impl TaskSupervisor {
                 self.phase = Phase::Running;
                 self.status.container_id = Some(view.id.clone());
                 self.exited(view.id, code, ctx);
+            }
+            Ok(Outcome::Lost) if self.stop_on_start => {
+                log::info!("supervisor: task {id} stopped; its container was gone already");
+                self.set(TaskState::Completed, ctx, |s| s.error = None);
             }
             Ok(Outcome::Lost) => {
                 log::warn!(
@@ -189,6 +195,14 @@ impl TaskSupervisor {
     /// Stops and removes the container; the task ends Completed.
     fn stop(&mut self) -> ResponseActFuture<Self, ()> {
         let id = self.id();
+        if self.docker.is_none() && self.status.container_id.is_some() {
+            // Its container exists but the engine is out of reach (a worker
+            // restarted before its engine connection came up): the stop
+            // finishes when the engine is back (`stop_on_start`).
+            log::info!("supervisor: task {id} stops when the container engine is back");
+            self.phase = Phase::WaitingForEngine;
+            return Box::pin(fut::ready(()));
+        }
         self.phase = Phase::Stopping;
         let (Some(docker), Some(container_id)) =
             (self.docker.clone(), self.status.container_id.clone())
@@ -230,7 +244,8 @@ enum Outcome {
     Running(ContainerView),
     /// The container exists and has exited (while the worker was down).
     Exited(ContainerView),
-    /// It ran before, and its container is gone.
+    /// It ran before, and its container is gone (or, for a task being
+    /// stopped, it was never created).
     Lost,
 }
 
@@ -239,13 +254,14 @@ async fn start_container(
     node: &str,
     assignment: &Assignment,
     was_running: bool,
+    create: bool,
 ) -> Result<Outcome, RuntimeError> {
     let name = engine::container_name(assignment.task_id, assignment.attempt);
     match engine::inspect_existing(docker, &name).await? {
         Some(view) if view.running => return Ok(Outcome::Running(view)),
         Some(view) if view.started => return Ok(Outcome::Exited(view)),
         Some(_) => {} // created, never started: start it below
-        None if was_running => return Ok(Outcome::Lost),
+        None if was_running || !create => return Ok(Outcome::Lost),
         None => {}
     }
     engine::ensure_image(docker, &assignment.spec.image).await?;
