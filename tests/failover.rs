@@ -301,3 +301,57 @@ async fn a_worker_restarted_after_its_tasks_moved_stops_its_old_copies() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn when_every_worker_goes_silent_at_once_nothing_moves() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &["", ""]);
+    cluster.ready().await;
+    let records = run_tasks(&cluster, "silent", 4).await;
+    // Both workers freeze together (as if the manager's network failed).
+    cluster.nodes[1].pause();
+    cluster.nodes[2].pause();
+    let client = cluster.client();
+    wait_for("both workers to be marked down", T, || {
+        let client = client.clone();
+        async move {
+            let nodes = client.nodes().await.ok()?;
+            nodes
+                .iter()
+                .all(|n| n.state.as_str() == "down")
+                .then_some(())
+        }
+    })
+    .await;
+    // A drain happens in the tick that marks a node down: by now it would
+    // have. Nothing moved.
+    for r in &records {
+        let t = client.task(&r.id.to_string()).await.unwrap();
+        assert_eq!((t.state.as_str(), t.attempt), ("Running", 1), "{t:?}");
+    }
+    assert!(
+        cluster.logs().contains("every worker went silent at once"),
+        "{}",
+        cluster.logs()
+    );
+    cluster.nodes[1].resume();
+    cluster.nodes[2].resume();
+    wait_for("both workers to be ready again", T, || {
+        let client = client.clone();
+        async move {
+            let nodes = client.nodes().await.ok()?;
+            nodes
+                .iter()
+                .all(|n| n.state.as_str() == "ready")
+                .then_some(())
+        }
+    })
+    .await;
+    for r in &records {
+        let id = r.id.to_string();
+        let t = client.task(&id).await.unwrap();
+        assert_eq!((t.state.as_str(), t.attempt), ("Running", 1), "{t:?}");
+        assert_eq!(t.container_id, r.container_id);
+        assert_eq!(containers_of_task(&id), vec![t.container_id.unwrap()]);
+    }
+}

@@ -2,8 +2,11 @@
 //! actor feeds it heartbeats and timer ticks and acts on what it says.
 //!
 //! Rules:
-//! - a node not heard from for `down_after` is down; once it has been down
-//!   for a tick with some other node ready, it is *drained*: its tasks move;
+//! - a node not heard from for `down_after` is down; it is *drained* (its
+//!   tasks move) once some other node is demonstrably alive: heard from
+//!   within `down_after / 2`. Workers frozen or cut off together fall silent
+//!   within one heartbeat of each other, so when the first of them goes
+//!   down the others are already older than that, and nothing moves;
 //! - if every node goes silent at once, the manager suspects itself (its own
 //!   network, or the manager was paused) and drains nothing; when a node is
 //!   heard again, the others get a fresh `down_after` before any drain;
@@ -149,6 +152,13 @@ impl Watch {
             return out;
         }
         self.hold_until = None;
+        let fresh = nodes.values().any(|l| {
+            l.state == NodeState::Ready
+                && now.saturating_duration_since(l.last_seen) <= self.down_after / 2
+        });
+        if !fresh {
+            return out;
+        }
         for (name, life) in nodes.iter_mut() {
             if life.state == NodeState::Down && !life.drained {
                 life.drained = true;
@@ -263,6 +273,34 @@ mod tests {
         assert_eq!(drains.len(), 1, "{events:?}");
         assert_eq!(drains[0].1.drain, vec!["c".to_string()]);
         assert!(drains[0].0 >= D, "{:?}", drains[0].0);
+    }
+
+    #[test]
+    fn workers_frozen_together_between_heartbeats_are_not_drained() {
+        let t0 = Instant::now();
+        let mut n = nodes(&["a", "b", "c"], t0);
+        let mut w = Watch::new(D);
+        // Heartbeats every second, a little out of step; at 10.95 s all
+        // three freeze: a beat last at 10.0 s, b at 10.3 s, c at 10.9 s.
+        let mut now = t0;
+        let mut events = Vec::new();
+        while now < t0 + Duration::from_secs(30) {
+            now += Duration::from_millis(50);
+            let ms = (now - t0).as_millis();
+            for (name, offset) in [("a", 0), ("b", 300), ("c", 900)] {
+                if ms < 10_950 && ms % 1000 == offset {
+                    beat(&mut n, name, now);
+                }
+            }
+            let tick = w.tick(&mut n, now);
+            if tick != Tick::default() {
+                events.push((ms, tick));
+            }
+        }
+        assert!(events.iter().all(|(_, t)| t.drain.is_empty()), "{events:?}");
+        assert!(events.iter().any(|(_, t)| t.all_silent), "{events:?}");
+        // a went down first, while b and c were still counted ready.
+        assert_eq!(events[0].1.went_down, vec!["a".to_string()]);
     }
 
     #[test]
