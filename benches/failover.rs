@@ -12,50 +12,18 @@
 //! (not measured here: one engine cannot host a multi-node Swarm).
 //! Not a test: it asserts nothing about the numbers.
 
-use std::collections::HashMap;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use common::{IMAGE, Node, free_port, median, remove_labelled};
 use futures_util::future::join_all;
 use serde_json::Value;
 
-const IMAGE: &str = "cube-demo/echo:latest";
 const RUNS: usize = 5;
 const TASKS: usize = 6;
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn start(dir: &Path, name: &str, toml: String) -> Node {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, toml).expect("config");
-    Node(
-        Command::new(env!("CARGO_BIN_EXE_cube"))
-            .args(["node", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cube"),
-    )
-}
 
 fn worker(dir: &Path, name: &str, manager: &str) -> Node {
     let toml = format!(
@@ -64,7 +32,7 @@ fn worker(dir: &Path, name: &str, manager: &str) -> Node {
         dir.join(name).display(),
         free_port()
     );
-    start(dir, name, toml)
+    Node::start(dir, name, &toml)
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Vec<Value> {
@@ -86,56 +54,18 @@ async fn until(http: &reqwest::Client, url: &str, done: impl Fn(&[Value]) -> boo
     }
 }
 
-async fn remove_labelled(docker: &Docker, label: &str) {
-    let options = ListContainersOptions {
-        all: true,
-        filters: Some(HashMap::from([("label".into(), vec![label.to_string()])])),
-        ..Default::default()
-    };
-    let list = docker
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default();
-    let removals = list.into_iter().filter_map(|c| c.id).map(|id| async move {
-        let options = RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        let _ = docker.remove_container(&id, Some(options)).await;
-    });
-    join_all(removals).await;
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let built = Command::new("bash")
-        .arg(format!("{root}/images/build.sh"))
-        .status()
-        .expect("run images/build.sh");
-    assert!(
-        built.success(),
-        "cannot build the workload image (is Docker running?)"
-    );
-    let docker = Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
-        .await
-        .expect("the Docker engine is not reachable");
+    let docker: Docker = common::image_and_engine().await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let tag = std::process::id();
     let mport = free_port();
     let base = format!("http://127.0.0.1:{mport}");
-    let _manager = start(
+    let _manager = Node::start(
         dir.path(),
         "manager",
-        format!(
+        &format!(
             "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
              scheduler = \"round-robin\"\n",
             dir.path().join("manager").display()
@@ -189,8 +119,7 @@ async fn main() {
         assert!(!doomed.is_empty(), "no task landed on the victim");
 
         let killed = Instant::now();
-        let _ = node.0.kill();
-        let _ = node.0.wait();
+        node.kill9();
         remove_labelled(&docker, &format!("cube.node={victim}")).await;
         let gone = victim.clone();
         until(&http, &format!("{base}/tasks"), |tasks| {

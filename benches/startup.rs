@@ -10,24 +10,18 @@
 //!
 //! Prints a table of medians and the ratio. Not a test: it asserts nothing.
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
-};
+use bollard::query_parameters::CreateContainerOptions;
+use common::{IMAGE, Node, free_port, median, remove_labelled};
 use futures_util::future::join_all;
 
-const IMAGE: &str = "cube-demo/echo:latest";
 const BENCH_LABEL: &str = "cube.bench";
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
 
 async fn engine_run(docker: &Docker, n: usize) -> f64 {
     let start = Instant::now();
@@ -51,26 +45,6 @@ async fn engine_run(docker: &Docker, n: usize) -> f64 {
     let secs = start.elapsed().as_secs_f64();
     remove_labelled(docker, &format!("{BENCH_LABEL}=engine")).await;
     secs
-}
-
-async fn remove_labelled(docker: &Docker, label: &str) {
-    let options = ListContainersOptions {
-        all: true,
-        filters: Some(HashMap::from([("label".into(), vec![label.to_string()])])),
-        ..Default::default()
-    };
-    let list = docker
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default();
-    let removals = list.into_iter().filter_map(|c| c.id).map(|id| async move {
-        let options = RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        let _ = docker.remove_container(&id, Some(options)).await;
-    });
-    join_all(removals).await;
 }
 
 async fn cube_run(http: &reqwest::Client, base: &str, n: usize) -> f64 {
@@ -122,62 +96,21 @@ async fn cube_run(http: &reqwest::Client, base: &str, n: usize) -> f64 {
     secs
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-struct Node(std::process::Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let built = Command::new("bash")
-        .arg(format!("{root}/images/build.sh"))
-        .status()
-        .expect("run images/build.sh");
-    assert!(
-        built.success(),
-        "cannot build the workload image (is Docker running?)"
-    );
-
-    let docker = Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
-        .await
-        .expect("the Docker engine is not reachable");
+    let docker = common::image_and_engine().await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let (mport, wport) = (free_port(), free_port());
     let node_name = format!("bench-{}", std::process::id());
-    let config = dir.path().join("dev.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let _node = Node::start(
+        dir.path(),
+        "dev",
+        &format!(
             "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
              [worker]\nname = \"{node_name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
             dir.path().join("data").display()
         ),
-    )
-    .expect("config");
-    let _node = Node(
-        Command::new(env!("CARGO_BIN_EXE_cube"))
-            .args(["node", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cube"),
     );
     let base = format!("http://127.0.0.1:{mport}");
     let http = reqwest::Client::new();

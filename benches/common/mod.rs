@@ -1,0 +1,98 @@
+//! What the engine-backed benchmarks share: the workload image, the engine
+//! connection, `cube node` processes, loopback ports, clean-up, medians.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use bollard::Docker;
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use futures_util::future::join_all;
+
+pub const IMAGE: &str = "cube-demo/echo:latest";
+
+/// Builds the workload image if needed and connects to the engine; panics
+/// loudly without Docker.
+pub async fn image_and_engine() -> Docker {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = Command::new("bash")
+        .arg(format!("{root}/images/build.sh"))
+        .status()
+        .expect("run images/build.sh");
+    assert!(
+        built.success(),
+        "cannot build the workload image (is Docker running?)"
+    );
+    Docker::connect_with_local_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine is not reachable")
+}
+
+/// A `cube node` process, killed when dropped.
+pub struct Node(pub Child);
+
+impl Node {
+    /// Writes `toml` as `<dir>/<name>.toml` and starts a node with it.
+    pub fn start(dir: &Path, name: &str, toml: &str) -> Node {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("config");
+        Node(
+            Command::new(env!("CARGO_BIN_EXE_cube"))
+                .args(["node", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start cube"),
+        )
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// Force-removes every container with this label (`key=value`).
+pub async fn remove_labelled(docker: &Docker, label: &str) {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([("label".into(), vec![label.to_string()])])),
+        ..Default::default()
+    };
+    let list = docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default();
+    let removals = list.into_iter().filter_map(|c| c.id).map(|id| async move {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        let _ = docker.remove_container(&id, Some(options)).await;
+    });
+    join_all(removals).await;
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
