@@ -355,3 +355,41 @@ async fn when_every_worker_goes_silent_at_once_nothing_moves() {
         assert_eq!(containers_of_task(&id), vec![t.container_id.unwrap()]);
     }
 }
+
+#[tokio::test]
+async fn a_pending_task_is_placed_as_soon_as_a_task_ends() {
+    ensure_image();
+    let cluster = Cluster::split_with("epvm", &["[worker.capacity]\nmemory_mb = 512"]);
+    cluster.ready().await;
+    let mut spec = serve("half");
+    spec["memory_mb"] = 400.into();
+    let first = submit(&cluster, &spec).await;
+    cluster.wait_state(&first, "Running", T).await;
+    let second = submit(&cluster, &spec).await;
+    let client = cluster.client();
+    let pending = wait_for("the second task to say why it waits", T, || {
+        let client = client.clone();
+        let id = second.clone();
+        async move {
+            let t = client.task(&id).await.ok()?;
+            t.error.is_some().then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(pending.state.as_str(), "Pending");
+    assert!(
+        pending
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no node has 400 MB"),
+        "{pending:?}"
+    );
+    // The user stops the first: its memory is free, the second runs.
+    client.stop(&first).await.unwrap();
+    let running = cluster.wait_state(&second, "Running", T).await;
+    assert_eq!(
+        running.node.as_deref(),
+        Some(cluster.worker_names[0].as_str())
+    );
+}

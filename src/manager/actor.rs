@@ -95,8 +95,13 @@ impl Manager {
     }
 
     /// Applies a worker's report to the record; returns the write to await
-    /// when the record changed.
-    fn apply_report(&mut self, status: &TaskStatus) -> Result<Option<Write>, ManagerError> {
+    /// when the record changed. A task that ended frees its node's
+    /// capacity: Pending tasks get another try.
+    fn apply_report(
+        &mut self,
+        status: &TaskStatus,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<Write>, ManagerError> {
         let record = self
             .tasks
             .get_mut(&status.task_id)
@@ -105,6 +110,9 @@ impl Manager {
         match record.apply_status(status, Utc::now()) {
             Ok(true) => {
                 log_change(record, before);
+                if record.state.is_terminal() && !before.is_terminal() {
+                    ctx.notify(PlacePending);
+                }
                 let record = record.clone();
                 Ok(Some(self.persist(record)))
             }
@@ -141,16 +149,16 @@ impl Manager {
             assignment.attempt
         );
         let send = async move { client.assign(&assignment).await };
-        ctx.spawn(send.into_actor(self).then(move |result, act, _ctx| {
+        ctx.spawn(send.into_actor(self).then(move |result, act, ctx| {
             let write = match result {
-                Ok(status) => act.apply_report(&status).ok().flatten(),
+                Ok(status) => act.apply_report(&status, ctx).ok().flatten(),
                 Err(e) if e.is_unreachable() => {
                     log::warn!(
                         "manager: task {id} stays Scheduled on {node} until it registers again: {e}"
                     );
                     None
                 }
-                Err(e) => act.fail_task(id, format!("worker {node} refused the task: {e}")),
+                Err(e) => act.fail_task(id, format!("worker {node} refused the task: {e}"), ctx),
             };
             async move {
                 if let Some(write) = write
@@ -163,7 +171,7 @@ impl Manager {
         }));
     }
 
-    fn fail_task(&mut self, id: Uuid, error: String) -> Option<Write> {
+    fn fail_task(&mut self, id: Uuid, error: String, ctx: &mut Context<Self>) -> Option<Write> {
         let record = self.tasks.get(&id)?;
         let status = TaskStatus {
             task_id: id,
@@ -177,7 +185,7 @@ impl Manager {
             at: Utc::now(),
             seq: record.status_seq,
         };
-        self.apply_report(&status).ok().flatten()
+        self.apply_report(&status, ctx).ok().flatten()
     }
 
     fn snapshots(&self) -> Vec<NodeSnapshot> {
@@ -284,9 +292,9 @@ impl Manager {
                 ctx.spawn(
                     async move { client.stop_on_worker(id).await }
                         .into_actor(self)
-                        .then(move |result, act, _| {
+                        .then(move |result, act, ctx| {
                             let write = match result {
-                                Ok(status) => act.apply_report(&status).ok().flatten(),
+                                Ok(status) => act.apply_report(&status, ctx).ok().flatten(),
                                 Err(e) => {
                                     log::warn!("manager: could not stop task {id}: {e}");
                                     None
@@ -572,11 +580,11 @@ impl Handler<StopTask> for Manager {
                 None => None,
             })
         };
-        Box::pin(work.into_actor(self).then(move |result, act, _ctx| {
+        Box::pin(work.into_actor(self).then(move |result, act, ctx| {
             let (write, done) = match result {
                 Err(e) => return Either::Left(fut::ready(Err(e))),
                 Ok(None) => (None, done),
-                Ok(Some(Ok(status))) => (act.apply_report(&status).ok().flatten(), true),
+                Ok(Some(Ok(status))) => (act.apply_report(&status, ctx).ok().flatten(), true),
                 Ok(Some(Err(e))) => {
                     log::warn!("manager: task {id} will be stopped when its worker is back: {e}");
                     (None, false)
@@ -736,16 +744,7 @@ impl Handler<Report> for Manager {
     type Result = ResponseActFuture<Self, Result<(), ManagerError>>;
 
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) -> Self::Result {
-        let write = self.apply_report(&msg.0);
-        // A task that ended frees its node's capacity.
-        if let Ok(Some(_)) = &write
-            && self
-                .tasks
-                .get(&msg.0.task_id)
-                .is_some_and(|t| t.state.is_terminal())
-        {
-            ctx.notify(PlacePending);
-        }
+        let write = self.apply_report(&msg.0, ctx);
         // A stop that reached the worker before the task did: stop it now.
         if let Some(record) = self.tasks.get(&msg.0.task_id)
             && record.desired_state == DesiredState::Stopped
@@ -809,6 +808,7 @@ impl Handler<SyncNode> for Manager {
                     );
                     let writes = act.persist_changed(&reconciled);
                     act.execute(&name, reconciled.reply, ctx);
+                    ctx.notify(PlacePending);
                     Either::Right(
                         async move {
                             if let Err(e) = writes.await {
