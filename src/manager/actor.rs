@@ -18,6 +18,7 @@ use chrono::Utc;
 use futures_util::future::{Either, LocalBoxFuture};
 use uuid::Uuid;
 
+use super::drain::drain_node;
 use super::liveness::{Life, NodeState, Watch};
 use super::nodes::{self, NodeRecord, NodeView};
 use super::reconcile::{Reconciled, reconcile_node};
@@ -229,44 +230,18 @@ impl Manager {
     /// node that fits (or stays Pending, saying why). A task the user was
     /// stopping ends: its container goes when the node comes back.
     fn drain(&mut self, node: &str, ctx: &mut Context<Self>) {
-        let after = self.watch.down_after().as_secs_f64();
-        let now = Utc::now();
-        let mut writes = Vec::new();
-        let ids: Vec<Uuid> = self
-            .tasks
-            .values()
-            .filter(|t| t.node.as_deref() == Some(node) && nodes::holds_resources(t))
-            .map(|t| t.id)
-            .collect();
-        for id in &ids {
-            let Some(record) = self.tasks.get_mut(id) else {
-                continue;
-            };
-            let before = record.state;
-            let result = match record.desired_state {
-                DesiredState::Running => record.lose(
-                    &format!("worker {node} is down (no heartbeat for {after:.1} s); moving"),
-                    now,
-                ),
-                DesiredState::Stopped => record.end_on_lost_node(
-                    &format!(
-                        "stopped while worker {node} was down; its container is removed if it comes back"
-                    ),
-                    now,
-                ),
-            };
-            match result {
-                Ok(()) => {
-                    log_change(record, before);
-                    writes.push(write(&self.store, record.clone()));
-                }
-                Err(e) => log::error!("manager: task {id}: {e}"),
-            }
-        }
+        let changed = drain_node(&mut self.tasks, node, self.watch.down_after(), Utc::now());
         log::warn!(
             "manager: moving {} tasks off down worker {node}",
-            writes.len()
+            changed.len()
         );
+        let mut writes = Vec::new();
+        for (id, before) in changed {
+            if let Some(record) = self.tasks.get(&id) {
+                log_change(record, before);
+                writes.push(self.persist(record.clone()));
+            }
+        }
         ctx.spawn(
             async move {
                 for write in writes {

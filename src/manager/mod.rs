@@ -2,6 +2,7 @@
 //! knows of workers (nodes) and of their liveness, and its HTTP routes.
 
 pub mod actor;
+pub mod drain;
 pub mod liveness;
 pub mod nodes;
 pub mod reconcile;
