@@ -32,7 +32,7 @@ use crate::wire::{
 
 /// How long the manager waits for a worker that may be a live namesake of
 /// one registering.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
