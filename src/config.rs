@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::wire::Capacity;
+use crate::worker::restart::Backoff;
 
 /// What a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -134,6 +135,40 @@ pub struct WorkerConfig {
     /// What the worker offers for placement, where it is not the machine's.
     #[serde(default)]
     pub capacity: CapacityOverride,
+    /// The wait between restarts of a task whose container exited.
+    #[serde(default)]
+    pub restart_backoff: BackoffConfig,
+}
+
+/// `[worker.restart_backoff]`: the first wait, doubling up to the cap, and
+/// back to the first after a run of `reset_after_ms`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    pub first_ms: u64,
+    pub max_ms: u64,
+    pub reset_after_ms: u64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        let b = Backoff::default();
+        BackoffConfig {
+            first_ms: b.first.as_millis() as u64,
+            max_ms: b.max.as_millis() as u64,
+            reset_after_ms: b.reset_after.as_millis() as u64,
+        }
+    }
+}
+
+impl BackoffConfig {
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            first: Duration::from_millis(self.first_ms),
+            max: Duration::from_millis(self.max_ms),
+            reset_after: Duration::from_millis(self.reset_after_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +290,19 @@ impl NodeConfig {
                     "must be positive",
                 ));
             }
+            let b = &worker.restart_backoff;
+            if b.first_ms == 0 {
+                return Err(ConfigError::key(
+                    "worker.restart_backoff.first_ms",
+                    "must be positive",
+                ));
+            }
+            if b.max_ms < b.first_ms {
+                return Err(ConfigError::key(
+                    "worker.restart_backoff.max_ms",
+                    "must be at least first_ms",
+                ));
+            }
             if c.disk_mb == Some(0) {
                 return Err(ConfigError::key(
                     "worker.capacity.disk_mb",
@@ -373,6 +421,7 @@ listen = "127.0.0.1:5556"
         let w = c.worker.as_ref().unwrap();
         assert_eq!(w.heartbeat(), Duration::from_secs(1));
         assert_eq!(w.capacity, CapacityOverride::default());
+        assert_eq!(w.restart_backoff.backoff(), Backoff::default());
         let text = DEV.replace(
             "[worker]",
             "down_after_ms = 1500\n[worker]\nheartbeat_ms = 200",
@@ -442,6 +491,10 @@ manager = "http://127.0.0.1:5555/"
         assert!(e.contains("worker.capacity.memory_mb"), "{e}");
         let e = err(&DEV.replace("[worker]", "[worker]\ncapacity = { gpus = 1 }"));
         assert!(e.contains("gpus"), "{e}");
+        let e = err(&format!(
+            "{DEV}[worker.restart_backoff]\nfirst_ms = 500\nmax_ms = 100\n"
+        ));
+        assert!(e.contains("worker.restart_backoff.max_ms"), "{e}");
         let e = err(&DEV.replace("[worker]", "down_after_ms = 5\n[worker]"));
         assert!(e.contains("manager.down_after_ms"), "{e}");
         let e = err(&DEV.replace("\"dev\"", "\"boss\""));

@@ -35,6 +35,15 @@ pub struct TaskStatus {
     /// late answer never overwrites a newer report.
     #[serde(default)]
     pub seq: u64,
+    /// Restarts of this attempt's container by its restart policy.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// When the container that runs now started.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// While waiting to restart: when the restart is due.
+    #[serde(default)]
+    pub next_restart_at: Option<DateTime<Utc>>,
 }
 
 /// A node's resources, as sysinfo reports them.

@@ -185,6 +185,9 @@ impl Manager {
             error: Some(error),
             at: Utc::now(),
             seq: record.status_seq,
+            restart_count: record.restart_count,
+            started_at: None,
+            next_restart_at: None,
         };
         self.apply_report(&status, ctx).ok().flatten()
     }

@@ -64,6 +64,9 @@ mod tests {
                 error: None,
                 at: Utc::now(),
                 seq: 1,
+                restart_count: 0,
+                started_at: None,
+                next_restart_at: None,
             };
             r.apply_status(&status, Utc::now()).unwrap();
         }

@@ -113,6 +113,9 @@ fn lost_status(
         error,
         at: now,
         seq: record.status_seq,
+        restart_count: record.restart_count,
+        started_at: None,
+        next_restart_at: None,
     }
 }
 
@@ -142,6 +145,9 @@ mod tests {
             error: None,
             at: Utc::now(),
             seq: r.status_seq,
+            restart_count: 0,
+            started_at: None,
+            next_restart_at: None,
         }
     }
 

@@ -30,7 +30,15 @@ pub struct TaskRecord {
     pub container_id: Option<String>,
     /// Container port -> host port.
     pub host_ports: BTreeMap<u16, u16>,
+    /// Restarts of the current attempt's container by its restart policy.
     pub restart_count: u32,
+    /// When the current container started.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// While waiting to restart: when the restart is due.
+    #[serde(default)]
+    pub next_restart_at: Option<DateTime<Utc>>,
+    /// The last exit code of the task's container (kept across restarts).
     pub exit_code: Option<i64>,
     /// Why the task is where it is, when that is not obvious (last error,
     /// or why it is still Pending).
@@ -74,6 +82,8 @@ impl TaskRecord {
             container_id: None,
             host_ports: BTreeMap::new(),
             restart_count: 0,
+            started_at: None,
+            next_restart_at: None,
             exit_code: None,
             error: None,
             created_at: now,
@@ -101,6 +111,9 @@ impl TaskRecord {
         self.node = Some(node.to_string());
         self.attempt += 1;
         self.status_seq = 0;
+        self.restart_count = 0;
+        self.started_at = None;
+        self.next_restart_at = None;
         self.container_id = None;
         self.host_ports.clear();
         self.error = None;
@@ -137,6 +150,8 @@ impl TaskRecord {
         self.container_id = None;
         self.host_ports.clear();
         self.exit_code = None;
+        self.started_at = None;
+        self.next_restart_at = None;
         self.error = Some(reason.to_string());
         self.touch(now);
         Ok(())
@@ -204,11 +219,13 @@ impl TaskRecord {
             self.host_ports.clone(),
             self.exit_code,
             self.error.clone(),
+            (self.restart_count, self.started_at, self.next_restart_at),
         );
         if status.state != self.state {
             self.transition(status.state)?;
         }
-        if status.container_id.is_some() {
+        // A task waiting to restart has no container.
+        if status.container_id.is_some() || status.state == TaskState::Scheduled {
             self.container_id = status.container_id.clone();
         }
         if !status.host_ports.is_empty() || status.state != TaskState::Running {
@@ -217,12 +234,16 @@ impl TaskRecord {
         self.exit_code = status.exit_code;
         self.error = status.error.clone();
         self.status_seq = status.seq;
+        self.restart_count = status.restart_count;
+        self.started_at = status.started_at;
+        self.next_restart_at = status.next_restart_at;
         let after = (
             self.state,
             self.container_id.clone(),
             self.host_ports.clone(),
             self.exit_code,
             self.error.clone(),
+            (self.restart_count, self.started_at, self.next_restart_at),
         );
         let changed = before != after;
         if changed {
@@ -262,6 +283,9 @@ mod tests {
             error: None,
             at: Utc::now(),
             seq: rec.status_seq + 1,
+            restart_count: 0,
+            started_at: None,
+            next_restart_at: None,
         }
     }
 

@@ -31,6 +31,46 @@ pub struct TaskSpec {
     /// or the one asked for (`"8080:7777"`).
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// What the worker does when the container exits by itself.
+    #[serde(default)]
+    pub restart: RestartSpec,
+    /// Seconds between SIGTERM and SIGKILL when the task is stopped.
+    #[serde(default = "default_stop_timeout_s")]
+    pub stop_timeout_s: u32,
+}
+
+fn default_stop_timeout_s() -> u32 {
+    10
+}
+
+/// When a container that exited by itself is started again (by the
+/// worker's TaskSupervisor, not by the engine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Never: the task ends with the container.
+    #[default]
+    #[serde(rename = "no")]
+    No,
+    /// After any exit.
+    #[serde(rename = "always")]
+    Always,
+    /// After any exit, like `always`; a task the user stopped stays stopped
+    /// (in Cube a user's stop always ends the task, across worker restarts too).
+    #[serde(rename = "unless-stopped")]
+    UnlessStopped,
+    /// After a non-zero exit, at most `max_retries` times; exit 0 completes.
+    #[serde(rename = "on-failure")]
+    OnFailure,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// With `on-failure`: restarts before the task is Failed (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
 }
 
 impl TaskSpec {
@@ -145,6 +185,8 @@ const FIELDS: &[&str] = &[
     "memory_mb",
     "disk_mb",
     "ports",
+    "restart",
+    "stop_timeout_s",
 ];
 
 /// Parses a spec from JSON text.
@@ -188,6 +230,14 @@ pub fn from_value(value: Value) -> Result<TaskSpec, SpecError> {
             "an array of port numbers (1-65535) or \"HOST:CONTAINER\" strings",
         )?
         .unwrap_or_default(),
+        restart: optional(
+            &map,
+            "restart",
+            "{\"policy\": \"no\" | \"always\" | \"unless-stopped\" | \"on-failure\", \"max_retries\": N}",
+        )?
+        .unwrap_or_default(),
+        stop_timeout_s: optional(&map, "stop_timeout_s", "a non-negative number of seconds")?
+            .unwrap_or_else(default_stop_timeout_s),
     };
     validate(&spec)?;
     Ok(spec)
@@ -255,6 +305,18 @@ pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
             "must be 0 (no limit) or at least 6 (the engine's minimum)",
         ));
     }
+    if spec.restart.max_retries.is_some() && spec.restart.policy != RestartPolicy::OnFailure {
+        return Err(SpecError::field(
+            "restart.max_retries",
+            "only applies to the \"on-failure\" policy",
+        ));
+    }
+    if spec.stop_timeout_s > 3600 {
+        return Err(SpecError::field(
+            "stop_timeout_s",
+            "must be at most 3600 seconds",
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     let mut seen_host = std::collections::BTreeSet::new();
     for port in &spec.ports {
@@ -315,6 +377,32 @@ mod tests {
     }
 
     #[test]
+    fn restart_policies_and_the_stop_timeout() {
+        let s = ok(json!({"name": "a", "image": "b"}));
+        assert_eq!(s.restart, RestartSpec::default());
+        assert_eq!(s.restart.policy, RestartPolicy::No);
+        assert_eq!(s.stop_timeout_s, 10);
+        let s = ok(json!({"name": "a", "image": "b", "stop_timeout_s": 2,
+            "restart": {"policy": "on-failure", "max_retries": 3}}));
+        assert_eq!(s.restart.policy, RestartPolicy::OnFailure);
+        assert_eq!(s.restart.max_retries, Some(3));
+        assert_eq!(s.stop_timeout_s, 2);
+        for (policy, expected) in [
+            ("no", RestartPolicy::No),
+            ("always", RestartPolicy::Always),
+            ("unless-stopped", RestartPolicy::UnlessStopped),
+        ] {
+            let s = ok(json!({"name": "a", "image": "b", "restart": {"policy": policy}}));
+            assert_eq!(s.restart.policy, expected);
+        }
+        let v = serde_json::to_value(ok(
+            json!({"name": "a", "image": "b", "restart": {"policy": "always"}}),
+        ))
+        .unwrap();
+        assert_eq!(v["restart"], json!({"policy": "always"}));
+    }
+
+    #[test]
     fn a_port_may_name_its_host_port() {
         let s = ok(json!({"name": "a", "image": "b", "ports": [7777, "8080:80"]}));
         assert_eq!(
@@ -360,6 +448,10 @@ mod tests {
             ("ports", json!([70000])),
             ("ports", json!(["99999:80"])),
             ("ports", json!([true])),
+            ("restart", json!("always")),
+            ("restart", json!({"policy": "sometimes"})),
+            ("restart", json!({"policy": "always", "retries": 2})),
+            ("stop_timeout_s", json!(-1)),
         ] {
             let mut v = base();
             v[field] = bad;
@@ -382,11 +474,15 @@ mod tests {
             ("ports", json!(["0:80"])),
             ("ports", json!(["8080:80", "8080:81"])),
             ("ports", json!(["8080:80", 80])),
+            ("stop_timeout_s", json!(7200)),
         ] {
             let mut v = base();
             v[field] = bad;
             assert_eq!(field_of(v).as_deref(), Some(field), "{field}");
         }
+        let v =
+            json!({"name": "a", "image": "b", "restart": {"policy": "always", "max_retries": 2}});
+        assert_eq!(field_of(v).as_deref(), Some("restart.max_retries"));
     }
 
     #[test]

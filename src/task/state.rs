@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 pub enum TaskState {
     /// Accepted and stored, not yet placed on a node.
     Pending,
-    /// Placed on a node; its container is not running yet.
+    /// Placed on a node; its container is not running yet (or waits to be
+    /// restarted by its restart policy).
     Scheduled,
     /// The container runs.
     Running,
@@ -60,7 +61,7 @@ const TABLE: [[bool; 5]; 5] = [
     //  Pend   Sched  Run    Compl  Fail
     [false, true, false, true, true], // Pending: placed, stopped before placement, or refused
     [true, false, true, true, true], // Scheduled: back to Pending when its node refuses it or is lost
-    [true, false, false, true, true], // Running: it ends, or back to Pending when its node is lost
+    [true, true, false, true, true], // Running: it ends, waits to restart (Scheduled), or its node is lost
     [false, false, false, false, false], // Completed: terminal
     [false, false, false, false, false], // Failed: terminal
 ];
@@ -100,6 +101,7 @@ mod tests {
             (Scheduled, Completed),
             (Scheduled, Failed),
             (Running, Pending),
+            (Running, Scheduled),
             (Running, Completed),
             (Running, Failed),
         ];

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::events::DockerEvents;
 use super::record::WorkerTaskRecord;
+use super::restart::Backoff;
 use super::stats::{ReadStats, Stats};
 use super::supervisor::{ContainerDied, EngineBack, Stop, TaskSupervisor};
 use crate::client::{Client, ClientError};
@@ -56,6 +57,8 @@ pub struct Worker {
     instance: Uuid,
     capacity: CapacityOverride,
     heartbeat: Duration,
+    /// Between restarts of a task by its restart policy.
+    backoff: Backoff,
     manager: Client,
     /// The manager, with a short timeout for heartbeats.
     beat_client: Client,
@@ -107,6 +110,7 @@ impl Worker {
             instance: Uuid::new_v4(),
             capacity: config.capacity.clone(),
             heartbeat: config.heartbeat(),
+            backoff: config.restart_backoff.backoff(),
             manager: Client::new(manager_url),
             beat_client: Client::with_timeout(manager_url, HEARTBEAT_TIMEOUT),
             registered: false,
@@ -143,6 +147,7 @@ impl Worker {
             ctx.address(),
             self.docker.clone(),
             held.record.stop_requested,
+            self.backoff,
         );
         held.supervisor = Some(supervisor.start());
     }

@@ -5,6 +5,7 @@
 pub mod actor;
 pub mod events;
 pub mod record;
+pub mod restart;
 pub mod routes;
 pub mod stats;
 pub mod supervisor;

@@ -31,6 +31,9 @@ impl WorkerTaskRecord {
             error: None,
             at: Utc::now(),
             seq: 0,
+            restart_count: 0,
+            started_at: None,
+            next_restart_at: None,
         };
         WorkerTaskRecord {
             version: 1,

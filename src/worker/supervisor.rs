@@ -1,20 +1,22 @@
 //! The TaskSupervisor actor: one per task attempt, the only code that touches
 //! its container. It brings the container up (adopting one that exists
 //! already: a restarted worker never starts a second copy), learns of its
-//! death from the worker's event stream, and stops and removes it on request.
+//! death from the worker's event stream, restarts it as the task's restart
+//! policy says (after a back-off, each old container removed), and stops and
+//! removes it on request.
 //! Every change goes to the Worker as a `StatusChanged`.
 
 use actix::prelude::*;
 use bollard::Docker;
 use chrono::Utc;
 
+use std::time::Instant;
+
 use super::actor::{StatusChanged, Worker};
+use super::restart::{self, AfterExit, Backoff};
 use crate::runtime::docker::{self as engine, ContainerView, RuntimeError};
 use crate::task::TaskState;
 use crate::wire::{Assignment, TaskStatus};
-
-/// Seconds between SIGTERM and SIGKILL when stopping a container.
-pub const STOP_TIMEOUT_S: i32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -23,6 +25,8 @@ enum Phase {
     /// The engine is unreachable; start again on `EngineUp`.
     WaitingForEngine,
     Running,
+    /// The container exited; a restart is due after the back-off.
+    Backoff,
     /// Stopping on request: engine events are the stop's own doing.
     Stopping,
     /// Ended (and its container removed); the actor stops.
@@ -38,6 +42,11 @@ pub struct TaskSupervisor {
     phase: Phase,
     /// Finish a stop the manager asked for before this worker restarted.
     stop_on_start: bool,
+    backoff: Backoff,
+    /// Quick restarts in a row (the back-off's exponent).
+    step: u32,
+    /// When the running container was seen up.
+    started: Option<Instant>,
 }
 
 impl TaskSupervisor {
@@ -49,6 +58,7 @@ impl TaskSupervisor {
         worker: Addr<Worker>,
         docker: Option<Docker>,
         stop_on_start: bool,
+        backoff: Backoff,
     ) -> Self {
         TaskSupervisor {
             node,
@@ -58,6 +68,9 @@ impl TaskSupervisor {
             status,
             phase: Phase::Starting,
             stop_on_start,
+            backoff,
+            step: 0,
+            started: None,
         }
     }
 
@@ -120,10 +133,13 @@ impl TaskSupervisor {
                     view.host_ports
                 );
                 self.phase = Phase::Running;
+                self.started = Some(Instant::now());
                 self.set(TaskState::Running, ctx, |s| {
                     s.container_id = Some(view.id.clone());
                     s.host_ports = view.host_ports.clone();
                     s.error = None;
+                    s.next_restart_at = None;
+                    s.started_at = Some(Utc::now());
                 });
                 if self.stop_on_start {
                     ctx.wait(self.stop());
@@ -167,29 +183,72 @@ impl TaskSupervisor {
         });
     }
 
-    /// The container ended by itself: record the exit and remove it.
+    /// The container ended by itself: remove it, then end the task or
+    /// restart it, as its restart policy says.
     fn exited(&mut self, container_id: String, exit_code: i64, ctx: &mut Context<Self>) {
         let id = self.id();
-        let state = if exit_code == 0 || self.stop_on_start {
-            TaskState::Completed
-        } else {
-            TaskState::Failed
-        };
         log::info!(
-            "supervisor: task {id} container {} exited with code {exit_code} -> {state}",
+            "supervisor: task {id} container {} exited with code {exit_code}",
             short(&container_id)
         );
-        if let Some(docker) = self.docker.clone() {
-            let remove = async move { engine::remove(&docker, &container_id).await };
-            ctx.wait(remove.into_actor(self).map(move |result, act, ctx| {
-                if let Err(e) = result {
-                    log::warn!("supervisor: task {id}: could not remove its container: {e}");
-                }
-                act.set(state, ctx, |s| s.exit_code = Some(exit_code));
-            }));
+        let Some(docker) = self.docker.clone() else {
+            self.after_exit(exit_code, ctx);
+            return;
+        };
+        let remove = async move { engine::remove(&docker, &container_id).await };
+        ctx.wait(remove.into_actor(self).map(move |result, act, ctx| {
+            if let Err(e) = result {
+                log::warn!("supervisor: task {id}: could not remove its container: {e}");
+            }
+            act.after_exit(exit_code, ctx);
+        }));
+    }
+
+    fn after_exit(&mut self, exit_code: i64, ctx: &mut Context<Self>) {
+        let id = self.id();
+        let decision = if self.stop_on_start {
+            AfterExit::End(TaskState::Completed)
         } else {
+            restart::after_exit(
+                &self.assignment.spec.restart,
+                exit_code,
+                self.status.restart_count,
+            )
+        };
+        if let AfterExit::End(state) = decision {
+            log::info!("supervisor: task {id} ends {state} (exit code {exit_code})");
             self.set(state, ctx, |s| s.exit_code = Some(exit_code));
+            return;
         }
+        let ran_for = self.started.map(|t| t.elapsed()).unwrap_or_default();
+        self.step = self.backoff.next_step(self.step, ran_for);
+        let delay = self.backoff.delay(self.step);
+        self.step += 1;
+        let restart = self.status.restart_count + 1;
+        log::info!(
+            "supervisor: task {id} restarts (restart {restart}, policy {:?}) in {delay:?}",
+            self.assignment.spec.restart.policy
+        );
+        self.phase = Phase::Backoff;
+        self.started = None;
+        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        self.set(TaskState::Scheduled, ctx, |s| {
+            s.restart_count = restart;
+            s.exit_code = Some(exit_code);
+            s.container_id = None;
+            s.host_ports.clear();
+            s.started_at = None;
+            s.next_restart_at = Some(due);
+            s.error = Some(format!(
+                "exited with code {exit_code}; restart {restart} in {} ms",
+                delay.as_millis()
+            ));
+        });
+        ctx.run_later(delay, |act, ctx| {
+            if act.phase == Phase::Backoff {
+                act.bring_up(ctx);
+            }
+        });
     }
 
     /// Stops and removes the container; the task ends Completed.
@@ -216,8 +275,8 @@ impl TaskSupervisor {
             "supervisor: task {id} stopping container {}",
             short(&container_id)
         );
-        let work =
-            async move { engine::stop_and_remove(&docker, &container_id, STOP_TIMEOUT_S).await };
+        let timeout_s = i32::try_from(self.assignment.spec.stop_timeout_s).unwrap_or(i32::MAX);
+        let work = async move { engine::stop_and_remove(&docker, &container_id, timeout_s).await };
         Box::pin(
             work.into_actor(self)
                 .map(move |result, act, ctx| match result {
@@ -339,7 +398,7 @@ impl Handler<EngineBack> for TaskSupervisor {
                     }
                 }));
             }
-            Phase::Starting | Phase::Stopping | Phase::Done => {}
+            Phase::Starting | Phase::Backoff | Phase::Stopping | Phase::Done => {}
         }
     }
 }
@@ -380,7 +439,9 @@ impl Handler<Stop> for TaskSupervisor {
         self.stop_on_start = true;
         let stop = match self.phase {
             Phase::Done | Phase::Stopping => Box::pin(fut::ready(())),
-            Phase::Starting | Phase::WaitingForEngine | Phase::Running => self.stop(),
+            Phase::Starting | Phase::WaitingForEngine | Phase::Running | Phase::Backoff => {
+                self.stop()
+            }
         };
         Box::pin(stop.map(|(), act, _| act.status.clone()))
     }

@@ -1,0 +1,128 @@
+//! Restart policies and their back-off: what the TaskSupervisor does when a
+//! container exits by itself. Pure functions; the supervisor only acts.
+
+use std::time::Duration;
+
+use crate::task::TaskState;
+use crate::task::spec::{RestartPolicy, RestartSpec};
+
+/// Exponential back-off between restarts: `first`, doubling, capped at
+/// `max`; back to `first` once a container has run for `reset_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before the restart that follows `step` quick restarts in a row.
+    pub fn delay(&self, step: u32) -> Duration {
+        let factor = 2u32.saturating_pow(step.min(31));
+        self.first.saturating_mul(factor).min(self.max)
+    }
+
+    /// The step of the next restart: the run that just ended resets the
+    /// count if it lasted `reset_after`.
+    pub fn next_step(&self, step: u32, ran_for: Duration) -> u32 {
+        if ran_for >= self.reset_after { 0 } else { step }
+    }
+}
+
+/// What follows an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterExit {
+    Restart,
+    End(TaskState),
+}
+
+/// The policy's answer to a container that exited with `exit_code` after
+/// `restarts` restarts of this attempt.
+pub fn after_exit(restart: &RestartSpec, exit_code: i64, restarts: u32) -> AfterExit {
+    let ended = if exit_code == 0 {
+        TaskState::Completed
+    } else {
+        TaskState::Failed
+    };
+    match restart.policy {
+        RestartPolicy::No => AfterExit::End(ended),
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => AfterExit::Restart,
+        RestartPolicy::OnFailure if exit_code == 0 => AfterExit::End(TaskState::Completed),
+        RestartPolicy::OnFailure => match restart.max_retries {
+            Some(max) if restarts >= max => AfterExit::End(TaskState::Failed),
+            _ => AfterExit::Restart,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(policy: RestartPolicy, max_retries: Option<u32>) -> RestartSpec {
+        RestartSpec {
+            policy,
+            max_retries,
+        }
+    }
+
+    #[test]
+    fn each_policy_after_each_kind_of_exit() {
+        use AfterExit::*;
+        use RestartPolicy::*;
+        use TaskState::{Completed, Failed};
+        let cases = [
+            // (policy, max_retries, exit code, restarts so far, expected)
+            (No, None, 0, 0, End(Completed)),
+            (No, None, 3, 0, End(Failed)),
+            (Always, None, 0, 0, Restart),
+            (Always, None, 3, 99, Restart),
+            (UnlessStopped, None, 0, 5, Restart),
+            (UnlessStopped, None, 137, 5, Restart),
+            (OnFailure, None, 0, 0, End(Completed)),
+            (OnFailure, None, 3, 1000, Restart),
+            (OnFailure, Some(3), 3, 0, Restart),
+            (OnFailure, Some(3), 3, 2, Restart),
+            (OnFailure, Some(3), 3, 3, End(Failed)),
+            (OnFailure, Some(3), 0, 3, End(Completed)),
+            (OnFailure, Some(0), 1, 0, End(Failed)),
+        ];
+        for (policy, max, code, restarts, expected) in cases {
+            assert_eq!(
+                after_exit(&spec(policy, max), code, restarts),
+                expected,
+                "{policy:?} max {max:?} exit {code} after {restarts}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_delay_doubles_up_to_the_cap() {
+        let b = Backoff::default();
+        let ms: Vec<u128> = (0..12).map(|s| b.delay(s).as_millis()).collect();
+        assert_eq!(
+            ms,
+            vec![
+                100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000
+            ]
+        );
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_clean_run_resets_the_back_off() {
+        let b = Backoff::default();
+        assert_eq!(b.next_step(5, Duration::from_secs(2)), 5);
+        assert_eq!(b.next_step(5, Duration::from_secs(10)), 0);
+    }
+}

@@ -1,0 +1,136 @@
+//! Restart policies, enforced by the worker's TaskSupervisor with the real
+//! engine: on-failure with a limit, exit 0 under on-failure, always.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use cube::task::TaskRecord;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A worker whose back-off starts at 300 ms, so the growing gaps stand out.
+const SLOW_BACKOFF: &str = "[worker.restart_backoff]\nfirst_ms = 300";
+
+async fn submit(cluster: &Cluster, spec: &serde_json::Value) -> String {
+    let r = cluster.post(spec).await;
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn exits(name: &str, code: u8, after_ms: u32, restart: serde_json::Value) -> serde_json::Value {
+    let mut spec = echo_spec(
+        name,
+        &["/echo", "exit", &code.to_string(), &after_ms.to_string()],
+    );
+    spec["restart"] = restart;
+    spec
+}
+
+#[tokio::test]
+async fn on_failure_restarts_with_growing_gaps_then_fails_at_max_retries() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &[SLOW_BACKOFF]);
+    cluster.ready().await;
+    let spec = exits(
+        "crash",
+        3,
+        300,
+        serde_json::json!({"policy": "on-failure", "max_retries": 3}),
+    );
+    let id = submit(&cluster, &spec).await;
+    // Follow the record: each run's start, by restart count; never more
+    // than one container of the task at a time.
+    let client = cluster.client();
+    let mut starts: BTreeMap<u32, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+    let deadline = Instant::now() + T;
+    let last: TaskRecord = loop {
+        let containers = containers_of_task(&id).len();
+        assert!(containers <= 1, "{containers} containers of one task");
+        let t = client.task(&id).await.unwrap();
+        if let Some(at) = t.started_at {
+            starts.insert(t.restart_count, at);
+        }
+        if t.state.as_str() == "Failed" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "timed out; last record {t:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(last.restart_count, 3);
+    assert_eq!(last.exit_code, Some(3));
+    assert_eq!(last.next_restart_at, None);
+    assert_eq!(
+        starts.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1, 2, 3],
+        "{starts:?}"
+    );
+    let at: Vec<_> = starts.values().collect();
+    let gaps: Vec<i64> = at
+        .windows(2)
+        .map(|w| (*w[1] - *w[0]).num_milliseconds())
+        .collect();
+    eprintln!("gaps between the starts of consecutive runs: {gaps:?} ms");
+    assert!(
+        gaps[0] < gaps[1] && gaps[1] < gaps[2],
+        "the gaps between restarts should grow: {gaps:?} ms"
+    );
+    assert!(
+        containers_of_task(&id).is_empty(),
+        "a dead container was left"
+    );
+}
+
+#[tokio::test]
+async fn exit_0_under_on_failure_completes_without_a_restart() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &[""]);
+    cluster.ready().await;
+    let spec = exits(
+        "done",
+        0,
+        200,
+        serde_json::json!({"policy": "on-failure", "max_retries": 5}),
+    );
+    let id = submit(&cluster, &spec).await;
+    let t = cluster.wait_state(&id, "Completed", T).await;
+    assert_eq!(t.restart_count, 0);
+    assert_eq!(t.exit_code, Some(0));
+    assert!(containers_of_task(&id).is_empty());
+}
+
+#[tokio::test]
+async fn always_keeps_restarting_until_the_task_is_stopped() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &[""]);
+    cluster.ready().await;
+    let spec = exits("loop", 0, 200, serde_json::json!({"policy": "always"}));
+    let id = submit(&cluster, &spec).await;
+    let client = cluster.client();
+    let t = wait_for("three restarts", T, || {
+        let client = client.clone();
+        let id = id.clone();
+        let containers = containers_of_task(&id).len();
+        assert!(containers <= 1, "{containers} containers of one task");
+        async move {
+            let t = client.task(&id).await.ok()?;
+            assert!(!t.state.is_terminal(), "{t:?}");
+            (t.restart_count >= 3).then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(t.exit_code, Some(0));
+    assert_eq!(t.attempt, 1, "restarts stay on the node, in one attempt");
+    let stopped = client.stop(&id).await.unwrap();
+    assert_eq!(stopped.state.as_str(), "Completed");
+    wait_for("its last container to go", T, || {
+        let gone = containers_of_task(&id).is_empty();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let after = client.task(&id).await.unwrap();
+    assert_eq!(after.state.as_str(), "Completed");
+}
