@@ -134,3 +134,38 @@ async fn always_keeps_restarting_until_the_task_is_stopped() {
     let after = client.task(&id).await.unwrap();
     assert_eq!(after.state.as_str(), "Completed");
 }
+
+#[tokio::test]
+async fn a_container_removed_behind_cubes_back_is_replaced() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &[""]);
+    cluster.ready().await;
+    let mut spec = echo_spec("kept", &["/echo", "serve", "7777"]);
+    spec["restart"] = serde_json::json!({"policy": "always"});
+    let id = submit(&cluster, &spec).await;
+    let first = cluster.wait_state(&id, "Running", T).await;
+    let old = first.container_id.clone().unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["rm", "-f", &old])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let client = cluster.client();
+    let again = wait_for("a new container to run", T, || {
+        let client = client.clone();
+        let id = id.clone();
+        let old = old.clone();
+        async move {
+            let t = client.task(&id).await.ok()?;
+            (t.state.as_str() == "Running" && t.container_id.as_deref() != Some(old.as_str()))
+                .then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(again.restart_count, 1);
+    assert_eq!(
+        containers_of_task(&id),
+        vec![again.container_id.clone().unwrap()]
+    );
+    client.stop(&id).await.unwrap();
+}
