@@ -44,6 +44,30 @@ pub struct TaskStatus {
     /// While waiting to restart: when the restart is due.
     #[serde(default)]
     pub next_restart_at: Option<DateTime<Utc>>,
+    /// The health check's view of the running container (tasks with a check).
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not passed yet since the container started.
+    Starting,
+    Healthy,
+    /// Failed `retries` checks in a row.
+    Unhealthy,
+}
+
+/// The health of a task's container, and its last check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub state: HealthState,
+    /// Failed checks in a row.
+    pub failures: u32,
+    /// What the last check found ("HTTP 200", "connection refused", ...).
+    pub last_probe: Option<String>,
+    pub checked_at: Option<DateTime<Utc>>,
 }
 
 /// A node's resources, as sysinfo reports them.

@@ -188,6 +188,7 @@ impl Manager {
             restart_count: record.restart_count,
             started_at: None,
             next_restart_at: None,
+            health: None,
         };
         self.apply_report(&status, ctx).ok().flatten()
     }

@@ -67,6 +67,7 @@ mod tests {
                 restart_count: 0,
                 started_at: None,
                 next_restart_at: None,
+                health: None,
             };
             r.apply_status(&status, Utc::now()).unwrap();
         }

@@ -116,6 +116,7 @@ fn lost_status(
         restart_count: record.restart_count,
         started_at: None,
         next_restart_at: None,
+        health: None,
     }
 }
 
@@ -148,6 +149,7 @@ mod tests {
             restart_count: 0,
             started_at: None,
             next_restart_at: None,
+            health: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
     PortBinding,
@@ -283,6 +284,44 @@ pub async fn stop_and_remove(
         .and_then(|v| v.exit_code);
     remove(docker, id).await?;
     Ok(exit_code)
+}
+
+/// Runs `cmd` in a running container, waits for it, and gives its exit
+/// code and the tail of its output.
+pub async fn exec(
+    docker: &Docker,
+    id: &str,
+    cmd: &[String],
+) -> Result<(i64, String), RuntimeError> {
+    let options = CreateExecOptions {
+        cmd: Some(cmd.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(id, options).await?;
+    let mut output = String::new();
+    if let StartExecResults::Attached {
+        output: mut stream, ..
+    } = docker.start_exec(&created.id, None).await?
+    {
+        while let Some(chunk) = stream.next().await {
+            output.push_str(&chunk?.to_string());
+            // Keep the tail only.
+            if output.len() > 4096 {
+                let cut = output.len() - 1024;
+                let cut = (cut..output.len())
+                    .find(|&i| output.is_char_boundary(i))
+                    .unwrap_or(output.len());
+                output.drain(..cut);
+            }
+        }
+    }
+    let inspected = docker.inspect_exec(&created.id).await?;
+    let code = inspected
+        .exit_code
+        .ok_or_else(|| RuntimeError::Engine(format!("exec in {id} has no exit code")))?;
+    Ok((code, output.trim().to_string()))
 }
 
 /// Removes a (stopped) container; a container that is already gone is fine.

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::spec::TaskSpec;
 use super::state::{IllegalTransition, TaskState, check_transition};
-use crate::wire::TaskStatus;
+use crate::wire::{Health, TaskStatus};
 
 /// What the user wants of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,9 @@ pub struct TaskRecord {
     /// While waiting to restart: when the restart is due.
     #[serde(default)]
     pub next_restart_at: Option<DateTime<Utc>>,
+    /// The health check's view of the running container.
+    #[serde(default)]
+    pub health: Option<Health>,
     /// The last exit code of the task's container (kept across restarts).
     pub exit_code: Option<i64>,
     /// Why the task is where it is, when that is not obvious (last error,
@@ -84,6 +87,7 @@ impl TaskRecord {
             restart_count: 0,
             started_at: None,
             next_restart_at: None,
+            health: None,
             exit_code: None,
             error: None,
             created_at: now,
@@ -114,6 +118,7 @@ impl TaskRecord {
         self.restart_count = 0;
         self.started_at = None;
         self.next_restart_at = None;
+        self.health = None;
         self.container_id = None;
         self.host_ports.clear();
         self.error = None;
@@ -152,6 +157,7 @@ impl TaskRecord {
         self.exit_code = None;
         self.started_at = None;
         self.next_restart_at = None;
+        self.health = None;
         self.error = Some(reason.to_string());
         self.touch(now);
         Ok(())
@@ -220,6 +226,7 @@ impl TaskRecord {
             self.exit_code,
             self.error.clone(),
             (self.restart_count, self.started_at, self.next_restart_at),
+            self.health.clone(),
         );
         if status.state != self.state {
             self.transition(status.state)?;
@@ -237,6 +244,7 @@ impl TaskRecord {
         self.restart_count = status.restart_count;
         self.started_at = status.started_at;
         self.next_restart_at = status.next_restart_at;
+        self.health = status.health.clone();
         let after = (
             self.state,
             self.container_id.clone(),
@@ -244,6 +252,7 @@ impl TaskRecord {
             self.exit_code,
             self.error.clone(),
             (self.restart_count, self.started_at, self.next_restart_at),
+            self.health.clone(),
         );
         let changed = before != after;
         if changed {
@@ -286,6 +295,7 @@ mod tests {
             restart_count: 0,
             started_at: None,
             next_restart_at: None,
+            health: None,
         }
     }
 

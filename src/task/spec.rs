@@ -37,6 +37,50 @@ pub struct TaskSpec {
     /// Seconds between SIGTERM and SIGKILL when the task is stopped.
     #[serde(default = "default_stop_timeout_s")]
     pub stop_timeout_s: u32,
+    /// How the worker checks that the task is healthy (none: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+}
+
+/// A health check, run by the worker's HealthChecker: an HTTP GET that must
+/// answer 2xx, a TCP connect, or a command run in the container that must
+/// exit 0. After `retries` failures in a row the task is unhealthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// HTTP path to GET on `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Connect to `port`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcp: bool,
+    /// Run this command in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// Container port of the HTTP and TCP checks (one of the task's `ports`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "default_interval_s")]
+    pub interval_s: f64,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Failures in this first period after a start do not count.
+    #[serde(default)]
+    pub start_period_s: f64,
+}
+
+fn default_interval_s() -> f64 {
+    5.0
+}
+
+fn default_timeout_s() -> f64 {
+    2.0
+}
+
+fn default_retries() -> u32 {
+    3
 }
 
 fn default_stop_timeout_s() -> u32 {
@@ -187,6 +231,7 @@ const FIELDS: &[&str] = &[
     "ports",
     "restart",
     "stop_timeout_s",
+    "health",
 ];
 
 /// Parses a spec from JSON text.
@@ -238,6 +283,11 @@ pub fn from_value(value: Value) -> Result<TaskSpec, SpecError> {
         .unwrap_or_default(),
         stop_timeout_s: optional(&map, "stop_timeout_s", "a non-negative number of seconds")?
             .unwrap_or_else(default_stop_timeout_s),
+        health: optional(
+            &map,
+            "health",
+            "{\"http\": \"/path\" | \"tcp\": true | \"exec\": [...], \"port\", \"interval_s\", \"timeout_s\", \"retries\", \"start_period_s\"}",
+        )?,
     };
     validate(&spec)?;
     Ok(spec)
@@ -317,6 +367,9 @@ pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
             "must be at most 3600 seconds",
         ));
     }
+    if let Some(health) = &spec.health {
+        validate_health(health, spec)?;
+    }
     let mut seen = std::collections::BTreeSet::new();
     let mut seen_host = std::collections::BTreeSet::new();
     for port in &spec.ports {
@@ -337,6 +390,66 @@ pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
                 format!("host port {host} is listed twice"),
             ));
         }
+    }
+    Ok(())
+}
+
+fn validate_health(health: &HealthSpec, spec: &TaskSpec) -> Result<(), SpecError> {
+    let kinds = usize::from(health.http.is_some())
+        + usize::from(health.tcp)
+        + usize::from(health.exec.is_some());
+    if kinds != 1 {
+        return Err(SpecError::field(
+            "health",
+            "give exactly one of \"http\", \"tcp\" or \"exec\"",
+        ));
+    }
+    if let Some(path) = &health.http
+        && !path.starts_with('/')
+    {
+        return Err(SpecError::field(
+            "health.http",
+            "must be a path starting with /",
+        ));
+    }
+    if health.exec.as_ref().is_some_and(Vec::is_empty) {
+        return Err(SpecError::field("health.exec", "must not be empty"));
+    }
+    if health.http.is_some() || health.tcp {
+        let Some(port) = health.port else {
+            return Err(SpecError::field(
+                "health.port",
+                "missing: the HTTP and TCP checks need a port",
+            ));
+        };
+        if !spec.ports.iter().any(|p| p.container == port) {
+            return Err(SpecError::field(
+                "health.port",
+                format!(
+                    "{port} is not one of the task's ports (the check reaches it through its host port)"
+                ),
+            ));
+        }
+    }
+    for (field, value, min) in [
+        ("health.interval_s", health.interval_s, 0.05),
+        ("health.timeout_s", health.timeout_s, 0.01),
+    ] {
+        if !value.is_finite() || value < min || value > 3600.0 {
+            return Err(SpecError::field(
+                field,
+                format!("must be between {min} and 3600 seconds"),
+            ));
+        }
+    }
+    if !health.start_period_s.is_finite() || !(0.0..=3600.0).contains(&health.start_period_s) {
+        return Err(SpecError::field(
+            "health.start_period_s",
+            "must be between 0 and 3600 seconds",
+        ));
+    }
+    if health.retries == 0 {
+        return Err(SpecError::field("health.retries", "must be at least 1"));
     }
     Ok(())
 }
@@ -400,6 +513,54 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(v["restart"], json!({"policy": "always"}));
+    }
+
+    #[test]
+    fn health_checks_parse_with_defaults_and_errors_name_the_field() {
+        let s = ok(json!({"name": "a", "image": "b", "ports": [7777],
+            "health": {"http": "/health", "port": 7777}}));
+        let h = s.health.unwrap();
+        assert_eq!(h.http.as_deref(), Some("/health"));
+        assert_eq!(
+            (h.interval_s, h.timeout_s, h.retries, h.start_period_s),
+            (5.0, 2.0, 3, 0.0)
+        );
+        let s = ok(json!({"name": "a", "image": "b",
+            "health": {"exec": ["/echo", "exit", "0"], "interval_s": 0.2, "retries": 1}}));
+        assert_eq!(s.health.unwrap().retries, 1);
+        let bad = |health: Value, ports: Value| {
+            from_value(json!({"name": "a", "image": "b", "ports": ports, "health": health}))
+                .unwrap_err()
+                .field
+                .unwrap()
+        };
+        assert_eq!(bad(json!({"port": 80}), json!([80])), "health");
+        assert_eq!(
+            bad(json!({"http": "/", "tcp": true, "port": 80}), json!([80])),
+            "health"
+        );
+        assert_eq!(
+            bad(json!({"http": "x", "port": 80}), json!([80])),
+            "health.http"
+        );
+        assert_eq!(bad(json!({"http": "/"}), json!([80])), "health.port");
+        assert_eq!(
+            bad(json!({"tcp": true, "port": 81}), json!([80])),
+            "health.port"
+        );
+        assert_eq!(bad(json!({"exec": []}), json!([])), "health.exec");
+        assert_eq!(
+            bad(json!({"exec": ["x"], "interval_s": 0}), json!([])),
+            "health.interval_s"
+        );
+        assert_eq!(
+            bad(json!({"exec": ["x"], "retries": 0}), json!([])),
+            "health.retries"
+        );
+        assert_eq!(
+            bad(json!({"exec": ["x"], "intervall": 1}), json!([])),
+            "health"
+        );
     }
 
     #[test]

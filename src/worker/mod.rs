@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod events;
+pub mod health;
 pub mod record;
 pub mod restart;
 pub mod routes;

@@ -34,6 +34,7 @@ impl WorkerTaskRecord {
             restart_count: 0,
             started_at: None,
             next_restart_at: None,
+            health: None,
         };
         WorkerTaskRecord {
             version: 1,

@@ -65,6 +65,12 @@ pub fn after_exit(restart: &RestartSpec, exit_code: i64, restarts: u32) -> After
     }
 }
 
+/// The policy's answer to a container stopped for failing its health
+/// check: a failure, as a non-zero exit would be.
+pub fn after_unhealthy(restart: &RestartSpec, restarts: u32) -> AfterExit {
+    after_exit(restart, 1, restarts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +110,24 @@ mod tests {
                 "{policy:?} max {max:?} exit {code} after {restarts}"
             );
         }
+    }
+
+    #[test]
+    fn an_unhealthy_container_is_a_failure() {
+        use RestartPolicy::*;
+        assert_eq!(
+            after_unhealthy(&spec(No, None), 0),
+            AfterExit::End(TaskState::Failed)
+        );
+        assert_eq!(after_unhealthy(&spec(Always, None), 9), AfterExit::Restart);
+        assert_eq!(
+            after_unhealthy(&spec(OnFailure, Some(2)), 1),
+            AfterExit::Restart
+        );
+        assert_eq!(
+            after_unhealthy(&spec(OnFailure, Some(2)), 2),
+            AfterExit::End(TaskState::Failed)
+        );
     }
 
     #[test]

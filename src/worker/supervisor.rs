@@ -13,10 +13,11 @@ use chrono::Utc;
 use std::time::Instant;
 
 use super::actor::{StatusChanged, Worker};
+use super::health::{HealthChecker, StopChecking, Tally, Target};
 use super::restart::{self, AfterExit, Backoff};
 use crate::runtime::docker::{self as engine, ContainerView, RuntimeError};
 use crate::task::TaskState;
-use crate::wire::{Assignment, TaskStatus};
+use crate::wire::{Assignment, Health, HealthState, TaskStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -45,6 +46,8 @@ pub struct TaskSupervisor {
     backoff: Backoff,
     /// Quick restarts in a row (the back-off's exponent).
     step: u32,
+    /// Checks the running container's health, for tasks with a check.
+    checker: Option<Addr<HealthChecker>>,
     /// When the running container was seen up.
     started: Option<Instant>,
 }
@@ -70,6 +73,7 @@ impl TaskSupervisor {
             stop_on_start,
             backoff,
             step: 0,
+            checker: None,
             started: None,
         }
     }
@@ -134,13 +138,21 @@ impl TaskSupervisor {
                 );
                 self.phase = Phase::Running;
                 self.started = Some(Instant::now());
+                let health = self
+                    .assignment
+                    .spec
+                    .health
+                    .as_ref()
+                    .map(|h| Tally::new(h.retries).health);
                 self.set(TaskState::Running, ctx, |s| {
                     s.container_id = Some(view.id.clone());
                     s.host_ports = view.host_ports.clone();
                     s.error = None;
                     s.next_restart_at = None;
                     s.started_at = Some(Utc::now());
+                    s.health = health;
                 });
+                self.start_checker(ctx);
                 if self.stop_on_start {
                     ctx.wait(self.stop());
                 }
@@ -187,6 +199,7 @@ impl TaskSupervisor {
     /// restart it, as its restart policy says.
     fn exited(&mut self, container_id: String, exit_code: i64, ctx: &mut Context<Self>) {
         let id = self.id();
+        self.stop_checker();
         log::info!(
             "supervisor: task {id} container {} exited with code {exit_code}",
             short(&container_id)
@@ -205,7 +218,6 @@ impl TaskSupervisor {
     }
 
     fn after_exit(&mut self, exit_code: i64, ctx: &mut Context<Self>) {
-        let id = self.id();
         let decision = if self.stop_on_start {
             AfterExit::End(TaskState::Completed)
         } else {
@@ -215,9 +227,29 @@ impl TaskSupervisor {
                 self.status.restart_count,
             )
         };
+        let reason = format!("exited with code {exit_code}");
+        self.follow(decision, Some(exit_code), reason, ctx);
+    }
+
+    /// Ends the task, or restarts it after the back-off; `reason` says why
+    /// its container is gone.
+    fn follow(
+        &mut self,
+        decision: AfterExit,
+        exit_code: Option<i64>,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let id = self.id();
         if let AfterExit::End(state) = decision {
-            log::info!("supervisor: task {id} ends {state} (exit code {exit_code})");
-            self.set(state, ctx, |s| s.exit_code = Some(exit_code));
+            log::info!("supervisor: task {id} ends {state} ({reason})");
+            self.set(state, ctx, |s| {
+                s.exit_code = exit_code;
+                s.next_restart_at = None;
+                if state == TaskState::Failed {
+                    s.error = Some(reason.clone());
+                }
+            });
             return;
         }
         let ran_for = self.started.map(|t| t.elapsed()).unwrap_or_default();
@@ -226,7 +258,7 @@ impl TaskSupervisor {
         self.step += 1;
         let restart = self.status.restart_count + 1;
         log::info!(
-            "supervisor: task {id} restarts (restart {restart}, policy {:?}) in {delay:?}",
+            "supervisor: task {id} restarts (restart {restart}, policy {:?}, {reason}) in {delay:?}",
             self.assignment.spec.restart.policy
         );
         self.phase = Phase::Backoff;
@@ -234,13 +266,13 @@ impl TaskSupervisor {
         let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
         self.set(TaskState::Scheduled, ctx, |s| {
             s.restart_count = restart;
-            s.exit_code = Some(exit_code);
+            s.exit_code = exit_code;
             s.container_id = None;
             s.host_ports.clear();
             s.started_at = None;
             s.next_restart_at = Some(due);
             s.error = Some(format!(
-                "exited with code {exit_code}; restart {restart} in {} ms",
+                "{reason}; restart {restart} in {} ms",
                 delay.as_millis()
             ));
         });
@@ -251,9 +283,66 @@ impl TaskSupervisor {
         });
     }
 
+    /// Starts checking the health of the container that now runs.
+    fn start_checker(&mut self, ctx: &mut Context<Self>) {
+        let (Some(spec), Some(docker), Some(container)) = (
+            self.assignment.spec.health.clone(),
+            self.docker.clone(),
+            self.status.container_id.clone(),
+        ) else {
+            return;
+        };
+        self.stop_checker();
+        let target = Target::of(&spec, &self.status.host_ports, docker, container);
+        let checker = HealthChecker::new(self.id(), &spec, target, ctx.address());
+        self.checker = Some(checker.start());
+    }
+
+    fn stop_checker(&mut self) {
+        if let Some(checker) = self.checker.take() {
+            checker.do_send(StopChecking);
+        }
+    }
+
+    /// The container failed its health check `retries` times in a row: it
+    /// is stopped, and the restart policy decides as for a failed exit.
+    fn unhealthy(&mut self, ctx: &mut Context<Self>) {
+        let id = self.id();
+        self.stop_checker();
+        let last = self
+            .status
+            .health
+            .as_ref()
+            .and_then(|h| h.last_probe.clone())
+            .unwrap_or_default();
+        let reason = format!("unhealthy: {last}");
+        log::warn!("supervisor: task {id} is {reason}; stopping its container");
+        let (Some(docker), Some(container_id)) =
+            (self.docker.clone(), self.status.container_id.clone())
+        else {
+            return;
+        };
+        self.phase = Phase::Stopping;
+        let timeout_s = i32::try_from(self.assignment.spec.stop_timeout_s).unwrap_or(i32::MAX);
+        let work = async move { engine::stop_and_remove(&docker, &container_id, timeout_s).await };
+        ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
+            if let Err(e) = result {
+                log::warn!("supervisor: task {id}: could not stop its unhealthy container: {e}");
+            }
+            let decision = if act.stop_on_start {
+                AfterExit::End(TaskState::Completed)
+            } else {
+                restart::after_unhealthy(&act.assignment.spec.restart, act.status.restart_count)
+            };
+            let exit_code = act.status.exit_code;
+            act.follow(decision, exit_code, reason, ctx);
+        }));
+    }
+
     /// Stops and removes the container; the task ends Completed.
     fn stop(&mut self) -> ResponseActFuture<Self, ()> {
         let id = self.id();
+        self.stop_checker();
         if self.docker.is_none() && self.status.container_id.is_some() {
             // Its container exists but the engine is out of reach (a worker
             // restarted before its engine connection came up): the stop
@@ -444,5 +533,29 @@ impl Handler<Stop> for TaskSupervisor {
             }
         };
         Box::pin(stop.map(|(), act, _| act.status.clone()))
+    }
+}
+
+/// The HealthChecker's view of the running container changed.
+pub struct HealthChanged(pub Health);
+
+impl Message for HealthChanged {
+    type Result = ();
+}
+
+impl Handler<HealthChanged> for TaskSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HealthChanged, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let health = msg.0;
+        let unhealthy = health.state == HealthState::Unhealthy;
+        let state = self.status.state;
+        self.set(state, ctx, |s| s.health = Some(health));
+        if unhealthy {
+            self.unhealthy(ctx);
+        }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - `/echo [serve [PORT]]`: HTTP on 0.0.0.0:PORT (env PORT, default 7777).
 //!   `GET /` answers "$GREETING from $HOSTNAME", `GET /health` answers 200
-//!   (503 once /tmp/unhealthy exists), `GET /env` lists the environment.
+//!   (503 once /tmp/unhealthy exists, or once $UNHEALTHY_AFTER_MS ms have
+//!   passed since the start), `GET /env` lists the environment.
 //! - `/echo sleep SECS`: sleeps, then exits 0.
 //! - `/echo exit CODE [AFTER_MS]`: waits AFTER_MS ms, then exits with CODE.
 
@@ -54,6 +55,16 @@ fn main() {
     }
 }
 
+/// Whether $UNHEALTHY_AFTER_MS ms have passed since the process started.
+fn turned_unhealthy() -> bool {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    std::env::var("UNHEALTHY_AFTER_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .is_some_and(|ms| start.elapsed() >= Duration::from_millis(ms))
+}
+
 fn usage() -> ! {
     eprintln!("usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS]");
     std::process::exit(2)
@@ -82,6 +93,8 @@ fn default_port() -> u16 {
 }
 
 fn serve(port: u16) {
+    // Start the clock of $UNHEALTHY_AFTER_MS now.
+    let _ = turned_unhealthy();
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
         Err(e) => {
@@ -121,7 +134,7 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
             ("200 OK", format!("{greeting} from {host}\n"))
         }
         ("GET", "/health") => {
-            if std::path::Path::new("/tmp/unhealthy").exists() {
+            if std::path::Path::new("/tmp/unhealthy").exists() || turned_unhealthy() {
                 ("503 Service Unavailable", "unhealthy\n".to_string())
             } else {
                 ("200 OK", "ok\n".to_string())

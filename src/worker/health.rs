@@ -1,0 +1,286 @@
+//! The HealthChecker actor: one per running container of a task that has a
+//! health check. It probes on the check's interval (an HTTP GET through the
+//! published host port on loopback, a TCP connect, or a command run in the
+//! container), keeps the tally, and tells its TaskSupervisor whenever the
+//! health changes; after `retries` failures in a row the task is unhealthy
+//! and the supervisor acts on its restart policy.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bollard::Docker;
+use chrono::Utc;
+
+use super::supervisor::{HealthChanged, TaskSupervisor};
+use crate::runtime::docker as engine;
+use crate::task::spec::HealthSpec;
+use crate::wire::{Health, HealthState};
+
+/// What one check reaches.
+#[derive(Clone)]
+pub enum Target {
+    Http {
+        url: String,
+    },
+    Tcp {
+        addr: String,
+    },
+    Exec {
+        docker: Docker,
+        container: String,
+        cmd: Vec<String>,
+    },
+    /// The check's port is not published: every check fails saying so.
+    Unpublished(u16),
+}
+
+impl Target {
+    /// The target of `spec` for a container with these published ports.
+    pub fn of(
+        spec: &HealthSpec,
+        host_ports: &std::collections::BTreeMap<u16, u16>,
+        docker: Docker,
+        container: String,
+    ) -> Target {
+        if let Some(cmd) = &spec.exec {
+            return Target::Exec {
+                docker,
+                container,
+                cmd: cmd.clone(),
+            };
+        }
+        let port = spec.port.unwrap_or_default();
+        match host_ports.get(&port) {
+            None => Target::Unpublished(port),
+            Some(host) => match &spec.http {
+                Some(path) => Target::Http {
+                    url: format!("http://127.0.0.1:{host}{path}"),
+                },
+                None => Target::Tcp {
+                    addr: format!("127.0.0.1:{host}"),
+                },
+            },
+        }
+    }
+}
+
+/// Runs one check: whether it passed, and what it found.
+async fn probe(target: Target, timeout: Duration) -> (bool, String) {
+    let run = async {
+        match target {
+            Target::Http { url } => {
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .unwrap_or_default();
+                match client.get(&url).send().await {
+                    Ok(r) => (
+                        r.status().is_success(),
+                        format!("HTTP {}", r.status().as_u16()),
+                    ),
+                    Err(e) => (false, format!("HTTP GET failed: {e}")),
+                }
+            }
+            Target::Tcp { addr } => match tokio::net::TcpStream::connect(&addr).await {
+                Ok(_) => (true, format!("connected to {addr}")),
+                Err(e) => (false, format!("cannot connect to {addr}: {e}")),
+            },
+            Target::Exec {
+                docker,
+                container,
+                cmd,
+            } => match engine::exec(&docker, &container, &cmd).await {
+                Ok((0, _)) => (true, "exit code 0".to_string()),
+                Ok((code, out)) => (false, format!("exit code {code}: {out}")),
+                Err(e) => (false, format!("exec failed: {e}")),
+            },
+            Target::Unpublished(port) => (false, format!("port {port} is not published")),
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => (false, format!("no answer within {timeout:?}")),
+    }
+}
+
+/// The tally of checks since the container started. Pure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tally {
+    pub health: Health,
+    retries: u32,
+}
+
+impl Tally {
+    pub fn new(retries: u32) -> Self {
+        Tally {
+            health: Health {
+                state: HealthState::Starting,
+                failures: 0,
+                last_probe: None,
+                checked_at: None,
+            },
+            retries,
+        }
+    }
+
+    /// Records a check; returns whether the state or the failure count
+    /// changed. Failures inside the start period do not count, unless the
+    /// check has passed once already.
+    pub fn record(&mut self, passed: bool, found: String, in_start_period: bool) -> bool {
+        let before = (self.health.state, self.health.failures);
+        self.health.last_probe = Some(found);
+        self.health.checked_at = Some(Utc::now());
+        if passed {
+            self.health.state = HealthState::Healthy;
+            self.health.failures = 0;
+        } else if !(in_start_period && self.health.state == HealthState::Starting) {
+            self.health.failures += 1;
+            if self.health.failures >= self.retries {
+                self.health.state = HealthState::Unhealthy;
+            }
+        }
+        before != (self.health.state, self.health.failures)
+    }
+}
+
+pub struct HealthChecker {
+    task: uuid::Uuid,
+    target: Target,
+    interval: Duration,
+    timeout: Duration,
+    start_period: Duration,
+    started: Instant,
+    tally: Tally,
+    supervisor: Addr<TaskSupervisor>,
+    in_flight: bool,
+}
+
+impl HealthChecker {
+    pub fn new(
+        task: uuid::Uuid,
+        spec: &HealthSpec,
+        target: Target,
+        supervisor: Addr<TaskSupervisor>,
+    ) -> Self {
+        HealthChecker {
+            task,
+            target,
+            interval: Duration::from_secs_f64(spec.interval_s),
+            timeout: Duration::from_secs_f64(spec.timeout_s),
+            start_period: Duration::from_secs_f64(spec.start_period_s),
+            started: Instant::now(),
+            tally: Tally::new(spec.retries),
+            supervisor,
+            in_flight: false,
+        }
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.tally.health.state == HealthState::Unhealthy {
+            return;
+        }
+        self.in_flight = true;
+        let work = probe(self.target.clone(), self.timeout);
+        ctx.spawn(work.into_actor(self).map(|(passed, found), act, _| {
+            act.in_flight = false;
+            let in_start_period = act.started.elapsed() < act.start_period;
+            if !passed {
+                log::info!("health: task {} check failed: {found}", act.task);
+            }
+            if act.tally.record(passed, found, in_start_period) {
+                log::info!(
+                    "health: task {} is {:?} ({} failures in a row)",
+                    act.task,
+                    act.tally.health.state,
+                    act.tally.health.failures
+                );
+                act.supervisor
+                    .do_send(HealthChanged(act.tally.health.clone()));
+            }
+        }));
+    }
+}
+
+impl Actor for HealthChecker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.interval, |act, ctx| act.check(ctx));
+    }
+}
+
+/// The container is gone or stopping: checking ends.
+pub struct StopChecking;
+
+impl Message for StopChecking {
+    type Result = ();
+}
+
+impl Handler<StopChecking> for HealthChecker {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopChecking, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_a_row_make_it_unhealthy_and_a_pass_resets_them() {
+        let mut t = Tally::new(3);
+        assert_eq!(t.health.state, HealthState::Starting);
+        assert!(t.record(false, "refused".into(), false));
+        assert!(t.record(false, "refused".into(), false));
+        assert_eq!(
+            (t.health.state, t.health.failures),
+            (HealthState::Starting, 2)
+        );
+        assert!(t.record(true, "HTTP 200".into(), false));
+        assert_eq!(
+            (t.health.state, t.health.failures),
+            (HealthState::Healthy, 0)
+        );
+        assert!(!t.record(true, "HTTP 200".into(), false), "nothing changed");
+        t.record(false, "HTTP 503".into(), false);
+        t.record(false, "HTTP 503".into(), false);
+        assert_eq!(t.health.state, HealthState::Healthy);
+        assert!(t.record(false, "HTTP 503".into(), false));
+        assert_eq!(
+            (t.health.state, t.health.failures),
+            (HealthState::Unhealthy, 3)
+        );
+        assert_eq!(t.health.last_probe.as_deref(), Some("HTTP 503"));
+    }
+
+    #[test]
+    fn the_start_period_forgives_failures_until_the_first_pass() {
+        let mut t = Tally::new(1);
+        assert!(!t.record(false, "refused".into(), true));
+        assert_eq!(t.health.state, HealthState::Starting);
+        t.record(true, "ok".into(), true);
+        assert!(t.record(false, "refused".into(), true));
+        assert_eq!(t.health.state, HealthState::Unhealthy);
+    }
+
+    #[test]
+    fn targets_go_through_the_published_port_on_loopback() {
+        let spec: HealthSpec = serde_json::from_value(serde_json::json!(
+            {"http": "/health", "port": 7777}
+        ))
+        .unwrap();
+        let ports = std::collections::BTreeMap::from([(7777, 32001)]);
+        let docker = Docker::connect_with_local_defaults().unwrap();
+        match Target::of(&spec, &ports, docker.clone(), "c".into()) {
+            Target::Http { url } => assert_eq!(url, "http://127.0.0.1:32001/health"),
+            _ => panic!("not an HTTP target"),
+        }
+        let none = std::collections::BTreeMap::new();
+        assert!(matches!(
+            Target::of(&spec, &none, docker, "c".into()),
+            Target::Unpublished(7777)
+        ));
+    }
+}
