@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::client::{Client, ClientError};
+use crate::manager::events::{Event, EventKind};
 use crate::manager::nodes::NodeView;
 use crate::task::{TaskRecord, spec};
 
@@ -125,6 +126,82 @@ pub async fn nodes(client: &Client, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", node_table(&nodes));
     Ok(())
+}
+
+/// Prints the manager's task events, one a line, oldest first; with
+/// `follow`, goes on printing them as they happen until interrupted.
+pub async fn events(client: &Client, follow: bool, json: bool) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use std::io::Write as _;
+    let path = if follow {
+        "/events?follow=true"
+    } else {
+        "/events"
+    };
+    let mut stream = Box::pin(client.stream(path).await.map_err(explain)?);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        pending.extend_from_slice(&chunk.map_err(explain)?);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            if json {
+                writeln!(out, "{text}")?;
+            } else {
+                let event: Event = serde_json::from_str(text).map_err(|e| {
+                    anyhow::anyhow!("the manager sent an event that cannot be read: {e}")
+                })?;
+                writeln!(out, "{}", event_line(&event))?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// One event as a line: time, task, name, node, what happened.
+pub fn event_line(e: &Event) -> String {
+    let what = match &e.kind {
+        EventKind::State {
+            from,
+            to,
+            error,
+            exit_code,
+        } => {
+            let mut text = match from {
+                Some(from) => format!("{from} -> {to}"),
+                None => format!("{to}"),
+            };
+            if let Some(code) = exit_code {
+                text.push_str(&format!(" (exit code {code})"));
+            }
+            if let Some(error) = error {
+                text.push_str(&format!(": {error}"));
+            }
+            text
+        }
+        EventKind::Restart {
+            restart_count,
+            exit_code,
+        } => match exit_code {
+            Some(code) => format!("restart {restart_count} (exit code {code})"),
+            None => format!("restart {restart_count}"),
+        },
+        EventKind::Health { state, last_probe } => format!(
+            "health {} ({})",
+            format!("{state:?}").to_lowercase(),
+            last_probe.as_deref().unwrap_or("-")
+        ),
+    };
+    format!(
+        "{}  {}  {}  {}  {what}",
+        e.at.format("%H:%M:%S%.3f"),
+        &e.task.to_string()[..8],
+        e.name,
+        e.node.as_deref().unwrap_or("-")
+    )
 }
 
 /// Formats rows as left-aligned columns.

@@ -141,6 +141,48 @@ impl Client {
             .1)
     }
 
+    /// Opens a streaming GET (no overall timeout: a followed stream may
+    /// last); the body comes as chunks.
+    pub async fn stream(
+        &self,
+        path: &str,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, ClientError>> + use<>,
+        ClientError,
+    > {
+        use futures_util::StreamExt;
+        let url = format!("{}{}", self.base, path);
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        let response = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: describe(&e),
+            })?;
+        let status = response.status().as_u16();
+        if status >= 400 {
+            let bytes = response.bytes().await.unwrap_or_default();
+            let mut error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
+                status,
+                error: String::from_utf8_lossy(&bytes).into_owned(),
+                field: None,
+            });
+            error.status = status;
+            return Err(ClientError::Api { url, status, error });
+        }
+        Ok(response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: describe(&e),
+            })
+        }))
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         Ok(self
             .call(reqwest::Method::GET, "/nodes", None::<&()>)

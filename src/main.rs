@@ -41,6 +41,12 @@ enum Command {
     Stop { id: String },
     /// List the worker nodes.
     Nodes,
+    /// Show task events (state changes, restarts, health), oldest first.
+    Events {
+        /// Keep following: print events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
                     Command::Status { id } => cube::cli::status(&client, id.as_deref(), json).await,
                     Command::Stop { id } => cube::cli::stop(&client, &id, json).await,
                     Command::Nodes => cube::cli::nodes(&client, json).await,
+                    Command::Events { follow } => cube::cli::events(&client, follow, json).await,
                     Command::Node { .. } => unreachable!("handled above"),
                 }
             })

@@ -19,6 +19,7 @@ use futures_util::future::{Either, LocalBoxFuture};
 use uuid::Uuid;
 
 use super::drain::drain_node;
+use super::events::{Event, EventLog};
 use super::liveness::{Life, NodeState, Watch};
 use super::nodes::{self, NodeRecord, NodeView};
 use super::reconcile::{Reconciled, reconcile_node};
@@ -61,6 +62,8 @@ pub struct Manager {
     /// Liveness of every known node (memory only).
     lives: BTreeMap<String, Life>,
     watch: Watch,
+    /// What users watch: task state changes, restarts, health.
+    events: EventLog,
 }
 
 impl Manager {
@@ -77,6 +80,7 @@ impl Manager {
         Manager {
             store,
             scheduler,
+            events: EventLog::new(tasks.iter()),
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
             lives: nodes
                 .iter()
@@ -88,6 +92,12 @@ impl Manager {
     }
 
     fn persist<T: crate::store::Stored>(&self, record: T) -> Write {
+        write(&self.store, record)
+    }
+
+    /// Stores a task's record, and logs the events its change makes.
+    fn save(&mut self, record: TaskRecord) -> Write {
+        self.events.observe(&record, Utc::now());
         write(&self.store, record)
     }
 
@@ -115,7 +125,7 @@ impl Manager {
                     ctx.notify(PlacePending);
                 }
                 let record = record.clone();
-                Ok(Some(self.persist(record)))
+                Ok(Some(self.save(record)))
             }
             Ok(false) => Ok(None),
             Err(e) => {
@@ -243,7 +253,8 @@ impl Manager {
         for (id, before) in changed {
             if let Some(record) = self.tasks.get(&id) {
                 log_change(record, before);
-                writes.push(self.persist(record.clone()));
+                let record = record.clone();
+                writes.push(self.save(record));
             }
         }
         ctx.spawn(
@@ -293,15 +304,16 @@ impl Manager {
 
     /// Applies a reconciliation's record changes; resolves once committed.
     fn persist_changed(
-        &self,
+        &mut self,
         reconciled: &Reconciled,
     ) -> impl Future<Output = Result<(), StoreError>> + use<> {
-        let writes: Vec<_> = reconciled
+        let records: Vec<TaskRecord> = reconciled
             .changed
             .iter()
             .filter_map(|id| self.tasks.get(id))
-            .map(|r| self.persist(r.clone()))
+            .cloned()
             .collect();
+        let writes: Vec<_> = records.into_iter().map(|r| self.save(r)).collect();
         async move {
             for write in writes {
                 write.await?;
@@ -373,7 +385,7 @@ impl Handler<Submit> for Manager {
             record.name,
             record.spec.image
         );
-        let write = self.persist(record.clone());
+        let write = self.save(record.clone());
         Box::pin(write.into_actor(self).map(move |result, act, ctx| {
             result?;
             log::info!("manager: task {} stored (Pending)", record.id);
@@ -439,7 +451,8 @@ impl Handler<PlacePending> for Manager {
                                     "manager: task {id} placed on {node} (attempt {})",
                                     record.attempt
                                 );
-                                let write = write(&act.store, record.clone());
+                                let record = record.clone();
+                                let write = act.save(record);
                                 ctx.spawn(write.into_actor(act).map(move |result, act, ctx| {
                                     match result {
                                         Ok(()) => act.dispatch(id, ctx),
@@ -452,7 +465,8 @@ impl Handler<PlacePending> for Manager {
                             Err(no_fit) => {
                                 log::info!("manager: task {id} stays Pending: {no_fit}");
                                 if record.note_unplaceable(&no_fit.0, now) {
-                                    let write = write(&act.store, record.clone());
+                                    let record = record.clone();
+                                    let write = act.save(record);
                                     ctx.spawn(write.into_actor(act).map(move |result, _, _| {
                                         if let Err(e) = result {
                                             log::error!("manager: task {id}: {e}");
@@ -542,7 +556,7 @@ impl Handler<StopTask> for Manager {
             log::info!("manager: task {id} stop requested (state {})", record.state);
         }
         let record = record.clone();
-        let write = changed.then(|| self.persist(record.clone()));
+        let write = changed.then(|| self.save(record.clone()));
         // A down worker may accept the connection and never answer: it is
         // told to stop the task when it registers again.
         let worker = match (&record.node, record.state.is_terminal()) {
@@ -798,5 +812,24 @@ impl Handler<SyncNode> for Manager {
                     )
                 }),
         );
+    }
+}
+
+/// The events kept, and with `follow` a receiver of every later one.
+pub struct Events {
+    pub follow: bool,
+}
+
+impl Message for Events {
+    type Result = (Vec<Event>, Option<tokio::sync::mpsc::Receiver<Event>>);
+}
+
+impl Handler<Events> for Manager {
+    type Result = MessageResult<Events>;
+
+    fn handle(&mut self, msg: Events, _ctx: &mut Context<Self>) -> Self::Result {
+        let recent = self.events.recent();
+        let follower = msg.follow.then(|| self.events.follow());
+        MessageResult((recent, follower))
     }
 }

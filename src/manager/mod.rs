@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod drain;
+pub mod events;
 pub mod liveness;
 pub mod nodes;
 pub mod reconcile;

@@ -3,10 +3,12 @@
 
 use actix::Addr;
 use actix_web::{HttpResponse, web};
+use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::actor::{
-    Beat, GetTask, ListNodes, ListTasks, Manager, ManagerError, Register, Report, StopTask, Submit,
+    Beat, Events, GetTask, ListNodes, ListTasks, Manager, ManagerError, Register, Report, StopTask,
+    Submit,
 };
 use crate::api_error::ApiError;
 use crate::task::spec;
@@ -20,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks/{id}", web::get().to(get_task))
         .route("/tasks/{id}", web::delete().to(stop_task))
         .route("/nodes", web::get().to(list_nodes))
+        .route("/events", web::get().to(events))
         .route("/workers/register", web::post().to(register))
         .route("/workers/heartbeat", web::post().to(heartbeat))
         .route("/workers/reports", web::post().to(report));
@@ -89,6 +92,42 @@ async fn stop_task(
 async fn list_nodes(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, ApiError> {
     let nodes = manager.send(ListNodes).await.map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(nodes))
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The task events kept (state changes, restarts, health), as NDJSON, one
+/// event a line, oldest first; with `?follow=true` the stream stays open
+/// and every later event follows as it happens.
+async fn events(
+    manager: web::Data<Addr<Manager>>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (recent, follower) = manager
+        .send(Events {
+            follow: query.follow,
+        })
+        .await
+        .map_err(mailbox)?;
+    let line = |event: super::events::Event| {
+        let mut bytes = serde_json::to_vec(&event).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok::<_, actix_web::Error>(web::Bytes::from(bytes))
+    };
+    let past = futures_util::stream::iter(recent.into_iter().map(line));
+    let later = futures_util::stream::unfold(follower, |follower| async move {
+        let mut rx = follower?;
+        let event = rx.recv().await?;
+        Some((event, Some(rx)))
+    })
+    .map(line);
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(past.chain(later)))
 }
 
 async fn register(
