@@ -128,6 +128,22 @@ pub async fn nodes(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a task's container output (stdout and stderr), streamed from its
+/// worker through the manager; with `follow`, until the container stops.
+pub async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use std::io::Write as _;
+    let id = resolve(client, id).await?;
+    let path = format!("/tasks/{id}/logs?follow={follow}");
+    let mut stream = Box::pin(client.stream(&path).await.map_err(explain)?);
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        out.write_all(&chunk.map_err(explain)?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 /// Prints the manager's task events, one a line, oldest first; with
 /// `follow`, goes on printing them as they happen until interrupted.
 pub async fn events(client: &Client, follow: bool, json: bool) -> anyhow::Result<()> {

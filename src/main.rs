@@ -41,6 +41,13 @@ enum Command {
     Stop { id: String },
     /// List the worker nodes.
     Nodes,
+    /// Show a task's container output (stdout and stderr).
+    Logs {
+        id: String,
+        /// Keep following the output until the container stops.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Show task events (state changes, restarts, health), oldest first.
     Events {
         /// Keep following: print events as they happen.
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
                     Command::Stop { id } => cube::cli::stop(&client, &id, json).await,
                     Command::Nodes => cube::cli::nodes(&client, json).await,
                     Command::Events { follow } => cube::cli::events(&client, follow, json).await,
+                    Command::Logs { id, follow } => cube::cli::logs(&client, &id, follow).await,
                     Command::Node { .. } => unreachable!("handled above"),
                 }
             })

@@ -833,3 +833,29 @@ impl Handler<Events> for Manager {
         MessageResult((recent, follower))
     }
 }
+
+/// Where a task's logs are: the address of the worker holding it.
+pub struct LogsAt(pub Uuid);
+
+impl Message for LogsAt {
+    type Result = Result<String, ManagerError>;
+}
+
+impl Handler<LogsAt> for Manager {
+    type Result = Result<String, ManagerError>;
+
+    fn handle(&mut self, msg: LogsAt, _ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let record = self.tasks.get(&id).ok_or(ManagerError::NotFound(id))?;
+        let node = record.node.as_deref().ok_or_else(|| {
+            ManagerError::Conflict(format!(
+                "task {id} is {} on no node: it has no logs",
+                record.state
+            ))
+        })?;
+        self.nodes
+            .get(node)
+            .map(|n| n.address.clone())
+            .ok_or_else(|| ManagerError::Conflict(format!("task {id} is on unknown node {node}")))
+    }
+}

@@ -1,4 +1,5 @@
-//! The manager's HTTP routes: user-facing (`/tasks`, `/nodes`) and
+//! The manager's HTTP routes: user-facing (`/tasks`, `/tasks/{id}/logs`,
+//! `/nodes`, `/events`) and
 //! worker-facing (`/workers/register`, `/workers/heartbeat`, `/workers/reports`).
 
 use actix::Addr;
@@ -7,8 +8,8 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::actor::{
-    Beat, Events, GetTask, ListNodes, ListTasks, Manager, ManagerError, Register, Report, StopTask,
-    Submit,
+    Beat, Events, GetTask, ListNodes, ListTasks, LogsAt, Manager, ManagerError, Register, Report,
+    StopTask, Submit,
 };
 use crate::api_error::ApiError;
 use crate::task::spec;
@@ -21,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks", web::get().to(list_tasks))
         .route("/tasks/{id}", web::get().to(get_task))
         .route("/tasks/{id}", web::delete().to(stop_task))
+        .route("/tasks/{id}/logs", web::get().to(task_logs))
         .route("/nodes", web::get().to(list_nodes))
         .route("/events", web::get().to(events))
         .route("/workers/register", web::post().to(register))
@@ -92,6 +94,35 @@ async fn stop_task(
 async fn list_nodes(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, ApiError> {
     let nodes = manager.send(ListNodes).await.map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(nodes))
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The task container's output, streamed from its worker through the
+/// manager (users only know the manager).
+async fn task_logs(
+    manager: web::Data<Addr<Manager>>,
+    id: web::Path<String>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let address = manager.send(LogsAt(id)).await.map_err(mailbox)??;
+    let path = format!("/tasks/{id}/logs?follow={}", query.follow);
+    let stream = crate::client::Client::new(&address)
+        .stream(&path)
+        .await
+        .map_err(|e| match e {
+            crate::client::ClientError::Api { error, .. } => error,
+            e => ApiError::unavailable(format!("the task's worker cannot be reached: {e}")),
+        })?;
+    let stream = stream.map(|chunk| chunk.map_err(actix_web::error::ErrorBadGateway));
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .streaming(stream))
 }
 
 #[derive(serde::Deserialize)]

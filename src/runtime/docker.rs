@@ -13,7 +13,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    LogsOptionsBuilder, RemoveContainerOptions, StopContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 use uuid::Uuid;
@@ -322,6 +322,25 @@ pub async fn exec(
         .exit_code
         .ok_or_else(|| RuntimeError::Engine(format!("exec in {id} has no exit code")))?;
     Ok((code, output.trim().to_string()))
+}
+
+/// The container's stdout and stderr from its start; with `follow`, the
+/// stream goes on until the container stops.
+pub fn logs(
+    docker: &Docker,
+    id: &str,
+    follow: bool,
+) -> impl Stream<Item = Result<actix_web::web::Bytes, RuntimeError>> + use<> {
+    let options = LogsOptionsBuilder::new()
+        .follow(follow)
+        .stdout(true)
+        .stderr(true)
+        .tail("all")
+        .build();
+    docker.logs(id, Some(options)).map(|item| {
+        item.map(|output| output.into_bytes())
+            .map_err(RuntimeError::from)
+    })
 }
 
 /// Removes a (stopped) container; a container that is already gone is fine.

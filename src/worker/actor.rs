@@ -39,6 +39,12 @@ pub enum WorkerError {
     NotFound(Uuid),
     #[error("this worker holds attempt {held} of task {task}, not attempt {asked}")]
     OtherAttempt { task: Uuid, held: u32, asked: u32 },
+    #[error(
+        "task {0} has no container on this worker now (not started yet, waiting to restart, or ended and removed)"
+    )]
+    NoContainer(Uuid),
+    #[error("the container engine is unreachable")]
+    EngineDown,
     #[error("could not store the change: {0}")]
     Store(#[from] StoreError),
     #[error("the task's supervisor is gone: {0}")]
@@ -673,5 +679,30 @@ impl Handler<EngineEvent> for Worker {
                 event.task_id
             );
         }
+    }
+}
+
+/// Where a task's logs are: the engine connection and its container.
+pub struct LogSource(pub Uuid);
+
+impl Message for LogSource {
+    type Result = Result<(Docker, String), WorkerError>;
+}
+
+impl Handler<LogSource> for Worker {
+    type Result = Result<(Docker, String), WorkerError>;
+
+    fn handle(&mut self, msg: LogSource, _ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let held = self.tasks.get(&id).ok_or(WorkerError::NotFound(id))?;
+        let container = held
+            .record
+            .status
+            .container_id
+            .clone()
+            .filter(|_| !held.record.is_done())
+            .ok_or(WorkerError::NoContainer(id))?;
+        let docker = self.docker.clone().ok_or(WorkerError::EngineDown)?;
+        Ok((docker, container))
     }
 }

@@ -5,7 +5,9 @@ use actix::Addr;
 use actix_web::{HttpResponse, web};
 use uuid::Uuid;
 
-use super::actor::{Assign, GetNodeStats, ListStatuses, StopTask, Worker, WorkerError};
+use futures_util::StreamExt;
+
+use super::actor::{Assign, GetNodeStats, ListStatuses, LogSource, StopTask, Worker, WorkerError};
 use crate::api_error::ApiError;
 use crate::task::spec;
 use crate::wire::Assignment;
@@ -16,13 +18,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks", web::post().to(assign))
         .route("/tasks", web::get().to(list))
         .route("/tasks/{id}", web::delete().to(stop))
+        .route("/tasks/{id}/logs", web::get().to(logs))
         .route("/stats", web::get().to(stats));
 }
 
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match e {
-            WorkerError::NotFound(_) => ApiError::not_found(e.to_string()),
+            WorkerError::NotFound(_) | WorkerError::NoContainer(_) => {
+                ApiError::not_found(e.to_string())
+            }
+            WorkerError::EngineDown => ApiError::unavailable(e.to_string()),
             WorkerError::OtherAttempt { .. } => {
                 ApiError::new(actix_web::http::StatusCode::CONFLICT, e.to_string())
             }
@@ -56,6 +62,26 @@ async fn stop(
 ) -> Result<HttpResponse, ApiError> {
     let status = worker.send(StopTask(*id)).await.map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(status))
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The task container's stdout and stderr; `?follow=true` keeps streaming.
+async fn logs(
+    worker: web::Data<Addr<Worker>>,
+    id: web::Path<Uuid>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (docker, container) = worker.send(LogSource(*id)).await.map_err(mailbox)??;
+    let stream = crate::runtime::docker::logs(&docker, &container, query.follow)
+        .map(|chunk| chunk.map_err(actix_web::error::ErrorInternalServerError));
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .streaming(stream))
 }
 
 async fn stats(worker: web::Data<Addr<Worker>>) -> Result<HttpResponse, ApiError> {
