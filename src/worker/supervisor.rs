@@ -204,20 +204,6 @@ impl TaskSupervisor {
             "supervisor: task {id} container {} exited with code {exit_code}",
             short(&container_id)
         );
-        let Some(docker) = self.docker.clone() else {
-            self.after_exit(exit_code, ctx);
-            return;
-        };
-        let remove = async move { engine::remove(&docker, &container_id).await };
-        ctx.wait(remove.into_actor(self).map(move |result, act, ctx| {
-            if let Err(e) = result {
-                log::warn!("supervisor: task {id}: could not remove its container: {e}");
-            }
-            act.after_exit(exit_code, ctx);
-        }));
-    }
-
-    fn after_exit(&mut self, exit_code: i64, ctx: &mut Context<Self>) {
         let decision = if self.stop_on_start {
             AfterExit::End(TaskState::Completed)
         } else {
@@ -228,7 +214,33 @@ impl TaskSupervisor {
             )
         };
         let reason = format!("exited with code {exit_code}");
-        self.follow(decision, Some(exit_code), reason, ctx);
+        let Some(docker) = self.docker.clone() else {
+            self.follow(decision, Some(exit_code), reason, ctx);
+            return;
+        };
+        let remove = async move { engine::remove(&docker, &container_id).await };
+        let remove = remove.into_actor(self).map(move |result, _act, _ctx| {
+            if let Err(e) = result {
+                log::warn!("supervisor: task {id}: could not remove its container: {e}");
+            }
+        });
+        match decision {
+            // An ended task is reported once its container is gone.
+            AfterExit::End(_) => {
+                ctx.wait(
+                    remove.map(move |(), act, ctx| {
+                        act.follow(decision, Some(exit_code), reason, ctx)
+                    }),
+                );
+            }
+            // A restart's back-off runs while the container is removed; the
+            // restart itself cannot begin before the removal is done
+            // (`ctx.wait` holds the actor's other work back).
+            AfterExit::Restart => {
+                self.follow(decision, Some(exit_code), reason, ctx);
+                ctx.wait(remove);
+            }
+        }
     }
 
     /// Ends the task, or restarts it after the back-off; `reason` says why
