@@ -169,3 +169,54 @@ async fn a_container_removed_behind_cubes_back_is_replaced() {
     );
     client.stop(&id).await.unwrap();
 }
+
+#[tokio::test]
+async fn kill9_of_the_worker_again_and_again_re_adopts_the_same_container() {
+    ensure_image();
+    let mut cluster = Cluster::split_with("round-robin", &[""]);
+    cluster.ready().await;
+    let mut spec = echo_spec("adopted", &["/echo", "serve", "7777"]);
+    spec["restart"] = serde_json::json!({"policy": "always"});
+    spec["health"] = serde_json::json!({"http": "/health", "port": 7777, "interval_s": 0.2});
+    let id = submit(&cluster, &spec).await;
+    let before = cluster.wait_state(&id, "Running", T).await;
+    let container = before.container_id.clone().unwrap();
+    let started = inspect(&container).unwrap()["State"]["StartedAt"].clone();
+    let worker = cluster.worker_names[0].clone();
+    let mut restarted_at = chrono::Utc::now();
+    for round in 1..=3 {
+        restarted_at = chrono::Utc::now();
+        cluster.nodes[1].restart(); // kill -9, then start again
+        let marker = format!("worker {worker}: started with 1 tasks");
+        wait_for("the worker to come back", T, || {
+            let seen = cluster.nodes[1].log_text().matches(&marker).count();
+            async move { (seen >= round).then_some(()) }
+        })
+        .await;
+    }
+    // The same container runs, never restarted, and its health is checked
+    // again by the new worker process.
+    let client = cluster.client();
+    let after = wait_for("the re-adopted task to be healthy", T, || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            let t = client.task(&id).await.ok()?;
+            let checked = t.health.as_ref()?.checked_at?;
+            (t.health.as_ref()?.state == cube::wire::HealthState::Healthy && checked > restarted_at)
+                .then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(after.state.as_str(), "Running");
+    assert_eq!(after.container_id.as_deref(), Some(container.as_str()));
+    assert_eq!(after.restart_count, 0);
+    assert_eq!(containers_of_task(&id), vec![container.clone()]);
+    let info = inspect(&container).unwrap();
+    assert_eq!(info["RestartCount"], 0);
+    assert_eq!(
+        info["State"]["StartedAt"], started,
+        "the container was restarted"
+    );
+    client.stop(&id).await.unwrap();
+}
