@@ -138,6 +138,14 @@ pub struct WorkerConfig {
     /// The wait between restarts of a task whose container exited.
     #[serde(default)]
     pub restart_backoff: BackoffConfig,
+    /// How long a container labelled with this node that no task wants is
+    /// left alone before it is removed.
+    #[serde(default = "default_orphan_grace_ms")]
+    pub orphan_grace_ms: u64,
+}
+
+fn default_orphan_grace_ms() -> u64 {
+    30_000
 }
 
 /// `[worker.restart_backoff]`: the first wait, doubling up to the cap, and

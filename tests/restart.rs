@@ -220,3 +220,47 @@ async fn kill9_of_the_worker_again_and_again_re_adopts_the_same_container() {
     );
     client.stop(&id).await.unwrap();
 }
+
+#[tokio::test]
+async fn containers_no_task_wants_are_removed_after_the_grace_period() {
+    ensure_image();
+    let mut cluster = Cluster::split_with("round-robin", &["orphan_grace_ms = 500"]);
+    cluster.ready().await;
+    let id = submit(&cluster, &echo_spec("wanted", &["/echo", "serve", "7777"])).await;
+    let running = cluster.wait_state(&id, "Running", T).await;
+    // A container labelled as this worker's that no task wants (as if its
+    // task had ended while the worker was down).
+    let node = cluster.worker_names[0].clone();
+    let stray_task = uuid::Uuid::new_v4().to_string();
+    let out = std::process::Command::new("docker")
+        .args(["run", "-d", "--label", "cube.managed=true"])
+        .args(["--label", &format!("cube.node={node}")])
+        .args(["--label", &format!("cube.task={stray_task}")])
+        .args(["--label", "cube.attempt=1", IMAGE, "/echo", "sleep", "600"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(containers_of_task(&stray_task).len(), 1);
+    // The worker looks when its engine connection comes up: restart it.
+    cluster.nodes[1].restart();
+    wait_for("the stray container to be removed", T, || {
+        let left = containers_of_task(&stray_task);
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+    assert!(
+        cluster.logs().contains("no task wants"),
+        "{}",
+        cluster.logs()
+    );
+    // The task's own container is untouched.
+    assert_eq!(
+        containers_of_task(&id),
+        vec![running.container_id.clone().unwrap()]
+    );
+    cluster.client().stop(&id).await.unwrap();
+}

@@ -14,13 +14,14 @@ use bollard::Docker;
 use uuid::Uuid;
 
 use super::events::DockerEvents;
+use super::orphans::orphans;
 use super::record::WorkerTaskRecord;
 use super::restart::Backoff;
 use super::stats::{ReadStats, Stats};
 use super::supervisor::{ContainerDied, EngineBack, Stop, TaskSupervisor};
 use crate::client::{Client, ClientError};
 use crate::config::{CapacityOverride, WorkerConfig};
-use crate::runtime::docker::{ContainerEvent, ContainerEventKind};
+use crate::runtime::docker::{self as engine, ContainerEvent, ContainerEventKind};
 use crate::store::{Put, Store, StoreError};
 use crate::wire::{Assignment, EngineStatus, Heartbeat, NodeStats, Registration, TaskStatus};
 
@@ -65,6 +66,8 @@ pub struct Worker {
     heartbeat: Duration,
     /// Between restarts of a task by its restart policy.
     backoff: Backoff,
+    /// Before a container no task wants is removed.
+    orphan_grace: Duration,
     manager: Client,
     /// The manager, with a short timeout for heartbeats.
     beat_client: Client,
@@ -117,6 +120,7 @@ impl Worker {
             capacity: config.capacity.clone(),
             heartbeat: config.heartbeat(),
             backoff: config.restart_backoff.backoff(),
+            orphan_grace: Duration::from_millis(config.orphan_grace_ms),
             manager: Client::new(manager_url),
             beat_client: Client::with_timeout(manager_url, HEARTBEAT_TIMEOUT),
             registered: false,
@@ -370,6 +374,81 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Whether a held task (or a superseded attempt still being stopped)
+    /// claims the container of `task`'s `attempt`.
+    fn wants(&self, task: Uuid, attempt: u32) -> bool {
+        let held = self
+            .tasks
+            .get(&task)
+            .is_some_and(|h| h.record.assignment.attempt == attempt && !h.record.is_done());
+        held || self.retired.contains_key(&(task, attempt))
+    }
+
+    /// Looks for containers of this node that no task wants; those still
+    /// unwanted after the grace period are removed.
+    fn sweep_orphans(&mut self, ctx: &mut Context<Self>) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        let node = self.name.clone();
+        let list = async move { engine::list_node_containers(&docker, &node).await };
+        ctx.spawn(list.into_actor(self).map(|found, act, ctx| {
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    log::warn!("worker: cannot list this node's containers: {e}");
+                    return;
+                }
+            };
+            let suspects = orphans(&found, |task, attempt| act.wants(task, attempt));
+            if suspects.is_empty() {
+                return;
+            }
+            log::info!(
+                "worker {}: {} containers no task wants; removing them in {:?} unless claimed",
+                act.name,
+                suspects.len(),
+                act.orphan_grace
+            );
+            ctx.run_later(act.orphan_grace, move |act, ctx| {
+                act.remove_orphans(suspects, ctx)
+            });
+        }));
+    }
+
+    fn remove_orphans(&mut self, suspects: Vec<String>, ctx: &mut Context<Self>) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        let node = self.name.clone();
+        let list = async move { engine::list_node_containers(&docker, &node).await };
+        ctx.spawn(list.into_actor(self).map(move |found, act, ctx| {
+            let Ok(found) = found else { return };
+            let still = orphans(&found, |task, attempt| act.wants(task, attempt));
+            let Some(docker) = act.docker.clone() else {
+                return;
+            };
+            for id in still.into_iter().filter(|id| suspects.contains(id)) {
+                log::warn!(
+                    "worker {}: removing container {} that no task wants",
+                    act.name,
+                    &id[..id.len().min(12)]
+                );
+                let docker = docker.clone();
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = engine::remove(&docker, &id).await {
+                            log::warn!("worker: could not remove orphan {id}: {e}");
+                        }
+                    }
+                    .into_actor(act),
+                );
+            }
+        }));
+    }
+}
+
 impl Actor for Worker {
     type Context = Context<Self>;
 
@@ -603,7 +682,7 @@ impl Message for EngineUp {
 impl Handler<EngineUp> for Worker {
     type Result = ();
 
-    fn handle(&mut self, msg: EngineUp, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: EngineUp, ctx: &mut Context<Self>) {
         self.engine = EngineStatus {
             up: true,
             version: Some(msg.version),
@@ -620,6 +699,7 @@ impl Handler<EngineUp> for Worker {
                 log::error!("worker: supervisor of task {id} is not taking messages");
             }
         }
+        self.sweep_orphans(ctx);
     }
 }
 
