@@ -264,3 +264,18 @@ async fn containers_no_task_wants_are_removed_after_the_grace_period() {
     );
     cluster.client().stop(&id).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_container_killed_for_its_memory_limit_fails_saying_so() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &[""]);
+    cluster.ready().await;
+    let mut spec = echo_spec("hungry", &["/echo", "eat", "256"]);
+    spec["memory_mb"] = 32.into();
+    let id = submit(&cluster, &spec).await;
+    let failed = cluster.wait_state(&id, "Failed", T).await;
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(error.starts_with("out of memory"), "{failed:?}");
+    assert_eq!(failed.exit_code, Some(137));
+    assert!(containers_of_task(&id).is_empty());
+}

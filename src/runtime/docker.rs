@@ -188,6 +188,8 @@ fn create_body(task_id: Uuid, attempt: u32, node: &str, spec: &TaskSpec) -> Cont
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         nano_cpus: (spec.cpu > 0.0).then_some((spec.cpu * 1e9) as i64),
         memory: (spec.memory_mb > 0).then_some((spec.memory_mb * 1024 * 1024) as i64),
+        // The limit is the limit: no swap beyond it (as Kubernetes does).
+        memory_swap: (spec.memory_mb > 0).then_some((spec.memory_mb * 1024 * 1024) as i64),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -397,8 +399,13 @@ pub struct ContainerEvent {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ContainerEventKind {
-    Died { exit_code: i64 },
+    Died {
+        exit_code: i64,
+    },
     Destroyed,
+    /// The kernel killed a process of the container for its memory limit
+    /// (the engine sends this before the container's `die`).
+    OutOfMemory,
 }
 
 /// The engine's event stream for this node's containers, from `since_s`
@@ -417,7 +424,7 @@ pub fn container_events(
             ("label".to_string(), vec![format!("{LABEL_NODE}={node}")]),
             (
                 "event".to_string(),
-                vec!["die".to_string(), "destroy".to_string()],
+                vec!["die".to_string(), "destroy".to_string(), "oom".to_string()],
             ),
         ])),
     };
@@ -432,6 +439,7 @@ pub fn container_events(
                         exit_code: attrs.get("exitCode")?.parse().ok()?,
                     },
                     "destroy" => ContainerEventKind::Destroyed,
+                    "oom" => ContainerEventKind::OutOfMemory,
                     _ => return None,
                 };
                 Some(Ok(ContainerEvent {

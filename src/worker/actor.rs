@@ -18,7 +18,7 @@ use super::orphans::orphans;
 use super::record::WorkerTaskRecord;
 use super::restart::Backoff;
 use super::stats::{ReadStats, Stats};
-use super::supervisor::{ContainerDied, EngineBack, Stop, TaskSupervisor};
+use super::supervisor::{ContainerDied, EngineBack, OutOfMemory, Stop, TaskSupervisor};
 use crate::client::{Client, ClientError};
 use crate::config::{CapacityOverride, WorkerConfig};
 use crate::runtime::docker::{self as engine, ContainerEvent, ContainerEventKind};
@@ -746,14 +746,21 @@ impl Handler<EngineEvent> for Worker {
         else {
             return;
         };
-        let died = match event.kind {
-            ContainerEventKind::Died { exit_code } => ContainerDied {
-                container_id: event.container_id,
-                exit_code,
-            },
+        let refused = match event.kind {
+            ContainerEventKind::Died { exit_code } => supervisor
+                .try_send(ContainerDied {
+                    container_id: event.container_id,
+                    exit_code,
+                })
+                .is_err(),
+            ContainerEventKind::OutOfMemory => supervisor
+                .try_send(OutOfMemory {
+                    container_id: event.container_id,
+                })
+                .is_err(),
             ContainerEventKind::Destroyed => return,
         };
-        if supervisor.try_send(died).is_err() {
+        if refused {
             log::error!(
                 "worker: supervisor of task {} is not taking messages",
                 event.task_id

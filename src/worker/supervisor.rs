@@ -50,6 +50,8 @@ pub struct TaskSupervisor {
     checker: Option<Addr<HealthChecker>>,
     /// When the running container was seen up.
     started: Option<Instant>,
+    /// The engine said the running container ran out of memory.
+    oom: bool,
 }
 
 impl TaskSupervisor {
@@ -75,6 +77,7 @@ impl TaskSupervisor {
             step: 0,
             checker: None,
             started: None,
+            oom: false,
         }
     }
 
@@ -138,6 +141,7 @@ impl TaskSupervisor {
                 );
                 self.phase = Phase::Running;
                 self.started = Some(Instant::now());
+                self.oom = false;
                 let health = self
                     .assignment
                     .spec
@@ -213,7 +217,14 @@ impl TaskSupervisor {
                 self.status.restart_count,
             )
         };
-        let reason = format!("exited with code {exit_code}");
+        let reason = if std::mem::take(&mut self.oom) {
+            format!(
+                "out of memory: killed at its {} MB limit (exit code {exit_code})",
+                self.assignment.spec.memory_mb
+            )
+        } else {
+            format!("exited with code {exit_code}")
+        };
         let Some(docker) = self.docker.clone() else {
             self.follow(decision, Some(exit_code), reason, ctx);
             return;
@@ -568,6 +579,27 @@ impl Handler<HealthChanged> for TaskSupervisor {
         self.set(state, ctx, |s| s.health = Some(health));
         if unhealthy {
             self.unhealthy(ctx);
+        }
+    }
+}
+
+/// The engine says the task's container ran out of memory; its `die`
+/// follows.
+pub struct OutOfMemory {
+    pub container_id: String,
+}
+
+impl Message for OutOfMemory {
+    type Result = ();
+}
+
+impl Handler<OutOfMemory> for TaskSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: OutOfMemory, _ctx: &mut Context<Self>) {
+        if self.status.container_id.as_deref() == Some(msg.container_id.as_str()) {
+            log::warn!("supervisor: task {} ran out of memory", self.id());
+            self.oom = true;
         }
     }
 }

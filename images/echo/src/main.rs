@@ -7,6 +7,7 @@
 //!   passed since the start), `GET /env` lists the environment.
 //! - `/echo sleep SECS`: sleeps, then exits 0.
 //! - `/echo exit CODE [AFTER_MS]`: waits AFTER_MS ms, then exits with CODE.
+//! - `/echo eat MB`: allocates and touches MB MiB, then sleeps.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -49,6 +50,10 @@ fn main() {
             }
             _ => usage(),
         },
+        ["eat", mb] => match mb.parse::<usize>() {
+            Ok(mb) => eat(mb),
+            Err(_) => usage(),
+        },
         ["exit", code] => exit_with(code, "0"),
         ["exit", code, after_ms] => exit_with(code, after_ms),
         _ => usage(),
@@ -65,8 +70,22 @@ fn turned_unhealthy() -> bool {
         .is_some_and(|ms| start.elapsed() >= Duration::from_millis(ms))
 }
 
+/// Allocates and touches `mb` MiB, one at a time, then sleeps: a container
+/// with a smaller memory limit is killed for it.
+fn eat(mb: usize) {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for i in 1..=mb {
+        held.push(vec![1u8; 1024 * 1024]);
+        if i % 16 == 0 {
+            say(&format!("holding {i} MiB"));
+        }
+    }
+    say(&format!("holding {} MiB in all", held.len()));
+    std::thread::sleep(Duration::from_secs(600));
+}
+
 fn usage() -> ! {
-    eprintln!("usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS]");
+    eprintln!("usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS] | eat MB");
     std::process::exit(2)
 }
 
