@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::client::{Client, ClientError};
 use crate::manager::events::{Event, EventKind};
 use crate::manager::nodes::NodeView;
+use crate::task::TaskState;
 use crate::task::{TaskRecord, spec};
 
 /// Reads a spec file: TOML when it ends in `.toml`, JSON otherwise.
@@ -190,11 +191,15 @@ pub fn event_line(e: &Event) -> String {
                 Some(from) => format!("{from} -> {to}"),
                 None => format!("{to}"),
             };
-            if let Some(code) = exit_code {
-                text.push_str(&format!(" (exit code {code})"));
-            }
-            if let Some(error) = error {
-                text.push_str(&format!(": {error}"));
+            // The exit code and error say why a container went; a task that
+            // (re)starts keeps the last ones in its record, not news here.
+            if *to != TaskState::Running {
+                if let Some(code) = exit_code {
+                    text.push_str(&format!(" (exit code {code})"));
+                }
+                if let Some(error) = error {
+                    text.push_str(&format!(": {error}"));
+                }
             }
             text
         }
