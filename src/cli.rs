@@ -374,6 +374,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_specs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(ext) = path.extension() else {
+                continue;
+            };
+            if ext != "json" && ext != "toml" {
+                continue;
+            }
+            let value = read_spec(&path).unwrap();
+            spec::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+        assert!(seen >= 6, "{seen} example specs");
+    }
+
+    #[test]
     fn spec_files_in_toml_and_json() {
         let dir = tempfile::tempdir().unwrap();
         let toml_path = dir.path().join("t.toml");
