@@ -74,9 +74,13 @@ pub async fn connect() -> Result<(Docker, String), RuntimeError> {
     Ok((docker, described))
 }
 
-/// The deterministic name of a task attempt's container.
-pub fn container_name(task_id: Uuid, attempt: u32) -> String {
-    format!("cube-{task_id}-{attempt}")
+/// The deterministic name of a task attempt's container, and of each
+/// restart's: a restart never waits for (or adopts) its dying predecessor.
+pub fn container_name(task_id: Uuid, attempt: u32, restart: u32) -> String {
+    match restart {
+        0 => format!("cube-{task_id}-{attempt}"),
+        n => format!("cube-{task_id}-{attempt}-r{n}"),
+    }
 }
 
 pub fn labels(task_id: Uuid, attempt: u32, node: &str) -> HashMap<String, String> {
@@ -143,10 +147,11 @@ pub async fn create(
     docker: &Docker,
     task_id: Uuid,
     attempt: u32,
+    restart: u32,
     node: &str,
     spec: &TaskSpec,
 ) -> Result<String, RuntimeError> {
-    let name = container_name(task_id, attempt);
+    let name = container_name(task_id, attempt, restart);
     let body = create_body(task_id, attempt, node, spec);
     let options = CreateContainerOptions {
         name: Some(name.clone()),

@@ -121,8 +121,10 @@ impl TaskSupervisor {
         let node = self.node.clone();
         let was_running = self.status.state == TaskState::Running;
         let create = !self.stop_on_start;
-        let work =
-            async move { start_container(&docker, &node, &assignment, was_running, create).await };
+        let restart = self.status.restart_count;
+        let work = async move {
+            start_container(&docker, &node, &assignment, restart, was_running, create).await
+        };
         // Wait: a Stop or an event for this task is handled after the start.
         ctx.wait(
             work.into_actor(self)
@@ -424,10 +426,11 @@ async fn start_container(
     docker: &Docker,
     node: &str,
     assignment: &Assignment,
+    restart: u32,
     was_running: bool,
     create: bool,
 ) -> Result<Outcome, RuntimeError> {
-    let name = engine::container_name(assignment.task_id, assignment.attempt);
+    let name = engine::container_name(assignment.task_id, assignment.attempt, restart);
     match engine::inspect_existing(docker, &name).await? {
         Some(view) if view.running => return Ok(Outcome::Running(view)),
         Some(view) if view.started => return Ok(Outcome::Exited(view)),
@@ -440,6 +443,7 @@ async fn start_container(
         docker,
         assignment.task_id,
         assignment.attempt,
+        restart,
         node,
         &assignment.spec,
     )
