@@ -46,6 +46,9 @@ async fn on_failure_restarts_with_growing_gaps_then_fails_at_max_retries() {
     // than one container of the task at a time.
     let client = cluster.client();
     let mut starts: BTreeMap<u32, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+    // The back-off the supervisor announced for each restart (from the
+    // record while it waits: "...; restart N in X ms").
+    let mut delays: BTreeMap<u32, i64> = BTreeMap::new();
     let deadline = Instant::now() + T;
     let last: TaskRecord = loop {
         let containers = containers_of_task(&id).len();
@@ -53,6 +56,16 @@ async fn on_failure_restarts_with_growing_gaps_then_fails_at_max_retries() {
         let t = client.task(&id).await.unwrap();
         if let Some(at) = t.started_at {
             starts.insert(t.restart_count, at);
+        }
+        if t.state.as_str() == "Scheduled"
+            && let Some(ms) = t
+                .error
+                .as_deref()
+                .and_then(|e| e.rsplit_once(" in "))
+                .and_then(|(_, rest)| rest.strip_suffix(" ms"))
+                .and_then(|ms| ms.parse::<i64>().ok())
+        {
+            delays.insert(t.restart_count, ms);
         }
         if t.state.as_str() == "Failed" {
             break t;
@@ -73,11 +86,17 @@ async fn on_failure_restarts_with_growing_gaps_then_fails_at_max_retries() {
         .windows(2)
         .map(|w| (*w[1] - *w[0]).num_milliseconds())
         .collect();
-    eprintln!("gaps between the starts of consecutive runs: {gaps:?} ms");
-    assert!(
-        gaps[0] < gaps[1] && gaps[1] < gaps[2],
-        "the gaps between restarts should grow: {gaps:?} ms"
+    eprintln!("back-off {delays:?} ms; gaps between the starts of runs: {gaps:?} ms");
+    // The back-off doubles from the configured 300 ms...
+    assert_eq!(
+        delays.into_iter().collect::<Vec<_>>(),
+        vec![(1, 300), (2, 600), (3, 1200)]
     );
+    // ...and each run really started no sooner than its back-off after the
+    // previous one (which ran first, then exited, then waited).
+    for (gap, delay) in gaps.iter().zip([300, 600, 1200]) {
+        assert!(*gap >= delay, "gaps {gaps:?} ms");
+    }
     assert!(
         containers_of_task(&id).is_empty(),
         "a dead container was left"
