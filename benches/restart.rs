@@ -24,7 +24,7 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{CreateContainerOptions, EventsOptions};
 use chrono::{DateTime, TimeZone, Utc};
-use common::{IMAGE, Node, free_port, median, remove_labelled};
+use common::{IMAGE, median, remove_labelled};
 use futures_util::StreamExt;
 
 const RUNS: usize = 5;
@@ -158,30 +158,9 @@ async fn cube_run(docker: &Docker, http: &reqwest::Client, base: &str) -> f64 {
 async fn main() {
     let docker = common::image_and_engine().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mport, wport) = (free_port(), free_port());
     let node_name = format!("bench-restart-{}", std::process::id());
-    let _node = Node::start(
-        dir.path(),
-        "dev",
-        &format!(
-            "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
-             [worker]\nname = \"{node_name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
-            dir.path().join("data").display()
-        ),
-    );
-    let base = format!("http://127.0.0.1:{mport}");
+    let (_node, base) = common::start_dev_node(dir.path(), &node_name).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/nodes")).send().await
-            && let Ok(nodes) = r.json::<Vec<serde_json::Value>>().await
-            && !nodes.is_empty()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cube node did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let mut engine = Vec::new();
     let mut cube = Vec::new();

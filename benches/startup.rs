@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
-use common::{IMAGE, Node, free_port, median, remove_labelled};
+use common::{IMAGE, median, remove_labelled};
 use futures_util::future::join_all;
 
 const BENCH_LABEL: &str = "cube.bench";
@@ -113,30 +113,9 @@ async fn main() {
     let docker = common::image_and_engine().await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mport, wport) = (free_port(), free_port());
     let node_name = format!("bench-{}", std::process::id());
-    let _node = Node::start(
-        dir.path(),
-        "dev",
-        &format!(
-            "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
-             [worker]\nname = \"{node_name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
-            dir.path().join("data").display()
-        ),
-    );
-    let base = format!("http://127.0.0.1:{mport}");
+    let (_node, base) = common::start_dev_node(dir.path(), &node_name).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/nodes")).send().await
-            && let Ok(nodes) = r.json::<Vec<serde_json::Value>>().await
-            && !nodes.is_empty()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cube node did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // Let the worker's engine connection come up, and warm both paths.
     tokio::time::sleep(Duration::from_millis(500)).await;
     engine_run(&docker, 1).await;

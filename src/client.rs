@@ -81,26 +81,11 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: describe(&e),
-        })?;
+        let response = request.send().await.map_err(|e| unreachable(&url, &e))?;
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: describe(&e),
-            })?;
+        let bytes = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
         if status >= 400 {
-            let mut error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
-                status,
-                error: String::from_utf8_lossy(&bytes).into_owned(),
-                field: None,
-            });
-            error.status = status;
-            return Err(ClientError::Api { url, status, error });
+            return Err(api_error(url, status, &bytes));
         }
         let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url,
@@ -160,27 +145,15 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: describe(&e),
-            })?;
+            .map_err(|e| unreachable(&url, &e))?;
         let status = response.status().as_u16();
         if status >= 400 {
             let bytes = response.bytes().await.unwrap_or_default();
-            let mut error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
-                status,
-                error: String::from_utf8_lossy(&bytes).into_owned(),
-                field: None,
-            });
-            error.status = status;
-            return Err(ClientError::Api { url, status, error });
+            return Err(api_error(url, status, &bytes));
         }
-        Ok(response.bytes_stream().map(move |chunk| {
-            chunk.map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: describe(&e),
-            })
-        }))
+        Ok(response
+            .bytes_stream()
+            .map(move |chunk| chunk.map_err(|e| unreachable(&url, &e))))
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
@@ -244,6 +217,24 @@ impl Client {
             .await?
             .1)
     }
+}
+
+fn unreachable(url: &str, e: &reqwest::Error) -> ClientError {
+    ClientError::Unreachable {
+        url: url.to_string(),
+        reason: describe(e),
+    }
+}
+
+/// An error answer: the JSON error shape, or the body as text when it is not.
+fn api_error(url: String, status: u16, body: &[u8]) -> ClientError {
+    let mut error: ApiError = serde_json::from_slice(body).unwrap_or_else(|_| ApiError {
+        status,
+        error: String::from_utf8_lossy(body).into_owned(),
+        field: None,
+    });
+    error.status = status;
+    ClientError::Api { url, status, error }
 }
 
 /// reqwest's Display hides the cause ("error sending request"); walk the chain.

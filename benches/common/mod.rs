@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
@@ -61,6 +62,35 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Starts a release `dev` node (manager and worker `name`) in `dir` on free
+/// loopback ports and waits until its worker has registered; the node and
+/// the manager's base URL.
+pub async fn start_dev_node(dir: &Path, name: &str) -> (Node, String) {
+    let (mport, wport) = (free_port(), free_port());
+    let node = Node::start(
+        dir,
+        "dev",
+        &format!(
+            "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
+             [worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
+            dir.join("data").display()
+        ),
+    );
+    let base = format!("http://127.0.0.1:{mport}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/nodes")).send().await
+            && let Ok(nodes) = r.json::<Vec<serde_json::Value>>().await
+            && !nodes.is_empty()
+        {
+            return (node, base);
+        }
+        assert!(Instant::now() < deadline, "the cube node did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
