@@ -151,3 +151,11 @@ pub struct HeartbeatReply {
     /// it must register again, which reconciles its tasks.
     pub reregister: bool,
 }
+
+/// The query of the streaming routes (`/events`, `/tasks/{id}/logs`):
+/// `?follow=true` keeps the stream open.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct Follow {
+    #[serde(default)]
+    pub follow: bool,
+}

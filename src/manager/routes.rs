@@ -13,6 +13,7 @@ use super::actor::{
 };
 use crate::api_error::ApiError;
 use crate::task::spec;
+use crate::wire::Follow;
 use crate::wire::{Heartbeat, Registration, TaskStatus};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -96,18 +97,12 @@ async fn list_nodes(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, A
     Ok(HttpResponse::Ok().json(nodes))
 }
 
-#[derive(serde::Deserialize)]
-struct LogsQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
 /// The task container's output, streamed from its worker through the
 /// manager (users only know the manager).
 async fn task_logs(
     manager: web::Data<Addr<Manager>>,
     id: web::Path<String>,
-    query: web::Query<LogsQuery>,
+    query: web::Query<Follow>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let address = manager.send(LogsAt(id)).await.map_err(mailbox)??;
@@ -125,18 +120,12 @@ async fn task_logs(
         .streaming(stream))
 }
 
-#[derive(serde::Deserialize)]
-struct EventsQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
 /// The task events kept (state changes, restarts, health), as NDJSON, one
 /// event a line, oldest first; with `?follow=true` the stream stays open
 /// and every later event follows as it happens.
 async fn events(
     manager: web::Data<Addr<Manager>>,
-    query: web::Query<EventsQuery>,
+    query: web::Query<Follow>,
 ) -> Result<HttpResponse, ApiError> {
     let (recent, follower) = manager
         .send(Events {

@@ -11,6 +11,7 @@ use super::actor::{Assign, GetNodeStats, ListStatuses, LogSource, StopTask, Work
 use crate::api_error::ApiError;
 use crate::task::spec;
 use crate::wire::Assignment;
+use crate::wire::Follow;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(crate::api_error::json_config())
@@ -64,17 +65,11 @@ async fn stop(
     Ok(HttpResponse::Ok().json(status))
 }
 
-#[derive(serde::Deserialize)]
-struct LogsQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
 /// The task container's stdout and stderr; `?follow=true` keeps streaming.
 async fn logs(
     worker: web::Data<Addr<Worker>>,
     id: web::Path<Uuid>,
-    query: web::Query<LogsQuery>,
+    query: web::Query<Follow>,
 ) -> Result<HttpResponse, ApiError> {
     let (docker, container) = worker.send(LogSource(*id)).await.map_err(mailbox)??;
     let stream = crate::runtime::docker::logs(&docker, &container, query.follow)
