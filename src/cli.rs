@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::client::{Client, ClientError};
+use crate::core::nodes::NodeView;
 use crate::manager::events::{Event, EventKind};
-use crate::manager::nodes::NodeView;
 use crate::task::TaskState;
 use crate::task::{TaskRecord, spec};
 

@@ -8,10 +8,12 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::api_error::ApiError;
-use crate::manager::nodes::NodeView;
+use crate::core::TaskPage;
+use crate::core::nodes::NodeView;
 use crate::task::TaskRecord;
 use crate::wire::{
-    Assignment, Heartbeat, HeartbeatReply, NodeStats, Registration, RegistrationReply, TaskStatus,
+    Assignment, Heartbeat, HeartbeatReply, NodeStats, Registration, RegistrationReply, ReportReply,
+    TaskStatus,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,11 +106,32 @@ impl Client {
             .1)
     }
 
+    /// Every task, oldest first: pages through `GET /tasks` (in id order).
     pub async fn tasks(&self) -> Result<Vec<TaskRecord>, ClientError> {
-        Ok(self
-            .call(reqwest::Method::GET, "/tasks", None::<&()>)
-            .await?
-            .1)
+        let mut out = Vec::new();
+        let mut after: Option<Uuid> = None;
+        loop {
+            let path = match after {
+                Some(id) => format!("/tasks?after={id}"),
+                None => "/tasks".to_string(),
+            };
+            let page: TaskPage = self.call(reqwest::Method::GET, &path, None::<&()>).await?.1;
+            out.extend(page.tasks);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => {
+                    out.sort_by_key(|t| (t.created_at, t.id));
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// One page of `GET /tasks` with a query string (`limit`, `after`,
+    /// `state`, `node`).
+    pub async fn tasks_page(&self, query: &str) -> Result<TaskPage, ClientError> {
+        let path = format!("/tasks?{query}");
+        Ok(self.call(reqwest::Method::GET, &path, None::<&()>).await?.1)
     }
 
     pub async fn task(&self, id: &str) -> Result<TaskRecord, ClientError> {
@@ -179,12 +202,11 @@ impl Client {
             .1)
     }
 
-    pub async fn report(&self, status: &TaskStatus) -> Result<(), ClientError> {
-        let _: serde_json::Value = self
+    pub async fn report(&self, status: &TaskStatus) -> Result<ReportReply, ClientError> {
+        Ok(self
             .call(reqwest::Method::POST, "/workers/reports", Some(status))
             .await?
-            .1;
-        Ok(())
+            .1)
     }
 
     // --- worker ---

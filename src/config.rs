@@ -77,6 +77,37 @@ pub struct ManagerConfig {
     /// A worker not heard from for this long is down, and its tasks move.
     #[serde(default = "default_down_after_ms")]
     pub down_after_ms: u64,
+    /// How long ended tasks are kept, and how many at most.
+    #[serde(default)]
+    pub retain_ended: RetainEnded,
+}
+
+/// `[manager.retain_ended]`: ended tasks are removed from the store after
+/// `max_age_s`, and beyond the newest `max_tasks`, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetainEnded {
+    #[serde(default = "default_retain_age_s")]
+    pub max_age_s: u64,
+    #[serde(default = "default_retain_tasks")]
+    pub max_tasks: usize,
+}
+
+impl Default for RetainEnded {
+    fn default() -> Self {
+        RetainEnded {
+            max_age_s: default_retain_age_s(),
+            max_tasks: default_retain_tasks(),
+        }
+    }
+}
+
+fn default_retain_age_s() -> u64 {
+    24 * 3600
+}
+
+fn default_retain_tasks() -> usize {
+    10_000
 }
 
 fn default_scheduler() -> SchedulerKind {
@@ -94,6 +125,13 @@ fn default_heartbeat_ms() -> u64 {
 impl ManagerConfig {
     pub fn down_after(&self) -> Duration {
         Duration::from_millis(self.down_after_ms)
+    }
+
+    pub fn retention(&self) -> crate::core::Retention {
+        crate::core::Retention {
+            max_age: Duration::from_secs(self.retain_ended.max_age_s),
+            max_tasks: self.retain_ended.max_tasks,
+        }
     }
 }
 
@@ -184,8 +222,15 @@ impl BackoffConfig {
 pub struct NodeConfig {
     pub role: Role,
     pub data_dir: PathBuf,
+    /// The most the node's LMDB file may grow to, in MB (default 1024).
+    #[serde(default = "default_store_map_mb")]
+    pub store_map_mb: usize,
     pub manager: Option<ManagerConfig>,
     pub worker: Option<WorkerConfig>,
+}
+
+fn default_store_map_mb() -> usize {
+    1024
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +360,27 @@ impl NodeConfig {
                 return Err(ConfigError::key(
                     "worker.capacity.disk_mb",
                     "must be positive",
+                ));
+            }
+        }
+        if !(1..=1_048_576).contains(&self.store_map_mb) {
+            return Err(ConfigError::key(
+                "store_map_mb",
+                "must be between 1 and 1048576 (MB)",
+            ));
+        }
+        if let Some(manager) = &self.manager {
+            let r = &manager.retain_ended;
+            if r.max_age_s > 10 * 365 * 24 * 3600 {
+                return Err(ConfigError::key(
+                    "manager.retain_ended.max_age_s",
+                    "must be at most ten years (in seconds)",
+                ));
+            }
+            if r.max_tasks > 10_000_000 {
+                return Err(ConfigError::key(
+                    "manager.retain_ended.max_tasks",
+                    "must be at most 10000000",
                 ));
             }
         }

@@ -6,6 +6,7 @@
 //! - [`wire`]: the JSON messages that cross process boundaries (manager <-> worker).
 //! - [`api_error`]: how every HTTP error is shaped: `{"error": ..., "field": ...}`.
 //! - [`store`]: the Store actor, the only code that touches LMDB (heed).
+//! - [`core`]: the manager's state machine: `ClusterState`, commands, `apply`, effects (pure).
 //! - [`scheduler`]: placement strategies (pure functions) and the Scheduler actor.
 //! - [`manager`]: the Manager actor (desired state of the cluster) and its HTTP routes.
 //! - [`worker`]: the Worker, TaskSupervisor, DockerEvents and Stats actors and routes.
@@ -18,6 +19,7 @@ pub mod api_error;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod core;
 pub mod manager;
 pub mod node;
 pub mod runtime;

@@ -6,9 +6,9 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 
 use crate::config::{NodeConfig, Role};
+use crate::core::ClusterState;
+use crate::core::nodes::NodeRecord;
 use crate::manager::Manager;
-use crate::manager::nodes::NodeRecord;
-use crate::scheduler::Scheduler;
 use crate::store::{LoadAll, Store};
 use crate::task::TaskRecord;
 use crate::worker::Worker;
@@ -17,7 +17,8 @@ use crate::worker::stats::{SAMPLE_EVERY, Stats};
 
 /// Runs a node until it is stopped (Ctrl-C / SIGTERM) or fails.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let store = Store::start(&config.data_dir)
+    let map_size = config.store_map_mb.saturating_mul(1 << 20);
+    let store = Store::start_with_map_size(&config.data_dir, map_size)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let mut servers = Vec::new();
     // An actor that cannot go on says why here; the process then ends.
@@ -32,8 +33,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .send(LoadAll::<NodeRecord>::new())
             .await?
             .context("cannot load nodes")?;
-        let scheduler = Scheduler::new(mc.scheduler).start();
-        let manager = Manager::new(store.clone(), scheduler, tasks, nodes, mc.down_after()).start();
+        let state = ClusterState::new(
+            tasks,
+            nodes,
+            mc.scheduler,
+            mc.down_after(),
+            mc.retention(),
+            std::time::Instant::now(),
+        );
+        let manager = Manager::new(store.clone(), state).start();
         let data = web::Data::new(manager);
         let server = HttpServer::new(move || {
             App::new()

@@ -4,6 +4,12 @@
 //! (and the fsync of every commit) never stall an async arbiter. One thread
 //! means one writer. A `Put` answers only after its transaction committed
 //! with LMDB's default, synced flags: whoever waits on it may say "done".
+//!
+//! A [`Commit`] writes a whole batch in one transaction (one fsync): the
+//! Manager queues every command that arrives while its previous commit is
+//! syncing and commits their records together (group commit). A store
+//! whose map is full answers [`StoreError::Full`]; removing records frees
+//! room again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +20,12 @@ use heed::{Database, Env, EnvOpenOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The LMDB map size: the most the data file may grow to (it is sparse).
+/// The default LMDB map size: the most the data file may grow to (it is sparse).
 pub const MAP_SIZE_BYTES: usize = 1 << 30;
+
+/// Past this share of the map, a batch that adds or replaces records is
+/// refused as full; removals still go through and make room.
+const SOFT_LIMIT_PERCENT: u64 = 85;
 
 /// Tables (LMDB named databases) this store holds.
 const TABLES: &[&str] = &["tasks", "nodes", "worker_tasks"];
@@ -27,6 +37,10 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the store is full (its LMDB map of {map_mb} MB is used up): remove ended tasks or raise store_map_mb"
+    )]
+    Full { map_mb: usize },
     #[error("LMDB: {0}")]
     Lmdb(#[from] heed::Error),
     #[error("cannot encode or decode a {table} record: {source}")]
@@ -52,12 +66,21 @@ pub trait Stored: Serialize + DeserializeOwned + Send + 'static {
 pub struct Store {
     env: Env,
     tables: HashMap<&'static str, Database<Str, Bytes>>,
+    map_size: usize,
 }
 
 impl Store {
     /// Opens (or creates) the LMDB environment under `data_dir/lmdb` and
     /// starts the Store on its own thread.
     pub fn start(data_dir: &Path) -> Result<Addr<Store>, StoreError> {
+        Self::start_with_map_size(data_dir, MAP_SIZE_BYTES)
+    }
+
+    /// As [`Store::start`], with a map of `map_size` bytes.
+    pub fn start_with_map_size(
+        data_dir: &Path,
+        map_size: usize,
+    ) -> Result<Addr<Store>, StoreError> {
         let path = data_dir.join("lmdb");
         std::fs::create_dir_all(&path).map_err(|source| StoreError::DataDir {
             path: path.clone(),
@@ -68,7 +91,7 @@ impl Store {
         // opener in this process and LMDB's own locks cover other processes.
         let env = unsafe {
             EnvOpenOptions::new()
-                .map_size(MAP_SIZE_BYTES)
+                .map_size(map_size)
                 .max_dbs(TABLES.len() as u32)
                 .open(&path)?
         };
@@ -83,12 +106,30 @@ impl Store {
         Ok(SyncArbiter::start(1, move || Store {
             env: env.clone(),
             tables: tables.clone(),
+            map_size,
         }))
     }
 
     fn table(&self, name: &'static str) -> Database<Str, Bytes> {
         // TABLES lists every Stored::TABLE; all were created at start.
         self.tables[name]
+    }
+
+    /// Whether the records use more than [`SOFT_LIMIT_PERCENT`] of the map.
+    fn over_soft_limit(&self) -> Result<bool, StoreError> {
+        let used = self.env.non_free_pages_size()?;
+        let limit = (self.map_size as u64 / 100).saturating_mul(SOFT_LIMIT_PERCENT);
+        Ok(used > limit)
+    }
+
+    /// A map-full error says so; any other stays an LMDB error.
+    fn classify(&self, e: heed::Error) -> StoreError {
+        match e {
+            heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::Full {
+                map_mb: self.map_size >> 20,
+            },
+            e => StoreError::Lmdb(e),
+        }
     }
 }
 
@@ -121,8 +162,85 @@ impl<T: Stored> Handler<Put<T>> for Store {
             table: T::TABLE,
             source,
         })?;
-        db.put(&mut wtxn, &key, &bytes)?;
-        wtxn.commit()?;
+        db.put(&mut wtxn, &key, &bytes)
+            .map_err(|e| self.classify(e))?;
+        wtxn.commit().map_err(|e| self.classify(e))?;
+        Ok(())
+    }
+}
+
+/// A record of any stored kind, encoded on the Store's thread.
+pub trait Encode: Send {
+    fn table(&self) -> &'static str;
+    fn key(&self) -> String;
+    fn encode(&self) -> Result<Vec<u8>, StoreError>;
+}
+
+impl<T: Stored> Encode for T {
+    fn table(&self) -> &'static str {
+        T::TABLE
+    }
+    fn key(&self) -> String {
+        Stored::key(self)
+    }
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(self).map_err(|source| StoreError::Codec {
+            table: T::TABLE,
+            source,
+        })
+    }
+}
+
+/// One write of a batch.
+pub enum Write {
+    Put(Box<dyn Encode>),
+    Delete { table: &'static str, key: String },
+}
+
+impl Write {
+    pub fn put<T: Stored>(record: T) -> Self {
+        Write::Put(Box::new(record))
+    }
+}
+
+/// Writes a batch in one transaction: all of it is committed, or none.
+/// The writer orders its batches (one in flight at a time), so no version
+/// check is made.
+pub struct Commit(pub Vec<Write>);
+
+impl Message for Commit {
+    type Result = Result<(), StoreError>;
+}
+
+impl Handler<Commit> for Store {
+    type Result = Result<(), StoreError>;
+
+    fn handle(&mut self, msg: Commit, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        // Past the soft limit only removals go through: LMDB needs free
+        // pages even to delete (copy-on-write), so room is kept for them.
+        let grows = msg.0.iter().any(|w| matches!(w, Write::Put(_)));
+        if grows && self.over_soft_limit()? {
+            return Err(StoreError::Full {
+                map_mb: self.map_size >> 20,
+            });
+        }
+        let mut wtxn = self.env.write_txn()?;
+        for write in msg.0 {
+            match write {
+                Write::Put(record) => {
+                    let db = self.table(record.table());
+                    let bytes = record.encode()?;
+                    db.put(&mut wtxn, &record.key(), &bytes)
+                        .map_err(|e| self.classify(e))?;
+                }
+                Write::Delete { table, key } => {
+                    self.table(table)
+                        .delete(&mut wtxn, &key)
+                        .map_err(|e| self.classify(e))?;
+                }
+            }
+        }
+        wtxn.commit().map_err(|e| self.classify(e))?;
         Ok(())
     }
 }
@@ -209,5 +327,49 @@ mod tests {
             assert_eq!(rows.len(), 2);
             assert_eq!(rows[0].version, 2);
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_full_map_is_refused_whole_and_deleting_frees_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::start_with_map_size(dir.path(), 1 << 20).unwrap();
+        let big = |id: usize| {
+            Write::put(Row {
+                id: format!("{id:06}"),
+                version: 1,
+            })
+        };
+        // Fill the map in small batches until it refuses.
+        let mut stored = 0;
+        loop {
+            let batch = (stored..stored + 50).map(big).collect();
+            match store.send(Commit(batch)).await.unwrap() {
+                Ok(()) => stored += 50,
+                Err(StoreError::Full { map_mb }) => {
+                    assert_eq!(map_mb, 1);
+                    break;
+                }
+                Err(e) => panic!("unexpected: {e}"),
+            }
+            assert!(stored < 100_000, "a 1 MB map never filled");
+        }
+        // A failed batch left nothing behind.
+        let rows = store.send(LoadAll::<Row>::new()).await.unwrap().unwrap();
+        assert_eq!(rows.len(), stored);
+        // Deleting half frees room for more.
+        for part in [0..stored / 2] {
+            let deletes = part
+                .map(|i| Write::Delete {
+                    table: "tasks",
+                    key: format!("{i:06}"),
+                })
+                .collect();
+            store.send(Commit(deletes)).await.unwrap().unwrap();
+        }
+        store
+            .send(Commit((stored..stored + 50).map(big).collect()))
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

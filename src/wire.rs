@@ -135,6 +135,15 @@ pub struct RegistrationReply {
     pub stop: Vec<Uuid>,
 }
 
+/// The manager's answer to a worker's report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportReply {
+    /// The reported attempt is not one the manager counts (the task moved
+    /// on, or is unknown): the worker must stop it and forget it.
+    #[serde(default)]
+    pub stop: bool,
+}
+
 /// A worker tells the manager it is alive, with its latest stats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {

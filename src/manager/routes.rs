@@ -12,6 +12,7 @@ use super::actor::{
     StopTask, Submit,
 };
 use crate::api_error::ApiError;
+use crate::core::{CoreError, TaskQuery};
 use crate::task::spec;
 use crate::wire::Follow;
 use crate::wire::{Heartbeat, Registration, TaskStatus};
@@ -19,6 +20,9 @@ use crate::wire::{Heartbeat, Registration, TaskStatus};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(crate::api_error::json_config())
         .app_data(crate::api_error::path_config())
+        .app_data(web::QueryConfig::default().error_handler(|err, _req| {
+            ApiError::bad_request(format!("invalid query string: {err}"), None).into()
+        }))
         .route("/tasks", web::post().to(submit))
         .route("/tasks", web::get().to(list_tasks))
         .route("/tasks/{id}", web::get().to(get_task))
@@ -33,14 +37,80 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
-        match e {
-            ManagerError::NotFound(_) => ApiError::not_found(e.to_string()),
-            ManagerError::Conflict(_) => {
-                ApiError::new(actix_web::http::StatusCode::CONFLICT, e.to_string())
+        use actix_web::http::StatusCode;
+        match &e {
+            ManagerError::Core(CoreError::NotFound(_)) => ApiError::not_found(e.to_string()),
+            ManagerError::Core(CoreError::Conflict(_)) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
-            ManagerError::Store(_) => ApiError::internal(e.to_string()),
+            ManagerError::NotStored { full: true, .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            }
+            ManagerError::NotStored { full: false, .. } => ApiError::internal(e.to_string()),
+            ManagerError::Gone(_) => ApiError::unavailable(e.to_string()),
         }
     }
+}
+
+/// The most tasks one page of `GET /tasks` holds.
+pub const MAX_PAGE: usize = 10_000;
+/// A page's size when the query does not say.
+pub const DEFAULT_PAGE: usize = 1_000;
+
+/// `GET /tasks` query: `limit`, `after` (a task id), `state`, `node`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TasksQuery {
+    limit: Option<String>,
+    after: Option<String>,
+    state: Option<String>,
+    node: Option<String>,
+}
+
+fn task_query(q: TasksQuery) -> Result<TaskQuery, ApiError> {
+    let limit = match q.limit {
+        None => DEFAULT_PAGE,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("limit must be a whole number from 1 to {MAX_PAGE}, not {raw:?}"),
+                    Some("limit".into()),
+                ));
+            }
+        },
+    };
+    let after = match q.after {
+        None => None,
+        Some(raw) => Some(raw.parse::<Uuid>().map_err(|_| {
+            ApiError::bad_request(
+                format!("after must be a task id, not {raw:?}"),
+                Some("after".into()),
+            )
+        })?),
+    };
+    let state = match q.state {
+        None => None,
+        Some(raw) => Some(
+            crate::task::state::ALL_STATES
+                .into_iter()
+                .find(|s| s.as_str().eq_ignore_ascii_case(&raw))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        format!(
+                            "state must be one of Pending, Scheduled, Running, Completed, Failed, not {raw:?}"
+                        ),
+                        Some("state".into()),
+                    )
+                })?,
+        ),
+    };
+    Ok(TaskQuery {
+        limit,
+        after,
+        state,
+        node: q.node,
+    })
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
@@ -63,9 +133,14 @@ async fn submit(
     Ok(HttpResponse::Created().json(record))
 }
 
-async fn list_tasks(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, ApiError> {
-    let tasks = manager.send(ListTasks).await.map_err(mailbox)?;
-    Ok(HttpResponse::Ok().json(tasks))
+/// One page of tasks, in id order: `{"tasks": [...], "next": <id or null>}`.
+async fn list_tasks(
+    manager: web::Data<Addr<Manager>>,
+    query: web::Query<TasksQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = task_query(query.into_inner())?;
+    let page = manager.send(ListTasks(query)).await.map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 async fn get_task(
@@ -75,7 +150,7 @@ async fn get_task(
     let id = parse_id(&id)?;
     match manager.send(GetTask(id)).await.map_err(mailbox)? {
         Some(task) => Ok(HttpResponse::Ok().json(task)),
-        None => Err(ManagerError::NotFound(id).into()),
+        None => Err(ManagerError::Core(CoreError::NotFound(id)).into()),
     }
 }
 
@@ -170,7 +245,7 @@ async fn heartbeat(
     let reply = manager
         .send(Beat(beat.into_inner()))
         .await
-        .map_err(mailbox)?;
+        .map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(reply))
 }
 
@@ -178,9 +253,9 @@ async fn report(
     manager: web::Data<Addr<Manager>>,
     status: web::Json<TaskStatus>,
 ) -> Result<HttpResponse, ApiError> {
-    manager
+    let reply = manager
         .send(Report(status.into_inner()))
         .await
         .map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"ok": true})))
+    Ok(HttpResponse::Ok().json(reply))
 }

@@ -74,9 +74,15 @@ pub enum ApplyError {
 }
 
 impl TaskRecord {
+    /// A new task with a fresh random id.
     pub fn new(spec: TaskSpec, now: DateTime<Utc>) -> Self {
+        Self::with_id(Uuid::new_v4(), spec, now)
+    }
+
+    /// A new task with the id its submitter chose.
+    pub fn with_id(id: Uuid, spec: TaskSpec, now: DateTime<Utc>) -> Self {
         TaskRecord {
-            id: Uuid::new_v4(),
+            id,
             name: spec.name.clone(),
             state: TaskState::Pending,
             desired_state: DesiredState::Running,

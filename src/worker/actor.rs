@@ -187,7 +187,7 @@ impl Worker {
                 .map(move |(status, result), act, ctx| {
                     act.in_flight.remove(&id);
                     match result {
-                        Ok(()) => {
+                        Ok(_) => {
                             act.report_retry = RETRY_FIRST;
                             act.flush(id, ctx);
                         }

@@ -1,0 +1,450 @@
+//! `ClusterState`: everything the manager knows (tasks, nodes, their
+//! liveness), the indexes that keep every decision proportional to what it
+//! touches, and the staging of changes until the Store has committed them.
+//!
+//! Every change of a task or node record goes through [`ClusterState::put_task`]
+//! / [`ClusterState::put_node`] / [`ClusterState::remove_task`]. Each one keeps
+//! the indexes true, remembers the old value (undo), marks the record for the
+//! next commit and derives the events users will see. After the Store has
+//! committed, [`ClusterState::commit`] forgets the undo log; when it failed,
+//! [`ClusterState::rollback`] puts every record back: memory never runs ahead
+//! of the disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::events::{self, EventDraft};
+use super::liveness::{Life, NodeState, Watch};
+use super::nodes::{self, Load, NodeRecord, NodeView};
+use crate::config::SchedulerKind;
+use crate::scheduler::NodeSnapshot;
+use crate::task::{DesiredState, TaskRecord, TaskState};
+
+/// How long ended tasks are kept, and how many at most.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_tasks: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_tasks: 10_000,
+        }
+    }
+}
+
+/// One change to undo if its commit fails.
+#[derive(Debug)]
+enum Undo {
+    Task(Uuid, Option<Box<TaskRecord>>),
+    Node(String, Option<NodeRecord>),
+}
+
+/// What a batch of commands changed, to be committed in one transaction.
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub tasks: Vec<TaskRecord>,
+    pub removed_tasks: Vec<Uuid>,
+    pub nodes: Vec<NodeRecord>,
+    pub events: Vec<EventDraft>,
+}
+
+impl Staged {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.removed_tasks.is_empty() && self.nodes.is_empty()
+    }
+}
+
+pub struct ClusterState {
+    /// Every task, by id (the order and cursor of `GET /tasks`).
+    tasks: BTreeMap<Uuid, TaskRecord>,
+    nodes: BTreeMap<String, NodeRecord>,
+    /// Liveness of every known node (memory only, never persisted).
+    pub(super) lives: BTreeMap<String, Life>,
+    pub(super) watch: Watch,
+    pub(super) scheduler: SchedulerKind,
+    pub(super) cursor: usize,
+    pub(super) retention: Retention,
+    /// Index: the tasks holding each node's resources (Scheduled or Running there).
+    active: HashMap<String, BTreeSet<Uuid>>,
+    /// Index: Pending tasks that should run, oldest first.
+    pending: BTreeSet<(DateTime<Utc>, Uuid)>,
+    /// Index: ended tasks by when they ended (for retention).
+    ended: BTreeSet<(DateTime<Utc>, Uuid)>,
+    undo: Vec<Undo>,
+    dirty_tasks: BTreeSet<Uuid>,
+    removed_tasks: BTreeSet<Uuid>,
+    dirty_nodes: BTreeSet<String>,
+    events: Vec<EventDraft>,
+}
+
+impl ClusterState {
+    /// The state over what the Store holds. Every known node gets a full
+    /// `down_after` to be heard from.
+    pub fn new(
+        tasks: Vec<TaskRecord>,
+        nodes: Vec<NodeRecord>,
+        scheduler: SchedulerKind,
+        down_after: Duration,
+        retention: Retention,
+        now: std::time::Instant,
+    ) -> Self {
+        let mut state = ClusterState {
+            tasks: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            lives: nodes
+                .iter()
+                .map(|n| (n.name.clone(), Life::new(now)))
+                .collect(),
+            watch: Watch::new(down_after),
+            scheduler,
+            cursor: 0,
+            retention,
+            active: HashMap::new(),
+            pending: BTreeSet::new(),
+            ended: BTreeSet::new(),
+            undo: Vec::new(),
+            dirty_tasks: BTreeSet::new(),
+            removed_tasks: BTreeSet::new(),
+            dirty_nodes: BTreeSet::new(),
+            events: Vec::new(),
+        };
+        for task in tasks {
+            state.set_task(task.id, Some(task));
+        }
+        state.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+        state
+    }
+
+    // ----- reads -----
+
+    pub fn task(&self, id: &Uuid) -> Option<&TaskRecord> {
+        self.tasks.get(id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.tasks.values()
+    }
+
+    /// Tasks after `after` (exclusive) in id order.
+    pub fn tasks_after(&self, after: Option<Uuid>) -> impl Iterator<Item = &TaskRecord> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        self.tasks.range((start, Bound::Unbounded)).map(|(_, t)| t)
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.get(name)
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    pub fn life(&self, name: &str) -> Option<&Life> {
+        self.lives.get(name)
+    }
+
+    pub fn is_down(&self, node: &str) -> bool {
+        self.lives
+            .get(node)
+            .is_none_or(|life| life.state == NodeState::Down)
+    }
+
+    pub fn down_after(&self) -> Duration {
+        self.watch.down_after()
+    }
+
+    pub fn tick_every(&self) -> Duration {
+        self.watch.tick_every()
+    }
+
+    /// Pending tasks that should run, oldest first.
+    pub fn pending(&self) -> Vec<Uuid> {
+        self.pending.iter().map(|(_, id)| *id).collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The ids of the tasks holding `node`'s resources.
+    pub fn active_on(&self, node: &str) -> Vec<Uuid> {
+        self.active
+            .get(node)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Ended tasks, oldest end first.
+    pub fn ended_oldest_first(&self) -> impl Iterator<Item = (DateTime<Utc>, Uuid)> + '_ {
+        self.ended.iter().copied()
+    }
+
+    pub fn ended_count(&self) -> usize {
+        self.ended.len()
+    }
+
+    /// What the tasks on `node` take of it.
+    pub fn load(&self, node: &str) -> Load {
+        let tasks = self
+            .active
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id));
+        nodes::loads(tasks).remove(node).unwrap_or_default()
+    }
+
+    /// What the scheduler sees of every node.
+    pub fn snapshots(&self) -> Vec<NodeSnapshot> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let load = self.load(&n.name);
+                nodes::snapshot(n, self.lives.get(&n.name), Some(&load))
+            })
+            .collect()
+    }
+
+    pub fn any_ready(&self) -> bool {
+        self.lives.values().any(|l| l.state == NodeState::Ready)
+    }
+
+    pub fn node_views(&self) -> Vec<NodeView> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let load = self.load(&n.name);
+                NodeView::new(n, self.lives.get(&n.name), Some(&load))
+            })
+            .collect()
+    }
+
+    // ----- changes (staged until committed) -----
+
+    /// Stores a task's new record: indexes, undo, the next commit, events.
+    pub fn put_task(&mut self, record: TaskRecord, at: DateTime<Utc>) {
+        let id = record.id;
+        let old = self.set_task(id, Some(record));
+        if let Some(new) = self.tasks.get(&id) {
+            for kind in events::diff(old.as_ref().map(events::seen).as_ref(), new) {
+                self.events.push(EventDraft::new(new, kind, at));
+            }
+        }
+        self.undo.push(Undo::Task(id, old.map(Box::new)));
+        self.removed_tasks.remove(&id);
+        self.dirty_tasks.insert(id);
+    }
+
+    /// Removes a task's record (retention).
+    pub fn remove_task(&mut self, id: Uuid) {
+        let old = self.set_task(id, None);
+        if old.is_some() {
+            self.undo.push(Undo::Task(id, old.map(Box::new)));
+            self.dirty_tasks.remove(&id);
+            self.removed_tasks.insert(id);
+        }
+    }
+
+    pub fn put_node(&mut self, record: NodeRecord) {
+        let name = record.name.clone();
+        let old = self.nodes.insert(name.clone(), record);
+        self.undo.push(Undo::Node(name.clone(), old));
+        self.dirty_nodes.insert(name);
+    }
+
+    /// Takes what the commands since the last commit changed.
+    pub fn take_staged(&mut self) -> Staged {
+        let tasks = std::mem::take(&mut self.dirty_tasks)
+            .into_iter()
+            .filter_map(|id| self.tasks.get(&id).cloned())
+            .collect();
+        let nodes = std::mem::take(&mut self.dirty_nodes)
+            .into_iter()
+            .filter_map(|name| self.nodes.get(&name).cloned())
+            .collect();
+        Staged {
+            tasks,
+            removed_tasks: std::mem::take(&mut self.removed_tasks)
+                .into_iter()
+                .collect(),
+            nodes,
+            events: std::mem::take(&mut self.events),
+        }
+    }
+
+    /// The staged changes are durable: they can no longer be undone.
+    pub fn commit(&mut self) {
+        self.undo.clear();
+    }
+
+    /// The staged changes could not be stored: every record goes back to
+    /// what it was at the last commit.
+    pub fn rollback(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Task(id, old) => {
+                    self.set_task(id, old.map(|b| *b));
+                }
+                Undo::Node(name, old) => match old {
+                    Some(node) => {
+                        self.nodes.insert(name, node);
+                    }
+                    None => {
+                        self.nodes.remove(&name);
+                    }
+                },
+            }
+        }
+        self.dirty_tasks.clear();
+        self.removed_tasks.clear();
+        self.dirty_nodes.clear();
+        self.events.clear();
+    }
+
+    /// Replaces (or removes) a task and keeps the indexes true; returns the
+    /// old record.
+    fn set_task(&mut self, id: Uuid, record: Option<TaskRecord>) -> Option<TaskRecord> {
+        let old = match record {
+            Some(record) => self.tasks.insert(id, record),
+            None => self.tasks.remove(&id),
+        };
+        if let Some(old) = &old {
+            self.unindex(old);
+        }
+        if let Some(new) = self.tasks.get(&id) {
+            let keys = IndexKeys::of(new);
+            let created_at = new.created_at;
+            self.index(id, created_at, keys);
+        }
+        old
+    }
+
+    fn unindex(&mut self, record: &TaskRecord) {
+        let keys = IndexKeys::of(record);
+        if let Some(node) = keys.active_on
+            && let Some(ids) = self.active.get_mut(&node)
+        {
+            ids.remove(&record.id);
+            if ids.is_empty() {
+                self.active.remove(&node);
+            }
+        }
+        if keys.pending {
+            self.pending.remove(&(record.created_at, record.id));
+        }
+        if let Some(at) = keys.ended_at {
+            self.ended.remove(&(at, record.id));
+        }
+    }
+
+    fn index(&mut self, id: Uuid, created_at: DateTime<Utc>, keys: IndexKeys) {
+        if let Some(node) = keys.active_on {
+            self.active.entry(node).or_default().insert(id);
+        }
+        if keys.pending {
+            self.pending.insert((created_at, id));
+        }
+        if let Some(at) = keys.ended_at {
+            self.ended.insert((at, id));
+        }
+    }
+}
+
+/// Where a record belongs in the indexes.
+struct IndexKeys {
+    active_on: Option<String>,
+    pending: bool,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+impl IndexKeys {
+    fn of(record: &TaskRecord) -> Self {
+        IndexKeys {
+            active_on: nodes::holds_resources(record)
+                .then(|| record.node.clone())
+                .flatten(),
+            pending: record.state == TaskState::Pending
+                && record.desired_state == DesiredState::Running,
+            ended_at: record.state.is_terminal().then_some(record.updated_at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ClusterState {
+        ClusterState::new(
+            vec![],
+            vec![],
+            SchedulerKind::RoundRobin,
+            Duration::from_secs(3),
+            Retention::default(),
+            std::time::Instant::now(),
+        )
+    }
+
+    fn record() -> TaskRecord {
+        let spec =
+            crate::task::spec::from_value(serde_json::json!({"name": "t", "image": "i"})).unwrap();
+        TaskRecord::new(spec, Utc::now())
+    }
+
+    #[test]
+    fn a_rollback_puts_every_record_and_index_back() {
+        let mut s = state();
+        let mut a = record();
+        s.put_task(a.clone(), Utc::now());
+        let staged = s.take_staged();
+        assert_eq!(staged.tasks.len(), 1);
+        assert_eq!(staged.events.len(), 1, "Pending is an event");
+        s.commit();
+        assert_eq!(s.pending(), vec![a.id]);
+
+        a.place("w1", Utc::now()).unwrap();
+        s.put_task(a.clone(), Utc::now());
+        assert_eq!(s.active_on("w1"), vec![a.id]);
+        assert!(s.pending().is_empty());
+        let b = record();
+        s.put_task(b.clone(), Utc::now());
+        s.rollback();
+        assert_eq!(s.task(&a.id).unwrap().state, TaskState::Pending);
+        assert!(s.task(&b.id).is_none());
+        assert_eq!(s.pending(), vec![a.id]);
+        assert!(s.active_on("w1").is_empty());
+        assert!(s.take_staged().is_empty());
+    }
+
+    #[test]
+    fn removed_tasks_leave_every_index() {
+        let mut s = state();
+        let mut a = record();
+        a.request_stop(Utc::now());
+        s.put_task(a.clone(), Utc::now());
+        assert_eq!(s.ended_count(), 1);
+        s.take_staged();
+        s.commit();
+        s.remove_task(a.id);
+        let staged = s.take_staged();
+        assert_eq!(staged.removed_tasks, vec![a.id]);
+        assert!(staged.tasks.is_empty());
+        assert_eq!(s.ended_count(), 0);
+        assert_eq!(s.task_count(), 0);
+    }
+}
