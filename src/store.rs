@@ -357,15 +357,13 @@ mod tests {
         let rows = store.send(LoadAll::<Row>::new()).await.unwrap().unwrap();
         assert_eq!(rows.len(), stored);
         // Deleting half frees room for more.
-        for part in [0..stored / 2] {
-            let deletes = part
-                .map(|i| Write::Delete {
-                    table: "tasks",
-                    key: format!("{i:06}"),
-                })
-                .collect();
-            store.send(Commit(deletes)).await.unwrap().unwrap();
-        }
+        let deletes = (0..stored / 2)
+            .map(|i| Write::Delete {
+                table: "tasks",
+                key: format!("{i:06}"),
+            })
+            .collect();
+        store.send(Commit(deletes)).await.unwrap().unwrap();
         store
             .send(Commit((stored..stored + 50).map(big).collect()))
             .await
