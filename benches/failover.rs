@@ -35,10 +35,20 @@ fn worker(dir: &Path, name: &str, manager: &str) -> Node {
     Node::start(dir, name, &toml)
 }
 
+/// A list from `url`: a JSON array, or the `tasks` of a page of `GET /tasks`
+/// (the first page: the bench's tasks are far fewer than a page).
 async fn get(http: &reqwest::Client, url: &str) -> Vec<Value> {
-    match http.get(url).send().await {
+    let value: Value = match http.get(url).send().await {
         Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => Vec::new(),
+        Err(_) => Value::Null,
+    };
+    match value {
+        Value::Array(items) => items,
+        Value::Object(mut page) => match page.remove("tasks") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
     }
 }
 

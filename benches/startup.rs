@@ -71,7 +71,7 @@ async fn cube_run(http: &reqwest::Client, base: &str, n: usize) -> f64 {
     });
     let ids: Vec<String> = join_all(posts).await;
     let last_running = loop {
-        let tasks: Vec<serde_json::Value> = http
+        let page: serde_json::Value = http
             .get(format!("{base}/tasks"))
             .send()
             .await
@@ -79,6 +79,7 @@ async fn cube_run(http: &reqwest::Client, base: &str, n: usize) -> f64 {
             .json()
             .await
             .expect("tasks");
+        let tasks = page["tasks"].as_array().cloned().unwrap_or_default();
         let running: Vec<&serde_json::Value> = tasks
             .iter()
             .filter(|t| ids.iter().any(|id| t["id"] == id.as_str()) && t["state"] == "Running")

@@ -21,3 +21,6 @@ pub mod state;
 pub use apply::apply;
 pub use command::{Command, CoreError, Effect, Now, Reply, TaskPage, TaskQuery};
 pub use state::{ClusterState, Retention, Staged};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,366 @@
+//! The core driven through commands alone, as the Manager actor drives it:
+//! no actor, no I/O, time passed in.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::*;
+use crate::config::SchedulerKind;
+use crate::task::{TaskSpec, TaskState};
+use crate::wire::{Capacity, Heartbeat, MachineStats, Registration, ReportReply, TaskStatus};
+
+struct Clock(Instant, chrono::DateTime<Utc>);
+
+impl Clock {
+    fn new() -> Self {
+        Clock(Instant::now(), Utc::now())
+    }
+    fn now(&self) -> Now {
+        Now {
+            at: self.1,
+            mono: self.0,
+        }
+    }
+    fn advance(&mut self, d: Duration) {
+        self.0 += d;
+        self.1 += chrono::Duration::from_std(d).unwrap();
+    }
+}
+
+fn state() -> ClusterState {
+    ClusterState::new(
+        vec![],
+        vec![],
+        SchedulerKind::RoundRobin,
+        Duration::from_secs(3),
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_tasks: 2,
+        },
+        Instant::now(),
+    )
+}
+
+fn spec(name: &str) -> TaskSpec {
+    crate::task::spec::from_value(serde_json::json!({"name": name, "image": "i"})).unwrap()
+}
+
+fn registration(name: &str, tasks: Vec<TaskStatus>) -> Registration {
+    let capacity = Capacity {
+        cpus: 4.0,
+        memory_mb: 4096,
+        disk_mb: 10_000,
+    };
+    Registration {
+        name: name.into(),
+        instance: Uuid::new_v4(),
+        address: format!("http://{name}"),
+        capacity: capacity.clone(),
+        tasks,
+        stats: MachineStats {
+            capacity,
+            ..Default::default()
+        },
+    }
+}
+
+/// Applies and commits, as a successful batch of one.
+fn run(s: &mut ClusterState, c: Command, now: Now) -> (Reply, Vec<Effect>) {
+    let out = apply(s, c, now).expect("applies");
+    s.take_staged();
+    s.commit();
+    out
+}
+
+fn status(id: Uuid, attempt: u32, node: &str, state: TaskState, seq: u64) -> TaskStatus {
+    TaskStatus {
+        task_id: id,
+        attempt,
+        node: node.into(),
+        state,
+        container_id: Some("c".into()),
+        host_ports: Default::default(),
+        exit_code: None,
+        error: None,
+        at: Utc::now(),
+        seq,
+        restart_count: 0,
+        started_at: None,
+        next_restart_at: None,
+        health: None,
+    }
+}
+
+fn dispatched(effects: &[Effect]) -> Vec<(String, Uuid, u32)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch { node, assignment } => {
+                Some((node.clone(), assignment.task_id, assignment.attempt))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_submit_without_workers_stays_pending_in_one_write_saying_why() {
+    let clock = Clock::new();
+    let mut s = state();
+    let id = Uuid::new_v4();
+    let (reply, effects) = apply(
+        &mut s,
+        Command::Submit {
+            id,
+            spec: spec("a"),
+        },
+        clock.now(),
+    )
+    .unwrap();
+    assert!(matches!(reply, Reply::Task(ref r) if r.id == id));
+    assert!(effects.is_empty());
+    let staged = s.take_staged();
+    assert_eq!(staged.tasks.len(), 1, "one record, written once");
+    assert_eq!(staged.tasks[0].state, TaskState::Pending);
+    assert!(staged.tasks[0].error.is_some(), "the reason is recorded");
+    assert_eq!(s.pending(), vec![id]);
+}
+
+#[test]
+fn a_registering_worker_gets_the_pending_tasks_and_reports_run_them() {
+    let clock = Clock::new();
+    let mut s = state();
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        run(
+            &mut s,
+            Command::Submit {
+                id: *id,
+                spec: spec("a"),
+            },
+            clock.now(),
+        );
+    }
+    let (reply, effects) = run(
+        &mut s,
+        Command::Register {
+            registration: registration("w1", vec![]),
+        },
+        clock.now(),
+    );
+    assert!(matches!(reply, Reply::Registered(_)));
+    let sent = dispatched(&effects);
+    assert_eq!(sent.len(), 3);
+    assert!(sent.iter().all(|(n, _, a)| n == "w1" && *a == 1));
+    run(
+        &mut s,
+        Command::Report {
+            status: status(ids[0], 1, "w1", TaskState::Running, 1),
+        },
+        clock.now(),
+    );
+    assert_eq!(s.task(&ids[0]).unwrap().state, TaskState::Running);
+    assert_eq!(s.active_on("w1").len(), 3);
+}
+
+#[test]
+fn a_running_copy_the_manager_does_not_count_is_told_to_stop() {
+    let clock = Clock::new();
+    let mut s = state();
+    let id = Uuid::new_v4();
+    run(
+        &mut s,
+        Command::Register {
+            registration: registration("w1", vec![]),
+        },
+        clock.now(),
+    );
+    run(
+        &mut s,
+        Command::Submit {
+            id,
+            spec: spec("a"),
+        },
+        clock.now(),
+    );
+    // attempt 1 is current on w1; a late copy of attempt 0 elsewhere:
+    let stale = status(id, 7, "w2", TaskState::Running, 1);
+    let (reply, _) = run(&mut s, Command::Report { status: stale }, clock.now());
+    assert!(matches!(reply, Reply::Reported(ReportReply { stop: true })));
+    // an ended stale copy needs nothing
+    let ended = status(id, 7, "w2", TaskState::Completed, 2);
+    let (reply, _) = run(&mut s, Command::Report { status: ended }, clock.now());
+    assert!(matches!(
+        reply,
+        Reply::Reported(ReportReply { stop: false })
+    ));
+    // a task the manager does not know at all
+    let unknown = status(Uuid::new_v4(), 1, "w1", TaskState::Running, 1);
+    let (reply, _) = run(&mut s, Command::Report { status: unknown }, clock.now());
+    assert!(matches!(reply, Reply::Reported(ReportReply { stop: true })));
+    // the current attempt is untouched
+    assert_eq!(s.task(&id).unwrap().state, TaskState::Scheduled);
+}
+
+#[test]
+fn a_silent_worker_is_drained_onto_a_live_one() {
+    let mut clock = Clock::new();
+    let mut s = state();
+    let w1 = registration("w1", vec![]);
+    let w2 = registration("w2", vec![]);
+    let w2_instance = w2.instance;
+    run(&mut s, Command::Register { registration: w1 }, clock.now());
+    let id = Uuid::new_v4();
+    run(
+        &mut s,
+        Command::Submit {
+            id,
+            spec: spec("a"),
+        },
+        clock.now(),
+    );
+    assert_eq!(s.task(&id).unwrap().node.as_deref(), Some("w1"));
+    run(&mut s, Command::Register { registration: w2 }, clock.now());
+    // w2 keeps beating, w1 is silent past down_after.
+    for _ in 0..40 {
+        clock.advance(Duration::from_millis(100));
+        let beat = Heartbeat {
+            name: "w2".into(),
+            instance: w2_instance,
+            stats: MachineStats::default(),
+        };
+        run(&mut s, Command::Heartbeat { beat }, clock.now());
+        let (_, effects) = run(&mut s, Command::Tick, clock.now());
+        if !effects.is_empty() {
+            assert_eq!(dispatched(&effects), vec![("w2".to_string(), id, 2)]);
+            assert!(s.is_down("w1"));
+            return;
+        }
+    }
+    panic!("w1 was never drained");
+}
+
+#[test]
+fn a_stop_names_the_worker_that_must_stop_the_container() {
+    let clock = Clock::new();
+    let mut s = state();
+    run(
+        &mut s,
+        Command::Register {
+            registration: registration("w1", vec![]),
+        },
+        clock.now(),
+    );
+    let id = Uuid::new_v4();
+    run(
+        &mut s,
+        Command::Submit {
+            id,
+            spec: spec("a"),
+        },
+        clock.now(),
+    );
+    let (reply, _) = run(&mut s, Command::Stop { id }, clock.now());
+    match reply {
+        Reply::Stopping { record, worker } => {
+            assert_eq!(worker.as_deref(), Some("w1"));
+            assert_eq!(record.desired_state, crate::task::DesiredState::Stopped);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        apply(&mut s, Command::Stop { id: Uuid::new_v4() }, clock.now()),
+        Err(CoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_failed_commit_leaves_memory_as_the_disk_has_it() {
+    let clock = Clock::new();
+    let mut s = state();
+    let id = Uuid::new_v4();
+    run(
+        &mut s,
+        Command::Submit {
+            id,
+            spec: spec("a"),
+        },
+        clock.now(),
+    );
+    // The stop is applied but its commit fails.
+    apply(&mut s, Command::Stop { id }, clock.now()).unwrap();
+    let _ = s.take_staged();
+    s.rollback();
+    let record = s.task(&id).unwrap();
+    assert_eq!(record.state, TaskState::Pending);
+    assert_eq!(record.desired_state, crate::task::DesiredState::Running);
+    assert_eq!(s.pending(), vec![id]);
+}
+
+#[test]
+fn ended_tasks_beyond_the_retention_are_removed_oldest_first() {
+    let mut clock = Clock::new();
+    let mut s = state();
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        run(
+            &mut s,
+            Command::Submit {
+                id: *id,
+                spec: spec("a"),
+            },
+            clock.now(),
+        );
+        clock.advance(Duration::from_secs(1));
+        run(&mut s, Command::Stop { id: *id }, clock.now());
+    }
+    apply(&mut s, Command::Tick, clock.now()).unwrap();
+    let staged = s.take_staged();
+    s.commit();
+    assert_eq!(staged.removed_tasks.len(), 2, "max_tasks is 2");
+    assert!(s.task(&ids[0]).is_none() && s.task(&ids[1]).is_none());
+    assert!(s.task(&ids[3]).is_some());
+    // Past max_age every ended task goes.
+    clock.advance(Duration::from_secs(3601));
+    run(&mut s, Command::Tick, clock.now());
+    assert_eq!(s.task_count(), 0);
+}
+
+#[test]
+fn the_same_commands_give_the_same_state() {
+    let clock = Clock::new();
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let reg = registration("w1", vec![]);
+    let replay = || {
+        let mut s = state();
+        run(
+            &mut s,
+            Command::Register {
+                registration: reg.clone(),
+            },
+            clock.now(),
+        );
+        for id in &ids {
+            run(
+                &mut s,
+                Command::Submit {
+                    id: *id,
+                    spec: spec("a"),
+                },
+                clock.now(),
+            );
+        }
+        run(
+            &mut s,
+            Command::Report {
+                status: status(ids[1], 1, "w1", TaskState::Failed, 1),
+            },
+            clock.now(),
+        );
+        run(&mut s, Command::Stop { id: ids[2] }, clock.now());
+        s.tasks().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(replay(), replay());
+}
