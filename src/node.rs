@@ -2,7 +2,13 @@
 //! and HTTP server, and/or the worker's actors and HTTP server.
 
 use actix::prelude::*;
-use actix_web::{App, HttpServer, web};
+use std::time::Duration;
+
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, KeepAlive, Protocol};
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _};
+use actix_web::dev::{AppConfig, Server, ServiceFactory as _, fn_factory, fn_service};
+use actix_web::{App, web};
 use anyhow::Context as _;
 
 use crate::config::{NodeConfig, Role};
@@ -43,15 +49,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         );
         let manager = Manager::new(store.clone(), state).start();
         let data = web::Data::new(manager);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .configure(crate::manager::routes::configure)
+        let listener = std::net::TcpListener::bind(mc.listen)
+            .with_context(|| format!("manager: cannot listen on {}", mc.listen))?;
+        let server = serve(listener, move |cfg| {
+            cfg.app_data(data.clone());
+            crate::manager::routes::configure(cfg);
         })
-        .workers(1)
-        .bind(mc.listen)
-        .with_context(|| format!("manager: cannot listen on {}", mc.listen))?
-        .run();
+        .with_context(|| format!("manager: cannot serve on {}", mc.listen))?;
         log::info!(
             "manager: listening on http://{} (scheduler {}, workers down after {} ms)",
             mc.listen,
@@ -84,14 +88,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         )
         .start();
         let data = web::Data::new(worker);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .configure(crate::worker::routes::configure)
+        let server = serve(listener, move |cfg| {
+            cfg.app_data(data.clone());
+            crate::worker::routes::configure(cfg);
         })
-        .workers(1)
-        .listen(listener)?
-        .run();
+        .with_context(|| format!("worker: cannot serve on {worker_addr}"))?;
         log::info!(
             "worker {}: listening on http://{worker_addr}, manager {manager_url}",
             wc.name
@@ -110,4 +111,47 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
         Some(why) = fatal => Err(anyhow::anyhow!(why)),
     }
+}
+
+/// Serves one App (its routes and data set by `configure`) on `listener`
+/// with one worker thread, as actix-web's `HttpServer` would (same
+/// timeouts, signals and graceful shutdown), except that each connection is
+/// wrapped so that the errors actix-http answers before any App runs (request
+/// heads too large, malformed or too slow) are JSON too; the App's own errors
+/// are made JSON by `api_error`.
+fn serve<F>(listener: std::net::TcpListener, configure: F) -> std::io::Result<Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let addr = listener.local_addr()?;
+    let builder = actix_server::Server::build().workers(1);
+    let shutdown = builder.graceful_shutdown_signal();
+    let builder = builder.listen(format!("cube-http-{addr}"), listener, move || {
+        let configure = configure.clone();
+        let app = fn_factory(move || {
+            App::new()
+                .wrap(crate::api_error::json_errors())
+                .configure(configure.clone())
+                .into_factory()
+                .new_service(AppConfig::default())
+        });
+        let shutdown = shutdown.clone();
+        let http = HttpService::build()
+            .keep_alive(KeepAlive::default())
+            .client_request_timeout(Duration::from_secs(5))
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .local_addr(addr)
+            .graceful_shutdown_signal(move || {
+                let shutdown = shutdown.clone();
+                async move { shutdown.notified().await }
+            })
+            .finish(app);
+        fn_service(|io: actix_rt::net::TcpStream| async move {
+            let peer = io.peer_addr().ok();
+            let io = crate::api_error::connection::JsonErrorHeads::new(io);
+            Ok::<_, DispatchError>((io, Protocol::Http1, peer))
+        })
+        .and_then(http)
+    })?;
+    Ok(builder.run())
 }

@@ -164,6 +164,7 @@ pub struct HeartbeatReply {
 /// The query of the streaming routes (`/events`, `/tasks/{id}/logs`):
 /// `?follow=true` keeps the stream open.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Follow {
     #[serde(default)]
     pub follow: bool,

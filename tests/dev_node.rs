@@ -144,18 +144,30 @@ async fn bad_specs_are_refused_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    // Unknown ids are a JSON 404.
-    for id in [uuid::Uuid::new_v4().to_string(), "nope".to_string()] {
-        let r = reqwest::get(format!("{}/tasks/{id}", cluster.manager_url))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert!(
-            body["error"].as_str().unwrap().contains("no task"),
-            "{body}"
-        );
-    }
+    // Unknown ids are a JSON 404; what is no task id at all, a 400 naming it.
+    let r = reqwest::get(format!(
+        "{}/tasks/{}",
+        cluster.manager_url,
+        uuid::Uuid::new_v4()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("no task"),
+        "{body}"
+    );
+    let r = reqwest::get(format!("{}/tasks/nope", cluster.manager_url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["field"], "id", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not a task id"),
+        "{body}"
+    );
     // Nothing was stored by the refusals.
     assert!(cluster.client().tasks().await.unwrap().is_empty());
 }

@@ -18,11 +18,7 @@ use crate::wire::Follow;
 use crate::wire::{Heartbeat, Registration, TaskStatus};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(crate::api_error::json_config())
-        .app_data(crate::api_error::path_config())
-        .app_data(web::QueryConfig::default().error_handler(|err, _req| {
-            ApiError::bad_request(format!("invalid query string: {err}"), None).into()
-        }))
+    cfg.configure(crate::api_error::configure)
         .route("/tasks", web::post().to(submit))
         .route("/tasks", web::get().to(list_tasks))
         .route("/tasks/{id}", web::get().to(get_task))
@@ -118,8 +114,12 @@ fn mailbox(e: actix::MailboxError) -> ApiError {
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(format!("no task with id {raw:?} (not a task id)")))
+    raw.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("{raw:?} is not a task id (a UUID)"),
+            Some("id".into()),
+        )
+    })
 }
 
 async fn submit(

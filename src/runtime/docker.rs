@@ -152,7 +152,7 @@ pub async fn create(
     spec: &TaskSpec,
 ) -> Result<String, RuntimeError> {
     let name = container_name(task_id, attempt, restart);
-    let body = create_body(task_id, attempt, node, spec);
+    let body = create_body(task_id, attempt, node, spec)?;
     let options = CreateContainerOptions {
         name: Some(name.clone()),
         ..Default::default()
@@ -169,7 +169,16 @@ pub async fn create(
     }
 }
 
-fn create_body(task_id: Uuid, attempt: u32, node: &str, spec: &TaskSpec) -> ContainerCreateBody {
+fn create_body(
+    task_id: Uuid,
+    attempt: u32,
+    node: &str,
+    spec: &TaskSpec,
+) -> Result<ContainerCreateBody, RuntimeError> {
+    // Checked: a limit that does not fit is an error, never "no limit".
+    let memory = spec
+        .memory_limit_bytes()
+        .map_err(|e| RuntimeError::Engine(e.to_string()))?;
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let port_keys: Vec<String> = spec
         .ports
@@ -192,12 +201,12 @@ fn create_body(task_id: Uuid, attempt: u32, node: &str, spec: &TaskSpec) -> Cont
     let host_config = HostConfig {
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         nano_cpus: (spec.cpu > 0.0).then_some((spec.cpu * 1e9) as i64),
-        memory: (spec.memory_mb > 0).then_some((spec.memory_mb * 1024 * 1024) as i64),
+        memory,
         // The limit is the limit: no swap beyond it (as Kubernetes does).
-        memory_swap: (spec.memory_mb > 0).then_some((spec.memory_mb * 1024 * 1024) as i64),
+        memory_swap: memory,
         ..Default::default()
     };
-    ContainerCreateBody {
+    Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: spec.cmd.clone(),
         env: (!env.is_empty()).then_some(env),
@@ -205,7 +214,7 @@ fn create_body(task_id: Uuid, attempt: u32, node: &str, spec: &TaskSpec) -> Cont
         exposed_ports: (!port_keys.is_empty()).then_some(port_keys),
         host_config: Some(host_config),
         ..Default::default()
-    }
+    })
 }
 
 pub async fn start(docker: &Docker, id: &str) -> Result<(), RuntimeError> {

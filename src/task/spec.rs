@@ -245,9 +245,30 @@ pub fn parse_json(text: &str) -> Result<TaskSpec, SpecError> {
 pub fn parse_toml(text: &str) -> Result<TaskSpec, SpecError> {
     let value: toml::Value = toml::from_str(text)
         .map_err(|e| SpecError::document(format!("spec is not valid TOML: {e}")))?;
+    refuse_non_finite(&value, "")?;
     let json = serde_json::to_value(value)
         .map_err(|e| SpecError::document(format!("spec cannot be converted: {e}")))?;
     from_value(json)
+}
+
+/// TOML has `nan` and `inf`, which JSON (and so a spec) cannot hold: they
+/// would become null, that is "absent". Refused by name instead.
+fn refuse_non_finite(value: &toml::Value, path: &str) -> Result<(), SpecError> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => {
+            Err(SpecError::field(path, "must be a finite number"))
+        }
+        toml::Value::Table(table) => table.iter().try_for_each(|(key, v)| {
+            let path = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            refuse_non_finite(v, &path)
+        }),
+        toml::Value::Array(items) => items.iter().try_for_each(|v| refuse_non_finite(v, path)),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a spec document field by field and builds the spec.
@@ -315,44 +336,107 @@ fn optional<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Smallest memory limit the engine accepts (Docker refuses less than 6 MiB).
+pub const MIN_MEMORY_MB: u64 = 6;
+/// 1 PiB: more than any one machine has, and far below where MiB turned
+/// into bytes would overflow the engine's i64 (8 EiB).
+pub const MAX_MEMORY_MB: u64 = 1 << 30;
+/// 1 PiB, as for memory: a request for placement no node can mean beyond it.
+pub const MAX_DISK_MB: u64 = 1 << 30;
+/// Smallest CPU limit the engine takes (Docker's NanoCPUs: 0.01 core).
+pub const MIN_CPU: f64 = 0.01;
+/// More cores than any one machine offers.
+pub const MAX_CPU: f64 = 1024.0;
+/// Each published port costs the engine a proxy process and a host port.
+pub const MAX_PORTS: usize = 64;
+/// Environment variables per task.
+pub const MAX_ENV: usize = 256;
+/// All of `KEY=VALUE` together: far below the kernel's limit on a process's
+/// arguments and environment (ARG_MAX, 2 MiB by default, and 128 KiB a string).
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+/// Arguments of `cmd` and of `health.exec`.
+pub const MAX_ARGS: usize = 256;
+/// All arguments of `cmd` (or of `health.exec`) together, as for the environment.
+pub const MAX_ARGS_BYTES: usize = 64 * 1024;
+/// An image reference: repository (255 at most), tag (128) and digest fit.
+pub const MAX_IMAGE_LEN: usize = 512;
+/// The path of an HTTP health check.
+pub const MAX_HEALTH_PATH_LEN: usize = 1024;
+/// Failed health checks in a row before the task is unhealthy.
+pub const MAX_HEALTH_RETRIES: u32 = 1000;
+
+impl TaskSpec {
+    /// The memory limit in bytes, as the engine takes it (`None`: no limit).
+    /// Checked: a spec that passed `validate` always fits, any other that
+    /// does not is refused, never wrapped into "no limit".
+    pub fn memory_limit_bytes(&self) -> Result<Option<i64>, SpecError> {
+        if self.memory_mb == 0 {
+            return Ok(None);
+        }
+        self.memory_mb
+            .checked_mul(1024 * 1024)
+            .and_then(|bytes| i64::try_from(bytes).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                SpecError::field(
+                    "memory_mb",
+                    format!(
+                        "{} MiB does not fit in the engine's byte count",
+                        self.memory_mb
+                    ),
+                )
+            })
+    }
+}
+
 /// Semantic checks on a well-typed spec.
 pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
     crate::config::validate_node_name(&spec.name).map_err(|m| SpecError::field("name", m))?;
-    if spec.image.trim().is_empty() {
-        return Err(SpecError::field("image", "must not be empty"));
-    }
-    if spec.image.chars().any(char::is_whitespace) {
-        return Err(SpecError::field("image", "must not contain whitespace"));
-    }
-    if let Some(cmd) = &spec.cmd
-        && cmd.is_empty()
-    {
-        return Err(SpecError::field(
-            "cmd",
-            "must not be empty (leave it out to use the image's command)",
-        ));
-    }
-    for key in spec.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
+    validate_image(&spec.image)?;
+    if let Some(cmd) = &spec.cmd {
+        if cmd.is_empty() {
             return Err(SpecError::field(
-                "env",
-                format!("{key:?} is not a valid variable name"),
+                "cmd",
+                "must not be empty (leave it out to use the image's command)",
             ));
         }
+        validate_args("cmd", cmd)?;
     }
+    validate_env(&spec.env)?;
     if !spec.cpu.is_finite() || spec.cpu < 0.0 {
         return Err(SpecError::field(
             "cpu",
             "must be a non-negative number of cores",
         ));
     }
-    if spec.cpu > 1024.0 {
-        return Err(SpecError::field("cpu", "must be at most 1024 cores"));
+    if spec.cpu > 0.0 && spec.cpu < MIN_CPU {
+        return Err(SpecError::field(
+            "cpu",
+            format!("must be 0 (no limit) or at least {MIN_CPU} (the engine's smallest limit)"),
+        ));
     }
-    if spec.memory_mb > 0 && spec.memory_mb < 6 {
+    if spec.cpu > MAX_CPU {
+        return Err(SpecError::field(
+            "cpu",
+            format!("must be at most {MAX_CPU} cores"),
+        ));
+    }
+    if spec.memory_mb > 0 && spec.memory_mb < MIN_MEMORY_MB {
         return Err(SpecError::field(
             "memory_mb",
-            "must be 0 (no limit) or at least 6 (the engine's minimum)",
+            format!("must be 0 (no limit) or at least {MIN_MEMORY_MB} (the engine's minimum)"),
+        ));
+    }
+    if spec.memory_mb > MAX_MEMORY_MB {
+        return Err(SpecError::field(
+            "memory_mb",
+            format!("must be at most {MAX_MEMORY_MB} (1 PiB)"),
+        ));
+    }
+    if spec.disk_mb > MAX_DISK_MB {
+        return Err(SpecError::field(
+            "disk_mb",
+            format!("must be at most {MAX_DISK_MB} (1 PiB)"),
         ));
     }
     if spec.restart.max_retries.is_some() && spec.restart.policy != RestartPolicy::OnFailure {
@@ -367,12 +451,115 @@ pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
             "must be at most 3600 seconds",
         ));
     }
+    validate_ports(&spec.ports)?;
     if let Some(health) = &spec.health {
         validate_health(health, spec)?;
     }
+    Ok(())
+}
+
+fn validate_image(image: &str) -> Result<(), SpecError> {
+    if image.trim().is_empty() {
+        return Err(SpecError::field("image", "must not be empty"));
+    }
+    if image.len() > MAX_IMAGE_LEN {
+        return Err(SpecError::field(
+            "image",
+            format!("must be at most {MAX_IMAGE_LEN} characters"),
+        ));
+    }
+    if image.chars().any(char::is_whitespace) {
+        return Err(SpecError::field("image", "must not contain whitespace"));
+    }
+    if let Some(c) = image
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c)))
+    {
+        return Err(SpecError::field(
+            "image",
+            format!(
+                "{c:?} cannot be in an image reference (letters, digits, '.', '_', '-', '/', ':', '@')"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A command's arguments (`cmd`, `health.exec`): bounded, and each a C string.
+fn validate_args(field: &str, args: &[String]) -> Result<(), SpecError> {
+    if args.len() > MAX_ARGS {
+        return Err(SpecError::field(
+            field,
+            format!(
+                "has {} arguments, at most {MAX_ARGS} are allowed",
+                args.len()
+            ),
+        ));
+    }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err(SpecError::field(
+            field,
+            "an argument must not contain a NUL character",
+        ));
+    }
+    let bytes = args
+        .iter()
+        .map(|a| a.len().saturating_add(1))
+        .fold(0, usize::saturating_add);
+    if bytes > MAX_ARGS_BYTES {
+        return Err(SpecError::field(
+            field,
+            format!("is {bytes} bytes long, at most {MAX_ARGS_BYTES} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    if env.len() > MAX_ENV {
+        return Err(SpecError::field(
+            "env",
+            format!("has {} variables, at most {MAX_ENV} are allowed", env.len()),
+        ));
+    }
+    for (key, value) in env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(SpecError::field(
+                "env",
+                format!("{key:?} is not a valid variable name"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(SpecError::field(
+                "env",
+                format!("the value of {key:?} must not contain a NUL character"),
+            ));
+        }
+    }
+    // Each variable reaches the container as `KEY=VALUE`.
+    let bytes = env
+        .iter()
+        .map(|(k, v)| k.len().saturating_add(v.len()).saturating_add(2))
+        .fold(0, usize::saturating_add);
+    if bytes > MAX_ENV_BYTES {
+        return Err(SpecError::field(
+            "env",
+            format!("is {bytes} bytes long, at most {MAX_ENV_BYTES} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_ports(ports: &[PortSpec]) -> Result<(), SpecError> {
+    if ports.len() > MAX_PORTS {
+        return Err(SpecError::field(
+            "ports",
+            format!("has {} ports, at most {MAX_PORTS} are allowed", ports.len()),
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     let mut seen_host = std::collections::BTreeSet::new();
-    for port in &spec.ports {
+    for port in ports {
         if port.container == 0 || port.host == Some(0) {
             return Err(SpecError::field("ports", "port 0 is not a valid port"));
         }
@@ -404,16 +591,26 @@ fn validate_health(health: &HealthSpec, spec: &TaskSpec) -> Result<(), SpecError
             "give exactly one of \"http\", \"tcp\" or \"exec\"",
         ));
     }
-    if let Some(path) = &health.http
-        && !path.starts_with('/')
-    {
-        return Err(SpecError::field(
-            "health.http",
-            "must be a path starting with /",
-        ));
+    if let Some(path) = &health.http {
+        // It becomes `http://127.0.0.1:PORT{path}`: printable ASCII only.
+        if !path.starts_with('/') || !path.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(SpecError::field(
+                "health.http",
+                "must be a path starting with / (printable ASCII, no spaces)",
+            ));
+        }
+        if path.len() > MAX_HEALTH_PATH_LEN {
+            return Err(SpecError::field(
+                "health.http",
+                format!("must be at most {MAX_HEALTH_PATH_LEN} characters"),
+            ));
+        }
     }
-    if health.exec.as_ref().is_some_and(Vec::is_empty) {
-        return Err(SpecError::field("health.exec", "must not be empty"));
+    if let Some(exec) = &health.exec {
+        if exec.is_empty() {
+            return Err(SpecError::field("health.exec", "must not be empty"));
+        }
+        validate_args("health.exec", exec)?;
     }
     if health.http.is_some() || health.tcp {
         let Some(port) = health.port else {
@@ -448,8 +645,11 @@ fn validate_health(health: &HealthSpec, spec: &TaskSpec) -> Result<(), SpecError
             "must be between 0 and 3600 seconds",
         ));
     }
-    if health.retries == 0 {
-        return Err(SpecError::field("health.retries", "must be at least 1"));
+    if health.retries == 0 || health.retries > MAX_HEALTH_RETRIES {
+        return Err(SpecError::field(
+            "health.retries",
+            format!("must be between 1 and {MAX_HEALTH_RETRIES}"),
+        ));
     }
     Ok(())
 }
@@ -644,6 +844,209 @@ mod tests {
         let v =
             json!({"name": "a", "image": "b", "restart": {"policy": "always", "max_retries": 2}});
         assert_eq!(field_of(v).as_deref(), Some("restart.max_retries"));
+    }
+
+    /// Sets `field` of a minimal spec; whether it is accepted, else the field named.
+    fn with(field: &str, value: Value) -> Result<TaskSpec, Option<String>> {
+        let mut v = json!({"name": "a", "image": "b"});
+        v[field] = value;
+        from_value(v).map_err(|e| e.field)
+    }
+
+    fn refused(field: &str, value: Value) {
+        assert_eq!(
+            with(field, value.clone()).err(),
+            Some(Some(field.to_string())),
+            "{field} = {value} should be refused naming {field}"
+        );
+    }
+
+    fn accepted(field: &str, value: Value) {
+        if let Err(e) = with(field, value.clone()) {
+            panic!("{field} = {value} should be accepted, refused naming {e:?}");
+        }
+    }
+
+    #[test]
+    fn memory_is_within_what_the_engine_and_a_machine_can_mean() {
+        accepted("memory_mb", json!(0));
+        refused("memory_mb", json!(MIN_MEMORY_MB - 1));
+        accepted("memory_mb", json!(MIN_MEMORY_MB));
+        accepted("memory_mb", json!(MAX_MEMORY_MB));
+        refused("memory_mb", json!(MAX_MEMORY_MB + 1));
+        // 2^44 MiB is 2^64 bytes: it wrapped to 0, a container without a limit.
+        refused("memory_mb", json!(1u64 << 44));
+        refused("memory_mb", json!(u64::MAX));
+        // Past u64: ill-typed, still named.
+        refused("memory_mb", json!(18446744073709551616.0));
+        // The largest accepted limit fits the engine's i64 byte count.
+        let s = with("memory_mb", json!(MAX_MEMORY_MB)).unwrap();
+        assert_eq!(
+            s.memory_limit_bytes(),
+            Ok(Some((MAX_MEMORY_MB as i64) * 1024 * 1024))
+        );
+        let s = with("memory_mb", json!(64)).unwrap();
+        assert_eq!(s.memory_limit_bytes(), Ok(Some(64 * 1024 * 1024)));
+        assert_eq!(
+            with("memory_mb", json!(0)).unwrap().memory_limit_bytes(),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_that_does_not_fit_in_bytes_is_an_error_not_no_limit() {
+        let mut s = ok(json!({"name": "a", "image": "b"}));
+        for mb in [1u64 << 44, (i64::MAX as u64 >> 20) + 1, u64::MAX] {
+            s.memory_mb = mb;
+            let e = s.memory_limit_bytes().unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("memory_mb"), "{mb}");
+        }
+        s.memory_mb = i64::MAX as u64 >> 20;
+        assert!(s.memory_limit_bytes().unwrap().unwrap() > 0);
+    }
+
+    #[test]
+    fn disk_is_bounded() {
+        accepted("disk_mb", json!(0));
+        accepted("disk_mb", json!(MAX_DISK_MB));
+        refused("disk_mb", json!(MAX_DISK_MB + 1));
+        refused("disk_mb", json!(u64::MAX));
+    }
+
+    #[test]
+    fn cpu_is_zero_or_what_the_engine_can_limit() {
+        accepted("cpu", json!(0));
+        accepted("cpu", json!(0.0));
+        refused("cpu", json!(0.001));
+        refused("cpu", json!(0.009));
+        accepted("cpu", json!(MIN_CPU));
+        accepted("cpu", json!(MAX_CPU));
+        refused("cpu", json!(MAX_CPU + 0.5));
+        refused("cpu", json!(-0.5));
+        refused("cpu", json!(1e308));
+        // JSON has no NaN or infinity; TOML has, and they are refused by name.
+        for bad in ["nan", "inf", "-inf"] {
+            let e = parse_toml(&format!("name = \"a\"\nimage = \"b\"\ncpu = {bad}\n")).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("cpu"), "{bad}");
+        }
+        let e =
+            parse_toml("name = \"a\"\nimage = \"b\"\n[health]\nexec = [\"x\"]\ninterval_s = nan\n")
+                .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("health.interval_s"));
+    }
+
+    #[test]
+    fn ports_are_at_most_64() {
+        let ports = |n: u16| json!((1..=n).collect::<Vec<u16>>());
+        accepted("ports", ports(MAX_PORTS as u16));
+        refused("ports", ports(MAX_PORTS as u16 + 1));
+        refused("ports", ports(10_000));
+    }
+
+    #[test]
+    fn env_is_bounded_in_count_and_size_and_has_no_nul() {
+        let vars = |n: usize| {
+            Value::Object(
+                (0..n)
+                    .map(|i| (format!("V{i}"), Value::String("x".into())))
+                    .collect(),
+            )
+        };
+        accepted("env", vars(MAX_ENV));
+        refused("env", vars(MAX_ENV + 1));
+        // KEY=VALUE and a terminator: "A=" + value + NUL.
+        accepted("env", json!({"A": "x".repeat(MAX_ENV_BYTES - 3)}));
+        refused("env", json!({"A": "x".repeat(MAX_ENV_BYTES - 2)}));
+        refused("env", json!({"A": "x\u{0}y"}));
+        refused("env", json!({"A\u{0}": "x"}));
+        refused("env", json!({"": "x"}));
+    }
+
+    #[test]
+    fn commands_are_bounded_in_count_and_size_and_have_no_nul() {
+        let args = |n: usize| json!(vec!["x"; n]);
+        accepted("cmd", args(MAX_ARGS));
+        refused("cmd", args(MAX_ARGS + 1));
+        accepted("cmd", json!(["x".repeat(MAX_ARGS_BYTES - 1)]));
+        refused("cmd", json!(["x".repeat(MAX_ARGS_BYTES)]));
+        refused("cmd", json!(["/echo", "a\u{0}b"]));
+        let exec = |exec: Value| {
+            from_value(json!({"name": "a", "image": "b", "health": {"exec": exec}}))
+                .map_err(|e| e.field)
+        };
+        assert!(exec(args(MAX_ARGS)).is_ok());
+        assert_eq!(
+            exec(args(MAX_ARGS + 1)).unwrap_err().as_deref(),
+            Some("health.exec")
+        );
+        assert_eq!(
+            exec(json!(["x".repeat(MAX_ARGS_BYTES)]))
+                .unwrap_err()
+                .as_deref(),
+            Some("health.exec")
+        );
+        assert_eq!(
+            exec(json!(["a\u{0}"])).unwrap_err().as_deref(),
+            Some("health.exec")
+        );
+    }
+
+    #[test]
+    fn names_and_images_are_bounded() {
+        accepted("name", json!("n".repeat(63)));
+        refused("name", json!("n".repeat(64)));
+        accepted("image", json!("registry.example:5000/team/app:v1.2-rc_3"));
+        accepted("image", json!(format!("busybox@sha256:{}", "a".repeat(64))));
+        accepted("image", json!("i".repeat(MAX_IMAGE_LEN)));
+        refused("image", json!("i".repeat(MAX_IMAGE_LEN + 1)));
+        refused("image", json!("busy\u{0}box"));
+        refused("image", json!("busybox\n"));
+        refused("image", json!("busybox;rm"));
+        refused("image", json!("bücher"));
+    }
+
+    #[test]
+    fn health_paths_and_retries_are_bounded() {
+        let http = |path: Value| {
+            from_value(json!({"name": "a", "image": "b", "ports": [80],
+                "health": {"http": path, "port": 80}}))
+            .map_err(|e| e.field)
+        };
+        assert!(http(json!(format!("/{}", "p".repeat(MAX_HEALTH_PATH_LEN - 1)))).is_ok());
+        for bad in [
+            json!(format!("/{}", "p".repeat(MAX_HEALTH_PATH_LEN))),
+            json!("/a b"),
+            json!("/a\r\nHost: x"),
+            json!("/\u{0}"),
+        ] {
+            assert_eq!(
+                http(bad.clone()).unwrap_err().as_deref(),
+                Some("health.http"),
+                "{bad}"
+            );
+        }
+        let retries = |n: u32| {
+            from_value(json!({"name": "a", "image": "b",
+                "health": {"exec": ["x"], "retries": n}}))
+            .map_err(|e| e.field)
+        };
+        assert!(retries(MAX_HEALTH_RETRIES).is_ok());
+        assert_eq!(
+            retries(MAX_HEALTH_RETRIES + 1).unwrap_err().as_deref(),
+            Some("health.retries")
+        );
+    }
+
+    #[test]
+    fn a_spec_the_manager_sends_parses_back_the_same() {
+        // The worker parses an assignment's spec with `from_value` too.
+        let s = ok(json!({"name": "echo", "image": "cube-demo/echo:latest",
+            "cmd": ["/echo"], "env": {"A": "b"}, "cpu": 0.1, "memory_mb": 64, "disk_mb": 5,
+            "ports": [7777, "8080:80"], "restart": {"policy": "on-failure", "max_retries": 2},
+            "stop_timeout_s": 3, "health": {"http": "/h", "port": 7777}}));
+        assert_eq!(ok(serde_json::to_value(&s).unwrap()), s);
+        let minimal = ok(json!({"name": "a", "image": "b"}));
+        assert_eq!(ok(serde_json::to_value(&minimal).unwrap()), minimal);
     }
 
     #[test]
