@@ -11,7 +11,8 @@ use crate::api_error::ApiError;
 use crate::manager::nodes::NodeView;
 use crate::task::TaskRecord;
 use crate::wire::{
-    Assignment, Heartbeat, HeartbeatReply, NodeStats, Registration, RegistrationReply, TaskStatus,
+    Assignment, Heartbeat, HeartbeatReply, NodeStats, Registration, RegistrationReply, ReportReply,
+    TaskStatus,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -179,12 +180,11 @@ impl Client {
             .1)
     }
 
-    pub async fn report(&self, status: &TaskStatus) -> Result<(), ClientError> {
-        let _: serde_json::Value = self
+    pub async fn report(&self, status: &TaskStatus) -> Result<ReportReply, ClientError> {
+        Ok(self
             .call(reqwest::Method::POST, "/workers/reports", Some(status))
             .await?
-            .1;
-        Ok(())
+            .1)
     }
 
     // --- worker ---

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use crate::config::{NodeConfig, Role};
 use crate::manager::Manager;
 use crate::manager::nodes::NodeRecord;
+use crate::runtime::docker::DockerEngine;
 use crate::scheduler::Scheduler;
 use crate::store::{LoadAll, Store};
 use crate::task::TaskRecord;
@@ -73,6 +74,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             stats,
             records,
             fatal_tx.clone(),
+            std::sync::Arc::new(DockerEngine::local()),
         )
         .start();
         let data = web::Data::new(worker);

@@ -152,6 +152,15 @@ pub struct HeartbeatReply {
     pub reregister: bool,
 }
 
+/// The manager's answer to a worker's report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportReply {
+    /// The reported attempt is not the task's current one on this worker:
+    /// the worker stops it, removes its container and forgets it.
+    #[serde(default)]
+    pub stop: bool,
+}
+
 /// The query of the streaming routes (`/events`, `/tasks/{id}/logs`):
 /// `?follow=true` keeps the stream open.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]

@@ -14,7 +14,7 @@ use super::actor::{
 use crate::api_error::ApiError;
 use crate::task::spec;
 use crate::wire::Follow;
-use crate::wire::{Heartbeat, Registration, TaskStatus};
+use crate::wire::{Heartbeat, Registration, ReportReply, TaskStatus};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(crate::api_error::json_config())
@@ -182,5 +182,5 @@ async fn report(
         .send(Report(status.into_inner()))
         .await
         .map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"ok": true})))
+    Ok(HttpResponse::Ok().json(ReportReply { stop: false }))
 }

@@ -10,7 +10,8 @@ use crate::wire::{Assignment, TaskStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerTaskRecord {
-    /// Bumped on every change; the Store never replaces a record by an older one.
+    /// Bumped on every change of one attempt's record (a new attempt starts
+    /// at 1); the Store never replaces a record by an older one.
     pub version: u64,
     pub assignment: Assignment,
     pub status: TaskStatus,
@@ -54,7 +55,9 @@ impl Stored for WorkerTaskRecord {
     fn key(&self) -> String {
         self.assignment.task_id.to_string()
     }
+    /// A newer attempt always replaces an older one, whatever their
+    /// versions; within one attempt, the newer version does.
     fn supersedes(&self, old: &Self) -> bool {
-        self.version >= old.version
+        (self.assignment.attempt, self.version) >= (old.assignment.attempt, old.version)
     }
 }
