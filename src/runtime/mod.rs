@@ -1,7 +1,8 @@
 //! Container runtimes behind one trait, [`Engine`]: what the worker asks of a
 //! container engine (create, start, inspect, stop, remove, list, events,
-//! logs, exec). [`docker`] implements it with bollard and is the only module
-//! that speaks bollard; [`fake`] keeps containers in memory for tests.
+//! logs, exec). [`docker`] implements it over the Docker Engine API and is
+//! the only module that uses the engine's client library; [`fake`] keeps
+//! containers in memory for tests.
 //! The types that cross the trait are Cube's own.
 
 pub mod docker;

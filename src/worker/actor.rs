@@ -17,7 +17,9 @@ use super::orphans::orphans;
 use super::record::WorkerTaskRecord;
 use super::restart::Backoff;
 use super::stats::{ReadStats, Stats};
-use super::supervisor::{ContainerDied, EngineBack, OutOfMemory, Stop, StopError, TaskSupervisor};
+use super::supervisor::{
+    ContainerDied, EngineBack, Origin, OutOfMemory, Stop, StopError, TaskSupervisor,
+};
 use crate::client::{Client, ClientError};
 use crate::config::{CapacityOverride, WorkerConfig};
 use crate::runtime::{ContainerEvent, ContainerEventKind, SharedEngine};
@@ -159,7 +161,7 @@ impl Worker {
         self.engine_up.then(|| self.engine.clone())
     }
 
-    fn supervise(&mut self, id: Uuid, ctx: &mut Context<Self>) {
+    fn supervise(&mut self, id: Uuid, origin: Origin, ctx: &mut Context<Self>) {
         let engine = self.connected();
         let Some(held) = self.tasks.get_mut(&id) else {
             return;
@@ -170,7 +172,7 @@ impl Worker {
             held.record.status.clone(),
             ctx.address().recipient(),
             engine,
-            held.record.stop_requested,
+            origin,
             self.backoff,
         );
         held.supervisor = Some(supervisor.start());
@@ -528,7 +530,8 @@ impl Actor for Worker {
             open.len()
         );
         for id in open {
-            self.supervise(id, ctx);
+            let stop_requested = self.tasks.get(&id).is_some_and(|h| h.record.stop_requested);
+            self.supervise(id, Origin::Stored { stop_requested }, ctx);
         }
         self.register(ctx);
         ctx.run_interval(self.heartbeat, |act, ctx| act.beat(ctx));
@@ -614,7 +617,7 @@ impl Handler<Assign> for Worker {
                                     supervisor: None,
                                 },
                             );
-                            act.supervise(id, ctx);
+                            act.supervise(id, Origin::Assigned, ctx);
                             Ok(status)
                         }
                     }

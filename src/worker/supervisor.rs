@@ -59,6 +59,17 @@ pub enum StopError {
 
 type StopAnswer = Result<TaskStatus, StopError>;
 
+/// Where a supervisor's task comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Assigned to this worker process: no container of it exists yet.
+    Assigned,
+    /// Loaded from the worker's store when the process started: an earlier
+    /// process may have made its container (even if the record does not
+    /// say so), and may have been asked to stop it.
+    Stored { stop_requested: bool },
+}
+
 pub struct TaskSupervisor {
     node: String,
     assignment: Assignment,
@@ -67,8 +78,14 @@ pub struct TaskSupervisor {
     engine: Option<SharedEngine>,
     status: TaskStatus,
     phase: Phase,
-    /// Finish a stop the manager asked for before this worker restarted.
+    /// Stop instead of starting: a stop was asked (maybe before this worker
+    /// restarted).
     stop_on_start: bool,
+    /// A container of the task's current run may exist that
+    /// `status.container_id` does not name (made by an earlier process, or
+    /// by a start the engine's failure cut short): a stop must ask the
+    /// engine.
+    unsure: bool,
     /// Answers owed to `Stop` requests: given once the container is
     /// stopped and removed (or known absent).
     stop_waiters: Vec<oneshot::Sender<StopAnswer>>,
@@ -93,7 +110,7 @@ impl TaskSupervisor {
         status: TaskStatus,
         parent: Recipient<StatusChanged>,
         engine: Option<SharedEngine>,
-        stop_on_start: bool,
+        origin: Origin,
         backoff: Backoff,
     ) -> Self {
         TaskSupervisor {
@@ -103,7 +120,11 @@ impl TaskSupervisor {
             engine,
             status,
             phase: Phase::Starting,
-            stop_on_start,
+            stop_on_start: origin
+                == Origin::Stored {
+                    stop_requested: true,
+                },
+            unsure: origin != Origin::Assigned,
             stop_waiters: Vec::new(),
             backoff,
             step: 0,
@@ -163,6 +184,8 @@ impl TaskSupervisor {
             return;
         };
         self.phase = Phase::Starting;
+        // Until the outcome is known, a container may be made.
+        self.unsure = true;
         let assignment = self.assignment.clone();
         let node = self.node.clone();
         let was_running = self.status.state == TaskState::Running;
@@ -180,6 +203,8 @@ impl TaskSupervisor {
 
     fn started_outcome(&mut self, result: Result<Outcome, RuntimeError>, ctx: &mut Context<Self>) {
         let id = self.id();
+        // What exists is known now, except when the engine failed mid-way.
+        self.unsure = matches!(result, Err(RuntimeError::EngineDown(_)));
         match result {
             Ok(Outcome::Running(view)) if self.stop_on_start => {
                 // An adopted container of a task being stopped: stop it.
@@ -443,6 +468,18 @@ impl TaskSupervisor {
         let id = self.id();
         self.stop_checker();
         let Some(container_id) = self.status.container_id.clone() else {
+            if self.unsure {
+                // Ask the engine what there is: bringing the task up with
+                // `stop_on_start` finds, stops and removes it.
+                match self.engine {
+                    Some(_) => self.bring_up(ctx),
+                    None => {
+                        log::info!("supervisor: task {id} stops when the container engine is back");
+                        self.phase = Phase::WaitingForEngine;
+                    }
+                }
+                return;
+            }
             // Not started yet, or between restarts (the old container is
             // removed before the back-off ends).
             log::info!("supervisor: task {id} stopped before its container ran");
