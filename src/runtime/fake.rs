@@ -161,7 +161,8 @@ impl FakeEngine {
         self.lock().missing_images.insert(image.to_string());
     }
 
-    /// The next `create` fails with this message (and creates nothing).
+    /// The next `create` fails with this message after the engine made the
+    /// container (an engine that fails half-way leaves it Created).
     pub fn fail_next_create(&self, message: &str) {
         self.lock().create_failures.push_back(message.to_string());
     }
@@ -339,13 +340,14 @@ impl Engine for FakeEngine {
     fn create<'a>(&'a self, spec: &'a ContainerSpec) -> EngineFuture<'a, String> {
         let result = self.up().and_then(|mut state| {
             state.calls.push(format!("create {}", spec.name));
-            if let Some(message) = state.create_failures.pop_front() {
-                return Err(RuntimeError::Engine(message));
-            }
             if Self::find(&state, &spec.name).is_some() {
                 return Err(RuntimeError::Conflict(spec.name.clone()));
             }
-            Ok(Self::insert(&mut state, spec.clone()))
+            let id = Self::insert(&mut state, spec.clone());
+            match state.create_failures.pop_front() {
+                Some(message) => Err(RuntimeError::Engine(message)),
+                None => Ok(id),
+            }
         });
         Box::pin(async move { result })
     }
