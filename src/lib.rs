@@ -10,7 +10,7 @@
 //! - [`scheduler`]: placement strategies (pure functions) and the Scheduler actor.
 //! - [`manager`]: the Manager actor (desired state of the cluster) and its HTTP routes.
 //! - [`worker`]: the Worker, TaskSupervisor, DockerEvents and Stats actors and routes.
-//! - [`runtime`]: the container runtime (Docker Engine API through bollard).
+//! - [`runtime`]: the Engine trait over the container engine (Docker), and a fake for tests.
 //! - [`client`]: the HTTP client used by the CLI, the manager and the workers.
 //! - [`node`]: starts the actors and HTTP servers a config asks for.
 //! - [`cli`]: the user-facing commands (`run`, `status`, `stop`, `nodes`).

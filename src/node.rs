@@ -15,6 +15,7 @@ use crate::config::{NodeConfig, Role};
 use crate::core::ClusterState;
 use crate::core::nodes::NodeRecord;
 use crate::manager::Manager;
+use crate::runtime::docker::DockerEngine;
 use crate::store::{LoadAll, Store};
 use crate::task::TaskRecord;
 use crate::worker::Worker;
@@ -85,6 +86,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             stats,
             records,
             fatal_tx.clone(),
+            std::sync::Arc::new(DockerEngine::local()),
         )
         .start();
         let data = web::Data::new(worker);

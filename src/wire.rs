@@ -135,15 +135,6 @@ pub struct RegistrationReply {
     pub stop: Vec<Uuid>,
 }
 
-/// The manager's answer to a worker's report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ReportReply {
-    /// The reported attempt is not one the manager counts (the task moved
-    /// on, or is unknown): the worker must stop it and forget it.
-    #[serde(default)]
-    pub stop: bool,
-}
-
 /// A worker tells the manager it is alive, with its latest stats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -159,6 +150,15 @@ pub struct HeartbeatReply {
     /// the manager lost it, or another process registered under its name):
     /// it must register again, which reconciles its tasks.
     pub reregister: bool,
+}
+
+/// The manager's answer to a worker's report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportReply {
+    /// The reported attempt is not the task's current one on this worker:
+    /// the worker stops it, removes its container and forgets it.
+    #[serde(default)]
+    pub stop: bool,
 }
 
 /// The query of the streaming routes (`/events`, `/tasks/{id}/logs`):

@@ -54,7 +54,9 @@ async fn kill9_of_the_worker_keeps_its_container_and_starts_no_copy() {
     let before = cluster.wait_state(&id, "Running", T).await;
     let container = before.container_id.clone().unwrap();
 
+    let mut last_restart = chrono::Utc::now();
     for round in 1..=3 {
+        last_restart = chrono::Utc::now();
         cluster.nodes[1].restart(); // kill -9, then start again
         let worker = cluster.worker_names[0].clone();
         let log_marker = format!("worker {worker}: started with 1 tasks");
@@ -68,11 +70,18 @@ async fn kill9_of_the_worker_keeps_its_container_and_starts_no_copy() {
     let client = cluster.client();
     let nodes_url = cluster.client().nodes().await.unwrap()[0].address.clone();
     let worker = cube::client::Client::new(&nodes_url);
-    wait_for("the restarted worker to answer", T, || {
+    let readopted = wait_for("the restarted worker to re-adopt", T, || {
         let worker = worker.clone();
-        async move { worker.worker_tasks().await.ok().filter(|t| !t.is_empty()) }
+        async move {
+            let tasks = worker.worker_tasks().await.ok()?;
+            tasks.into_iter().find(|t| t.at > last_restart)
+        }
     })
     .await;
+    assert_eq!(readopted.state.as_str(), "Running");
+    assert_eq!(readopted.restart_count, 0);
+    // The container's real start time, not the re-adoption's.
+    assert_eq!(readopted.started_at, before.started_at);
     let after = client.task(&id).await.unwrap();
     assert_eq!(after.state.as_str(), "Running");
     assert_eq!(after.container_id.as_deref(), Some(container.as_str()));

@@ -1,9 +1,10 @@
-//! The Docker Engine API through bollard: the only module that speaks to the
-//! engine. The API version is negotiated (the engine here speaks 1.41).
+//! The Docker Engine API through bollard: the only module in the crate that
+//! speaks bollard. The API version is negotiated (the engine here speaks 1.41).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -15,31 +16,16 @@ use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
     LogsOptionsBuilder, RemoveContainerOptions, StopContainerOptions,
 };
-use futures_util::{Stream, StreamExt};
-use uuid::Uuid;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 
-use crate::task::TaskSpec;
-
-/// Labels every Cube container carries.
-pub const LABEL_MANAGED: &str = "cube.managed";
-pub const LABEL_TASK: &str = "cube.task";
-pub const LABEL_ATTEMPT: &str = "cube.attempt";
-pub const LABEL_NODE: &str = "cube.node";
+use super::{
+    ContainerEvent, ContainerEventKind, ContainerSpec, ContainerView, Engine, EngineFuture,
+    EngineStream, ExecOutput, LABEL_ATTEMPT, LABEL_NODE, LABEL_TASK, NodeContainer, RuntimeError,
+};
 
 /// How long a pull may take before the task is failed.
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("image {image} is not present locally and could not be pulled: {reason}")]
-    ImageUnavailable { image: String, reason: String },
-    #[error("the container engine is unreachable: {0}")]
-    EngineDown(String),
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("container engine: {0}")]
-    Engine(String),
-}
 
 impl From<BollardError> for RuntimeError {
     fn from(e: BollardError) -> Self {
@@ -56,44 +42,188 @@ impl From<BollardError> for RuntimeError {
     }
 }
 
-/// Connects to the local engine (DOCKER_HOST or the default socket) and
-/// negotiates the API version. On failure the engine is down (or absent).
-pub async fn connect() -> Result<(Docker, String), RuntimeError> {
-    let docker = Docker::connect_with_local_defaults()
-        .map_err(|e| RuntimeError::EngineDown(e.to_string()))?;
-    let docker = docker
-        .negotiate_version()
-        .await
-        .map_err(|e| RuntimeError::EngineDown(e.to_string()))?;
-    let version = docker.version().await.map_err(RuntimeError::from)?;
-    let described = format!(
-        "{} (API {})",
-        version.version.unwrap_or_default(),
-        version.api_version.unwrap_or_default()
-    );
-    Ok((docker, described))
+/// The local Docker engine (DOCKER_HOST or the default socket).
+pub struct DockerEngine {
+    /// The client, or why it could not be set up (then the engine is down).
+    docker: Result<Docker, String>,
 }
 
-/// The deterministic name of a task attempt's container, and of each
-/// restart's: a restart never waits for (or adopts) its dying predecessor.
-pub fn container_name(task_id: Uuid, attempt: u32, restart: u32) -> String {
-    match restart {
-        0 => format!("cube-{task_id}-{attempt}"),
-        n => format!("cube-{task_id}-{attempt}-r{n}"),
+impl DockerEngine {
+    /// Sets up the client; nothing is sent before `connect`.
+    pub fn local() -> Self {
+        DockerEngine {
+            docker: Docker::connect_with_local_defaults().map_err(|e| e.to_string()),
+        }
+    }
+
+    fn docker(&self) -> Result<&Docker, RuntimeError> {
+        self.docker
+            .as_ref()
+            .map_err(|e| RuntimeError::EngineDown(e.clone()))
     }
 }
 
-pub fn labels(task_id: Uuid, attempt: u32, node: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (LABEL_MANAGED.to_string(), "true".to_string()),
-        (LABEL_TASK.to_string(), task_id.to_string()),
-        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
-        (LABEL_NODE.to_string(), node.to_string()),
-    ])
+impl Engine for DockerEngine {
+    fn connect(&self) -> EngineFuture<'_, String> {
+        Box::pin(async move {
+            let docker = self.docker()?;
+            // Negotiation sets the version every clone of this client uses.
+            docker
+                .clone()
+                .negotiate_version()
+                .await
+                .map_err(|e| RuntimeError::EngineDown(e.to_string()))?;
+            let version = docker.version().await?;
+            Ok(format!(
+                "{} (API {})",
+                version.version.unwrap_or_default(),
+                version.api_version.unwrap_or_default()
+            ))
+        })
+    }
+
+    fn ensure_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()> {
+        Box::pin(async move { ensure_image(self.docker()?, image).await })
+    }
+
+    fn create<'a>(&'a self, spec: &'a ContainerSpec) -> EngineFuture<'a, String> {
+        Box::pin(async move {
+            let options = CreateContainerOptions {
+                name: Some(spec.name.clone()),
+                ..Default::default()
+            };
+            match self
+                .docker()?
+                .create_container(Some(options), create_body(spec))
+                .await
+            {
+                Ok(created) => Ok(created.id),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => Err(RuntimeError::Conflict(spec.name.clone())),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn start<'a>(&'a self, id: &'a str) -> EngineFuture<'a, ()> {
+        Box::pin(async move {
+            match self.docker()?.start_container(id, None).await {
+                Ok(()) => Ok(()),
+                // 304: already started (an adopted container).
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 304, ..
+                }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn inspect<'a>(&'a self, id: &'a str) -> EngineFuture<'a, Option<ContainerView>> {
+        Box::pin(async move {
+            match self.docker()?.inspect_container(id, None).await {
+                Ok(info) => Ok(Some(view(info))),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn stop<'a>(&'a self, id: &'a str, timeout_s: u32) -> EngineFuture<'a, ()> {
+        Box::pin(async move {
+            let stop = StopContainerOptions {
+                t: Some(i32::try_from(timeout_s).unwrap_or(i32::MAX)),
+                ..Default::default()
+            };
+            match self.docker()?.stop_container(id, Some(stop)).await {
+                Ok(())
+                | Err(BollardError::DockerResponseServerError {
+                    status_code: 304 | 404,
+                    ..
+                }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> EngineFuture<'a, ()> {
+        Box::pin(async move {
+            let options = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            match self.docker()?.remove_container(id, Some(options)).await {
+                // 409: its removal is already under way.
+                Ok(())
+                | Err(BollardError::DockerResponseServerError {
+                    status_code: 404 | 409,
+                    ..
+                }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, node: &'a str) -> EngineFuture<'a, Vec<NodeContainer>> {
+        Box::pin(async move {
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("{LABEL_NODE}={node}")],
+                )])),
+                ..Default::default()
+            };
+            let containers = self.docker()?.list_containers(Some(options)).await?;
+            Ok(containers
+                .into_iter()
+                .filter_map(|c| {
+                    let labels = c.labels?;
+                    Some(NodeContainer {
+                        task_id: labels.get(LABEL_TASK)?.parse().ok()?,
+                        attempt: labels.get(LABEL_ATTEMPT)?.parse().ok()?,
+                        id: c.id?,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn events(&self, node: &str, since_s: i64) -> EngineStream<ContainerEvent> {
+        match self.docker() {
+            Ok(docker) => container_events(docker, node, since_s),
+            Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+
+    fn logs(&self, id: &str, follow: bool) -> EngineStream<Bytes> {
+        let docker = match self.docker() {
+            Ok(docker) => docker,
+            Err(e) => return futures_util::stream::once(async move { Err(e) }).boxed(),
+        };
+        let options = LogsOptionsBuilder::new()
+            .follow(follow)
+            .stdout(true)
+            .stderr(true)
+            .tail("all")
+            .build();
+        docker
+            .logs(id, Some(options))
+            .map(|item| {
+                item.map(|output| output.into_bytes())
+                    .map_err(RuntimeError::from)
+            })
+            .boxed()
+    }
+
+    fn exec<'a>(&'a self, id: &'a str, cmd: &'a [String]) -> EngineFuture<'a, ExecOutput> {
+        Box::pin(async move { exec(self.docker()?, id, cmd).await })
+    }
 }
 
-/// Makes sure `image` is available: used if local, pulled otherwise.
-pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), RuntimeError> {
+async fn ensure_image(docker: &Docker, image: &str) -> Result<(), RuntimeError> {
     match docker.inspect_image(image).await {
         Ok(_) => return Ok(()),
         Err(BollardError::DockerResponseServerError {
@@ -127,59 +257,7 @@ pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), RuntimeErr
     }
 }
 
-/// A container as the engine sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerView {
-    pub id: String,
-    /// It was started at some point (not merely created).
-    pub started: bool,
-    pub running: bool,
-    /// The exit code once it has exited.
-    pub exit_code: Option<i64>,
-    /// Container port -> host port.
-    pub host_ports: BTreeMap<u16, u16>,
-}
-
-/// Creates the container of a task attempt. If a container of that name
-/// exists already (a worker restarted mid-way), returns its id instead:
-/// there is never a second copy.
-pub async fn create(
-    docker: &Docker,
-    task_id: Uuid,
-    attempt: u32,
-    restart: u32,
-    node: &str,
-    spec: &TaskSpec,
-) -> Result<String, RuntimeError> {
-    let name = container_name(task_id, attempt, restart);
-    let body = create_body(task_id, attempt, node, spec)?;
-    let options = CreateContainerOptions {
-        name: Some(name.clone()),
-        ..Default::default()
-    };
-    match docker.create_container(Some(options), body).await {
-        Ok(created) => Ok(created.id),
-        Err(BollardError::DockerResponseServerError {
-            status_code: 409, ..
-        }) => {
-            log::info!("runtime: container {name} exists already, adopting it");
-            Ok(inspect(docker, &name).await?.id)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn create_body(
-    task_id: Uuid,
-    attempt: u32,
-    node: &str,
-    spec: &TaskSpec,
-) -> Result<ContainerCreateBody, RuntimeError> {
-    // Checked: a limit that does not fit is an error, never "no limit".
-    let memory = spec
-        .memory_limit_bytes()
-        .map_err(|e| RuntimeError::Engine(e.to_string()))?;
-    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let port_keys: Vec<String> = spec
         .ports
         .iter()
@@ -200,48 +278,20 @@ fn create_body(
         .collect();
     let host_config = HostConfig {
         port_bindings: (!bindings.is_empty()).then_some(bindings),
-        nano_cpus: (spec.cpu > 0.0).then_some((spec.cpu * 1e9) as i64),
-        memory,
+        nano_cpus: spec.nano_cpus,
+        memory: spec.memory_bytes,
         // The limit is the limit: no swap beyond it (as Kubernetes does).
-        memory_swap: memory,
+        memory_swap: spec.memory_bytes,
         ..Default::default()
     };
-    Ok(ContainerCreateBody {
+    ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: spec.cmd.clone(),
-        env: (!env.is_empty()).then_some(env),
-        labels: Some(labels(task_id, attempt, node)),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
         exposed_ports: (!port_keys.is_empty()).then_some(port_keys),
         host_config: Some(host_config),
         ..Default::default()
-    })
-}
-
-pub async fn start(docker: &Docker, id: &str) -> Result<(), RuntimeError> {
-    match docker.start_container(id, None).await {
-        Ok(()) => Ok(()),
-        // 304: already started (an adopted container).
-        Err(BollardError::DockerResponseServerError {
-            status_code: 304, ..
-        }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-pub async fn inspect(docker: &Docker, id: &str) -> Result<ContainerView, RuntimeError> {
-    let info = docker.inspect_container(id, None).await?;
-    Ok(view(info))
-}
-
-/// Inspects a container by id or name; `None` when there is none.
-pub async fn inspect_existing(
-    docker: &Docker,
-    id: &str,
-) -> Result<Option<ContainerView>, RuntimeError> {
-    match inspect(docker, id).await {
-        Ok(view) => Ok(Some(view)),
-        Err(RuntimeError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
@@ -270,45 +320,19 @@ fn view(info: ContainerInspectResponse) -> ContainerView {
         running,
         exit_code: if running { None } else { state.exit_code },
         host_ports,
+        started_at: started
+            .then(|| state.started_at.as_deref().and_then(parse_time))
+            .flatten(),
     }
 }
 
-/// Stops (SIGTERM, then SIGKILL after `timeout_s`) and removes a container;
-/// answers its exit code when it could still be read. A container that is
-/// already gone is fine.
-pub async fn stop_and_remove(
-    docker: &Docker,
-    id: &str,
-    timeout_s: i32,
-) -> Result<Option<i64>, RuntimeError> {
-    let stop = StopContainerOptions {
-        t: Some(timeout_s),
-        ..Default::default()
-    };
-    match docker.stop_container(id, Some(stop)).await {
-        Ok(())
-        | Err(BollardError::DockerResponseServerError {
-            status_code: 304 | 404,
-            ..
-        }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let exit_code = inspect_existing(docker, id)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|v| v.exit_code);
-    remove(docker, id).await?;
-    Ok(exit_code)
+/// The engine's RFC 3339 times; its zero time (never) is `None`.
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    let time = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+    (time.timestamp() > 0).then_some(time)
 }
 
-/// Runs `cmd` in a running container, waits for it, and gives its exit
-/// code and the tail of its output.
-pub async fn exec(
-    docker: &Docker,
-    id: &str,
-    cmd: &[String],
-) -> Result<(i64, String), RuntimeError> {
+async fn exec(docker: &Docker, id: &str, cmd: &[String]) -> Result<ExecOutput, RuntimeError> {
     let options = CreateExecOptions {
         cmd: Some(cmd.to_vec()),
         attach_stdout: Some(true),
@@ -334,102 +358,16 @@ pub async fn exec(
         }
     }
     let inspected = docker.inspect_exec(&created.id).await?;
-    let code = inspected
+    let exit_code = inspected
         .exit_code
         .ok_or_else(|| RuntimeError::Engine(format!("exec in {id} has no exit code")))?;
-    Ok((code, output.trim().to_string()))
-}
-
-/// The container's stdout and stderr from its start; with `follow`, the
-/// stream goes on until the container stops.
-pub fn logs(
-    docker: &Docker,
-    id: &str,
-    follow: bool,
-) -> impl Stream<Item = Result<actix_web::web::Bytes, RuntimeError>> + use<> {
-    let options = LogsOptionsBuilder::new()
-        .follow(follow)
-        .stdout(true)
-        .stderr(true)
-        .tail("all")
-        .build();
-    docker.logs(id, Some(options)).map(|item| {
-        item.map(|output| output.into_bytes())
-            .map_err(RuntimeError::from)
+    Ok(ExecOutput {
+        exit_code,
+        output: output.trim().to_string(),
     })
 }
 
-/// Removes a (stopped) container; a container that is already gone is fine.
-pub async fn remove(docker: &Docker, id: &str) -> Result<(), RuntimeError> {
-    let options = RemoveContainerOptions {
-        force: true,
-        ..Default::default()
-    };
-    match docker.remove_container(id, Some(options)).await {
-        Ok(())
-        | Err(BollardError::DockerResponseServerError {
-            status_code: 404 | 409,
-            ..
-        }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The containers this node labelled, with their task id and attempt.
-pub async fn list_node_containers(
-    docker: &Docker,
-    node: &str,
-) -> Result<Vec<(Uuid, u32, String)>, RuntimeError> {
-    let options = ListContainersOptions {
-        all: true,
-        filters: Some(HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_NODE}={node}")],
-        )])),
-        ..Default::default()
-    };
-    let containers = docker.list_containers(Some(options)).await?;
-    Ok(containers
-        .into_iter()
-        .filter_map(|c| {
-            let labels = c.labels?;
-            let task = labels.get(LABEL_TASK)?.parse().ok()?;
-            let attempt = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
-            Some((task, attempt, c.id?))
-        })
-        .collect())
-}
-
-/// A container of this node died (exited, was killed, or was removed).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerEvent {
-    pub task_id: Uuid,
-    pub attempt: u32,
-    pub container_id: String,
-    pub kind: ContainerEventKind,
-    /// Engine time of the event, in seconds since the epoch.
-    pub time_s: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ContainerEventKind {
-    Died {
-        exit_code: i64,
-    },
-    Destroyed,
-    /// The kernel killed a process of the container for its memory limit
-    /// (the engine sends this before the container's `die`).
-    OutOfMemory,
-}
-
-/// The engine's event stream for this node's containers, from `since_s`
-/// (seconds since the epoch) on: the engine replays what happened since then,
-/// so a reconnect loses nothing.
-pub fn container_events(
-    docker: &Docker,
-    node: &str,
-    since_s: i64,
-) -> impl Stream<Item = Result<ContainerEvent, RuntimeError>> + use<> {
+fn container_events(docker: &Docker, node: &str, since_s: i64) -> EngineStream<ContainerEvent> {
     let options = EventsOptions {
         since: Some(since_s.to_string()),
         until: None,
@@ -438,32 +376,54 @@ pub fn container_events(
             ("label".to_string(), vec![format!("{LABEL_NODE}={node}")]),
             (
                 "event".to_string(),
-                vec!["die".to_string(), "destroy".to_string(), "oom".to_string()],
+                vec![
+                    "start".to_string(),
+                    "die".to_string(),
+                    "destroy".to_string(),
+                    "oom".to_string(),
+                ],
             ),
         ])),
     };
-    docker.events(Some(options)).filter_map(|item| async move {
-        match item {
-            Err(e) => Some(Err(RuntimeError::from(e))),
-            Ok(msg) => {
-                let actor = msg.actor?;
-                let attrs = actor.attributes.unwrap_or_default();
-                let kind = match msg.action.as_deref()? {
-                    "die" => ContainerEventKind::Died {
-                        exit_code: attrs.get("exitCode")?.parse().ok()?,
-                    },
-                    "destroy" => ContainerEventKind::Destroyed,
-                    "oom" => ContainerEventKind::OutOfMemory,
-                    _ => return None,
-                };
-                Some(Ok(ContainerEvent {
-                    task_id: attrs.get(LABEL_TASK)?.parse().ok()?,
-                    attempt: attrs.get(LABEL_ATTEMPT)?.parse().ok()?,
-                    container_id: actor.id?,
-                    kind,
-                    time_s: msg.time.unwrap_or_default(),
-                }))
+    docker
+        .events(Some(options))
+        .filter_map(|item| async move {
+            match item {
+                Err(e) => Some(Err(RuntimeError::from(e))),
+                Ok(msg) => {
+                    let actor = msg.actor?;
+                    let attrs = actor.attributes.unwrap_or_default();
+                    let kind = match msg.action.as_deref()? {
+                        "start" => ContainerEventKind::Started,
+                        "die" => ContainerEventKind::Died {
+                            exit_code: attrs.get("exitCode")?.parse().ok()?,
+                        },
+                        "destroy" => ContainerEventKind::Destroyed,
+                        "oom" => ContainerEventKind::OutOfMemory,
+                        _ => return None,
+                    };
+                    Some(Ok(ContainerEvent {
+                        task_id: attrs.get(LABEL_TASK)?.parse().ok()?,
+                        attempt: attrs.get(LABEL_ATTEMPT)?.parse().ok()?,
+                        container_id: actor.id?,
+                        kind,
+                        time_s: msg.time.unwrap_or_default(),
+                    }))
+                }
             }
-        }
-    })
+        })
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engines_zero_time_is_never() {
+        assert_eq!(parse_time("0001-01-01T00:00:00Z"), None);
+        let t = parse_time("2024-05-01T10:00:00.123456789Z").unwrap();
+        assert_eq!(t.timestamp(), 1_714_557_600);
+        assert_eq!(parse_time("garbage"), None);
+    }
 }

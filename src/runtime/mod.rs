@@ -1,3 +1,298 @@
-//! Container runtimes. Only Docker (through bollard) for now.
+//! Container runtimes behind one trait, [`Engine`]: what the worker asks of a
+//! container engine (create, start, inspect, stop, remove, list, events,
+//! logs, exec). [`docker`] implements it over the Docker Engine API and is
+//! the only module that uses the engine's client library; [`fake`] keeps
+//! containers in memory for tests.
+//! The types that cross the trait are Cube's own.
 
 pub mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::web::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use uuid::Uuid;
+
+use crate::task::TaskSpec;
+
+/// Labels every Cube container carries.
+pub const LABEL_MANAGED: &str = "cube.managed";
+pub const LABEL_TASK: &str = "cube.task";
+pub const LABEL_ATTEMPT: &str = "cube.attempt";
+pub const LABEL_NODE: &str = "cube.node";
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("image {image} is not present locally and could not be pulled: {reason}")]
+    ImageUnavailable { image: String, reason: String },
+    #[error("the container engine is unreachable: {0}")]
+    EngineDown(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A container of that name exists already.
+    #[error("a container named {0} exists already")]
+    Conflict(String),
+    #[error("container engine: {0}")]
+    Engine(String),
+}
+
+/// An engine call's answer.
+pub type EngineFuture<'a, T> = BoxFuture<'a, Result<T, RuntimeError>>;
+/// A stream from the engine; it ends when the engine closes it.
+pub type EngineStream<T> = BoxStream<'static, Result<T, RuntimeError>>;
+/// The engine as the worker's actors share it.
+pub type SharedEngine = Arc<dyn Engine>;
+
+/// A container engine. Calls about a container take its id or its name.
+pub trait Engine: Send + Sync + 'static {
+    /// Reaches the engine (negotiating the API where there is one); says
+    /// which engine it is. Fails with `EngineDown` when it cannot be reached.
+    fn connect(&self) -> EngineFuture<'_, String>;
+    /// Makes sure `image` is available: used if local, pulled otherwise.
+    fn ensure_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()>;
+    /// Creates a container; its id. `Conflict` if the name is taken.
+    fn create<'a>(&'a self, spec: &'a ContainerSpec) -> EngineFuture<'a, String>;
+    /// Starts a created container; one already running is fine.
+    fn start<'a>(&'a self, id: &'a str) -> EngineFuture<'a, ()>;
+    /// The container as the engine sees it; `None` when there is none.
+    fn inspect<'a>(&'a self, id: &'a str) -> EngineFuture<'a, Option<ContainerView>>;
+    /// SIGTERM, then SIGKILL after `timeout_s`; a container that is not
+    /// running, or gone, is fine.
+    fn stop<'a>(&'a self, id: &'a str, timeout_s: u32) -> EngineFuture<'a, ()>;
+    /// Removes a container, running or not; one already gone is fine.
+    fn remove<'a>(&'a self, id: &'a str) -> EngineFuture<'a, ()>;
+    /// The containers (any state) labelled with this node.
+    fn list<'a>(&'a self, node: &'a str) -> EngineFuture<'a, Vec<NodeContainer>>;
+    /// Events of this node's containers from `since_s` (seconds since the
+    /// epoch) on: the engine replays what happened since then, so a
+    /// reconnect loses nothing.
+    fn events(&self, node: &str, since_s: i64) -> EngineStream<ContainerEvent>;
+    /// The container's stdout and stderr from its start; with `follow`, the
+    /// stream goes on until the container stops.
+    fn logs(&self, id: &str, follow: bool) -> EngineStream<Bytes>;
+    /// Runs `cmd` in a running container and waits for it.
+    fn exec<'a>(&'a self, id: &'a str, cmd: &'a [String]) -> EngineFuture<'a, ExecOutput>;
+}
+
+/// What a command run in a container gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    /// The tail of its output.
+    pub output: String,
+}
+
+/// A container port published on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedPort {
+    pub container: u16,
+    /// `None`: an ephemeral port the engine picks.
+    pub host: Option<u16>,
+}
+
+/// A container to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    /// The image's default command when `None`.
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PublishedPort>,
+    /// CPU limit in billionths of a core.
+    pub nano_cpus: Option<i64>,
+    /// Memory limit (and memory + swap: no swap beyond it).
+    pub memory_bytes: Option<i64>,
+}
+
+impl ContainerSpec {
+    /// The container of a task attempt's `restart`-th run.
+    pub fn for_task(
+        task_id: Uuid,
+        attempt: u32,
+        restart: u32,
+        node: &str,
+        spec: &TaskSpec,
+    ) -> Self {
+        let nano_cpus = spec.cpu * 1e9;
+        ContainerSpec {
+            name: container_name(task_id, attempt, restart),
+            image: spec.image.clone(),
+            cmd: spec.cmd.clone(),
+            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            labels: labels(task_id, attempt, node),
+            ports: spec
+                .ports
+                .iter()
+                .map(|p| PublishedPort {
+                    container: p.container,
+                    host: p.host,
+                })
+                .collect(),
+            // A float to integer cast saturates; NaN gives 0.
+            nano_cpus: (spec.cpu > 0.0).then_some(nano_cpus as i64),
+            memory_bytes: (spec.memory_mb > 0).then(|| {
+                spec.memory_mb
+                    .checked_mul(1024 * 1024)
+                    .and_then(|b| i64::try_from(b).ok())
+                    .unwrap_or(i64::MAX)
+            }),
+        }
+    }
+}
+
+/// The deterministic name of a task attempt's container, and of each
+/// restart's: a restart never waits for (or adopts) its dying predecessor.
+pub fn container_name(task_id: Uuid, attempt: u32, restart: u32) -> String {
+    match restart {
+        0 => format!("cube-{task_id}-{attempt}"),
+        n => format!("cube-{task_id}-{attempt}-r{n}"),
+    }
+}
+
+pub fn labels(task_id: Uuid, attempt: u32, node: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_TASK.to_string(), task_id.to_string()),
+        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+        (LABEL_NODE.to_string(), node.to_string()),
+    ])
+}
+
+/// A container as the engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerView {
+    pub id: String,
+    /// It was started at some point (not merely created).
+    pub started: bool,
+    pub running: bool,
+    /// The exit code once it has exited.
+    pub exit_code: Option<i64>,
+    /// Container port -> host port.
+    pub host_ports: BTreeMap<u16, u16>,
+    /// When it (last) started.
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A container labelled with a node, and the task attempt it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeContainer {
+    pub id: String,
+    pub task_id: Uuid,
+    pub attempt: u32,
+}
+
+/// Something happened to a container of this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerEvent {
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub container_id: String,
+    pub kind: ContainerEventKind,
+    /// Engine time of the event, in seconds since the epoch.
+    pub time_s: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ContainerEventKind {
+    Started,
+    /// Exited, or was killed.
+    Died {
+        exit_code: i64,
+    },
+    /// Removed.
+    Destroyed,
+    /// The kernel killed a process of the container for its memory limit
+    /// (the engine sends this before the container's `die`).
+    OutOfMemory,
+}
+
+/// Creates a container; if one of that name exists already (a worker
+/// restarted mid-way), answers its id instead: there is never a second copy.
+pub async fn create_or_adopt(
+    engine: &dyn Engine,
+    spec: &ContainerSpec,
+) -> Result<String, RuntimeError> {
+    match engine.create(spec).await {
+        Err(RuntimeError::Conflict(_)) => {
+            log::info!(
+                "runtime: container {} exists already, adopting it",
+                spec.name
+            );
+            match engine.inspect(&spec.name).await? {
+                Some(view) => Ok(view.id),
+                // Removed in between: a fresh one then.
+                None => engine.create(spec).await,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Stops and removes a container; answers its exit code when it could still
+/// be read. A container that is already gone is fine.
+pub async fn stop_and_remove(
+    engine: &dyn Engine,
+    id: &str,
+    timeout_s: u32,
+) -> Result<Option<i64>, RuntimeError> {
+    engine.stop(id, timeout_s).await?;
+    let exit_code = engine
+        .inspect(id)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.exit_code);
+    engine.remove(id).await?;
+    Ok(exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_spec_becomes_a_labelled_container_named_after_its_run() {
+        let id = Uuid::new_v4();
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "web", "image": "img", "cmd": ["/echo"], "env": {"A": "b"},
+            "cpu": 0.5, "memory_mb": 64, "ports": [7777],
+        }))
+        .unwrap();
+        let c = ContainerSpec::for_task(id, 2, 3, "n1", &spec);
+        assert_eq!(c.name, format!("cube-{id}-2-r3"));
+        assert_eq!(c.env, vec!["A=b"]);
+        assert_eq!(c.nano_cpus, Some(500_000_000));
+        assert_eq!(c.memory_bytes, Some(64 * 1024 * 1024));
+        assert_eq!(
+            c.ports,
+            vec![PublishedPort {
+                container: 7777,
+                host: None
+            }]
+        );
+        assert_eq!(c.labels[LABEL_TASK], id.to_string());
+        assert_eq!(c.labels[LABEL_ATTEMPT], "2");
+        assert_eq!(c.labels[LABEL_NODE], "n1");
+        assert_eq!(
+            ContainerSpec::for_task(id, 1, 0, "n1", &spec).name,
+            format!("cube-{id}-1")
+        );
+    }
+
+    #[test]
+    fn a_huge_memory_limit_saturates() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "web", "image": "img", "memory_mb": u64::MAX,
+        }))
+        .unwrap();
+        let c = ContainerSpec::for_task(Uuid::new_v4(), 1, 0, "n", &spec);
+        assert_eq!(c.memory_bytes, Some(i64::MAX));
+    }
+}

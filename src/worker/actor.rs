@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix::prelude::*;
-use bollard::Docker;
 use uuid::Uuid;
 
 use super::events::DockerEvents;
@@ -18,10 +17,12 @@ use super::orphans::orphans;
 use super::record::WorkerTaskRecord;
 use super::restart::Backoff;
 use super::stats::{ReadStats, Stats};
-use super::supervisor::{ContainerDied, EngineBack, OutOfMemory, Stop, TaskSupervisor};
+use super::supervisor::{
+    ContainerDied, EngineBack, Origin, OutOfMemory, Stop, StopError, TaskSupervisor,
+};
 use crate::client::{Client, ClientError};
 use crate::config::{CapacityOverride, WorkerConfig};
-use crate::runtime::docker::{self as engine, ContainerEvent, ContainerEventKind};
+use crate::runtime::{ContainerEvent, ContainerEventKind, SharedEngine};
 use crate::store::{Put, Store, StoreError};
 use crate::wire::{Assignment, EngineStatus, Heartbeat, NodeStats, Registration, TaskStatus};
 
@@ -46,6 +47,8 @@ pub enum WorkerError {
     NoContainer(Uuid),
     #[error("the container engine is unreachable")]
     EngineDown,
+    #[error("task {0}: {1}")]
+    Stop(Uuid, StopError),
     #[error("could not store the change: {0}")]
     Store(#[from] StoreError),
     #[error("the task's supervisor is gone: {0}")]
@@ -80,9 +83,13 @@ pub struct Worker {
     fatal: Fatal,
     store: Addr<Store>,
     stats: Addr<Stats>,
-    docker: Option<Docker>,
-    engine: EngineStatus,
+    engine: SharedEngine,
+    /// The engine connection is up (DockerEvents said so).
+    engine_up: bool,
+    engine_status: EngineStatus,
     tasks: HashMap<Uuid, Held>,
+    /// The newest attempt of a task whose assignment is being written.
+    writing: HashMap<Uuid, u32>,
     /// Supervisors of superseded attempts, kept until their stop is done
     /// (it may wait for the engine).
     retired: HashMap<(Uuid, u32), Addr<TaskSupervisor>>,
@@ -102,6 +109,7 @@ impl Worker {
         stats: Addr<Stats>,
         records: Vec<WorkerTaskRecord>,
         fatal: Fatal,
+        engine: SharedEngine,
     ) -> Self {
         let tasks = records
             .into_iter()
@@ -130,13 +138,15 @@ impl Worker {
             fatal,
             store,
             stats,
-            docker: None,
-            engine: EngineStatus {
+            engine,
+            engine_up: false,
+            engine_status: EngineStatus {
                 up: false,
                 version: None,
                 error: Some("not connected yet".into()),
             },
             tasks,
+            writing: HashMap::new(),
             retired: HashMap::new(),
             outbox: HashMap::new(),
             in_flight: HashSet::new(),
@@ -146,7 +156,13 @@ impl Worker {
         }
     }
 
-    fn supervise(&mut self, id: Uuid, ctx: &mut Context<Self>) {
+    /// The engine, while the connection to it is up.
+    fn connected(&self) -> Option<SharedEngine> {
+        self.engine_up.then(|| self.engine.clone())
+    }
+
+    fn supervise(&mut self, id: Uuid, origin: Origin, ctx: &mut Context<Self>) {
+        let engine = self.connected();
         let Some(held) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -154,9 +170,9 @@ impl Worker {
             self.name.clone(),
             held.record.assignment.clone(),
             held.record.status.clone(),
-            ctx.address(),
-            self.docker.clone(),
-            held.record.stop_requested,
+            ctx.address().recipient(),
+            engine,
+            origin,
             self.backoff,
         );
         held.supervisor = Some(supervisor.start());
@@ -187,8 +203,11 @@ impl Worker {
                 .map(move |(status, result), act, ctx| {
                     act.in_flight.remove(&id);
                     match result {
-                        Ok(_) => {
+                        Ok(reply) => {
                             act.report_retry = RETRY_FIRST;
+                            if reply.stop {
+                                act.stop_disowned(&status, ctx);
+                            }
                             act.flush(id, ctx);
                         }
                         Err(e) if e.is_unreachable() => {
@@ -305,10 +324,8 @@ impl Worker {
     /// Forgets the held attempt of a task, stopping and removing its
     /// container if it still runs (its supervisor finishes the stop; its
     /// reports are ignored from now on, being of another attempt).
-    fn retire(&mut self, id: Uuid, ctx: &mut Context<Self>) {
-        let Some(held) = self.tasks.remove(&id) else {
-            return;
-        };
+    fn retire(&mut self, id: Uuid, ctx: &mut Context<Self>) -> Option<WorkerTaskRecord> {
+        let held = self.tasks.remove(&id)?;
         self.outbox.remove(&id);
         if let Some(supervisor) = held.supervisor {
             let attempt = held.record.status.attempt;
@@ -317,13 +334,58 @@ impl Worker {
                 self.name
             );
             self.retired.insert((id, attempt), supervisor.clone());
+            let name = self.name.clone();
             ctx.spawn(
                 async move {
-                    let _ = supervisor.send(Stop).await;
+                    match supervisor.send(Stop).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => log::warn!(
+                            "worker {name}: task {id} attempt {attempt} not stopped yet: {e}"
+                        ),
+                        Err(e) => log::warn!(
+                            "worker {name}: task {id} attempt {attempt}: supervisor gone: {e}"
+                        ),
+                    }
                 }
                 .into_actor(self),
             );
         }
+        Some(held.record)
+    }
+
+    /// The manager answered a report of `status` with `stop`: the attempt
+    /// runs elsewhere now (this worker was cut off meanwhile). If this
+    /// worker still holds that attempt, it stops it, removes its container
+    /// and forgets it. Its record is kept with the stop requested, so a
+    /// restart of the worker finishes the stop instead of reviving it.
+    fn stop_disowned(&mut self, status: &TaskStatus, ctx: &mut Context<Self>) {
+        let id = status.task_id;
+        let holds = self
+            .tasks
+            .get(&id)
+            .is_some_and(|h| h.record.status.attempt == status.attempt && !h.record.is_done());
+        if !holds {
+            return;
+        }
+        log::warn!(
+            "worker {}: the manager says task {id} attempt {} is no longer this worker's; stopping it",
+            self.name,
+            status.attempt
+        );
+        let Some(mut record) = self.retire(id, ctx) else {
+            return;
+        };
+        record.stop_requested = true;
+        record.version += 1;
+        let write = self.store.send(Put(record));
+        ctx.spawn(
+            async move {
+                if let Err(e) = async { write.await? }.await {
+                    log::error!("worker: stop of task {id} not stored: {e}");
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     /// Tells the manager this worker is alive, with its latest stats; one
@@ -388,11 +450,11 @@ impl Worker {
     /// Looks for containers of this node that no task wants; those still
     /// unwanted after the grace period are removed.
     fn sweep_orphans(&mut self, ctx: &mut Context<Self>) {
-        let Some(docker) = self.docker.clone() else {
+        let Some(engine) = self.connected() else {
             return;
         };
         let node = self.name.clone();
-        let list = async move { engine::list_node_containers(&docker, &node).await };
+        let list = async move { engine.list(&node).await };
         ctx.spawn(list.into_actor(self).map(|found, act, ctx| {
             let found = match found {
                 Ok(found) => found,
@@ -418,15 +480,15 @@ impl Worker {
     }
 
     fn remove_orphans(&mut self, suspects: Vec<String>, ctx: &mut Context<Self>) {
-        let Some(docker) = self.docker.clone() else {
+        let Some(engine) = self.connected() else {
             return;
         };
         let node = self.name.clone();
-        let list = async move { engine::list_node_containers(&docker, &node).await };
+        let list = async move { engine.list(&node).await };
         ctx.spawn(list.into_actor(self).map(move |found, act, ctx| {
             let Ok(found) = found else { return };
             let still = orphans(&found, |task, attempt| act.wants(task, attempt));
-            let Some(docker) = act.docker.clone() else {
+            let Some(engine) = act.connected() else {
                 return;
             };
             for id in still.into_iter().filter(|id| suspects.contains(id)) {
@@ -435,10 +497,10 @@ impl Worker {
                     act.name,
                     &id[..id.len().min(12)]
                 );
-                let docker = docker.clone();
+                let engine = engine.clone();
                 ctx.spawn(
                     async move {
-                        if let Err(e) = engine::remove(&docker, &id).await {
+                        if let Err(e) = engine.remove(&id).await {
                             log::warn!("worker: could not remove orphan {id}: {e}");
                         }
                     }
@@ -454,7 +516,7 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
-        DockerEvents::new(self.name.clone(), ctx.address()).start();
+        DockerEvents::new(self.name.clone(), ctx.address(), self.engine.clone()).start();
         let open: Vec<Uuid> = self
             .tasks
             .iter()
@@ -468,7 +530,8 @@ impl Actor for Worker {
             open.len()
         );
         for id in open {
-            self.supervise(id, ctx);
+            let stop_requested = self.tasks.get(&id).is_some_and(|h| h.record.stop_requested);
+            self.supervise(id, Origin::Stored { stop_requested }, ctx);
         }
         self.register(ctx);
         ctx.run_interval(self.heartbeat, |act, ctx| act.beat(ctx));
@@ -488,6 +551,15 @@ impl Handler<Assign> for Worker {
     fn handle(&mut self, msg: Assign, ctx: &mut Context<Self>) -> Self::Result {
         let assignment = msg.0;
         let id = assignment.task_id;
+        if let Some(&writing) = self.writing.get(&id)
+            && writing > assignment.attempt
+        {
+            return Box::pin(fut::ready(Err(WorkerError::OtherAttempt {
+                task: id,
+                held: writing,
+                asked: assignment.attempt,
+            })));
+        }
         if let Some(held) = self.tasks.get(&id) {
             let status = held.record.status.clone();
             if status.attempt > assignment.attempt {
@@ -510,35 +582,53 @@ impl Handler<Assign> for Worker {
             assignment.attempt,
             assignment.spec.image
         );
+        let attempt = assignment.attempt;
         let record = WorkerTaskRecord::new(assignment, &self.name);
+        // A newer attempt's record supersedes any older one in the store
+        // (`WorkerTaskRecord::supersedes`), so this write replaces what is
+        // stored; no newer attempt is stored or being written (checked above).
+        self.writing.insert(id, attempt);
         let write = self.store.send(Put(record.clone()));
         Box::pin(
             async move { write.await? }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
-                    result?;
-                    let status = record.status.clone();
-                    // A duplicate assignment may have won the race to the store.
-                    let held_attempt = act.tasks.get(&id).map(|h| h.record.status.attempt);
-                    if held_attempt.is_none_or(|held| held < record.status.attempt) {
-                        act.retire(id, ctx);
-                        act.tasks.insert(
-                            id,
-                            Held {
-                                record,
-                                supervisor: None,
-                            },
-                        );
-                        act.supervise(id, ctx);
+                    if act.writing.get(&id) == Some(&attempt) {
+                        act.writing.remove(&id);
                     }
-                    Ok(status)
+                    result?;
+                    match act.tasks.get(&id).map(|h| h.record.status.clone()) {
+                        // A duplicate of this assignment won the race.
+                        Some(held) if held.attempt == attempt => Ok(held),
+                        // A newer attempt did: the store kept it, so this
+                        // one was not written and must not be acknowledged.
+                        Some(held) if held.attempt > attempt => Err(WorkerError::OtherAttempt {
+                            task: id,
+                            held: held.attempt,
+                            asked: attempt,
+                        }),
+                        _ => {
+                            let status = record.status.clone();
+                            act.retire(id, ctx);
+                            act.tasks.insert(
+                                id,
+                                Held {
+                                    record,
+                                    supervisor: None,
+                                },
+                            );
+                            act.supervise(id, Origin::Assigned, ctx);
+                            Ok(status)
+                        }
+                    }
                 }),
         )
     }
 }
 
 /// The manager asks to stop a task: the answer is its final status, once
-/// the container is stopped and removed.
+/// the container is stopped and removed (or known absent); an error when
+/// that cannot be done in time (the stop finishes later, and is reported).
 pub struct StopTask(pub Uuid);
 
 impl Message for StopTask {
@@ -568,7 +658,10 @@ impl Handler<StopTask> for Worker {
                 if let Some(write) = write {
                     write.await??;
                 }
-                Ok(supervisor.send(Stop).await?)
+                supervisor
+                    .send(Stop)
+                    .await?
+                    .map_err(|e| WorkerError::Stop(id, e))
             }
             .into_actor(self),
         )
@@ -651,7 +744,7 @@ impl Handler<GetNodeStats> for Worker {
     fn handle(&mut self, _msg: GetNodeStats, _ctx: &mut Context<Self>) -> Self::Result {
         let read = self.stats.send(ReadStats);
         let node = self.name.clone();
-        let engine = self.engine.clone();
+        let engine = self.engine_status.clone();
         let active_tasks = self.tasks.values().filter(|h| !h.record.is_done()).count();
         let instance = self.instance;
         let capacity = self.capacity.clone();
@@ -671,7 +764,6 @@ impl Handler<GetNodeStats> for Worker {
 
 /// The engine connection is up (first time, or again).
 pub struct EngineUp {
-    pub docker: Docker,
     pub version: String,
 }
 
@@ -683,19 +775,22 @@ impl Handler<EngineUp> for Worker {
     type Result = ();
 
     fn handle(&mut self, msg: EngineUp, ctx: &mut Context<Self>) {
-        self.engine = EngineStatus {
+        self.engine_status = EngineStatus {
             up: true,
             version: Some(msg.version),
             error: None,
         };
-        self.docker = Some(msg.docker.clone());
+        self.engine_up = true;
         let current = self
             .tasks
             .iter()
             .filter_map(|(id, held)| Some((*id, held.supervisor.as_ref()?)));
         let retired = self.retired.iter().map(|((id, _), s)| (*id, s));
         for (id, supervisor) in current.chain(retired) {
-            if supervisor.try_send(EngineBack(msg.docker.clone())).is_err() {
+            if supervisor
+                .try_send(EngineBack(self.engine.clone()))
+                .is_err()
+            {
                 log::error!("worker: supervisor of task {id} is not taking messages");
             }
         }
@@ -716,11 +811,12 @@ impl Handler<EngineDown> for Worker {
     type Result = ();
 
     fn handle(&mut self, msg: EngineDown, _ctx: &mut Context<Self>) {
-        self.engine = EngineStatus {
+        self.engine_status = EngineStatus {
             up: false,
             version: None,
             error: Some(msg.error),
         };
+        self.engine_up = false;
     }
 }
 
@@ -758,7 +854,7 @@ impl Handler<EngineEvent> for Worker {
                     container_id: event.container_id,
                 })
                 .is_err(),
-            ContainerEventKind::Destroyed => return,
+            ContainerEventKind::Started | ContainerEventKind::Destroyed => return,
         };
         if refused {
             log::error!(
@@ -773,11 +869,11 @@ impl Handler<EngineEvent> for Worker {
 pub struct LogSource(pub Uuid);
 
 impl Message for LogSource {
-    type Result = Result<(Docker, String), WorkerError>;
+    type Result = Result<(SharedEngine, String), WorkerError>;
 }
 
 impl Handler<LogSource> for Worker {
-    type Result = Result<(Docker, String), WorkerError>;
+    type Result = Result<(SharedEngine, String), WorkerError>;
 
     fn handle(&mut self, msg: LogSource, _ctx: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
@@ -789,7 +885,7 @@ impl Handler<LogSource> for Worker {
             .clone()
             .filter(|_| !held.record.is_done())
             .ok_or(WorkerError::NoContainer(id))?;
-        let docker = self.docker.clone().ok_or(WorkerError::EngineDown)?;
-        Ok((docker, container))
+        let engine = self.connected().ok_or(WorkerError::EngineDown)?;
+        Ok((engine, container))
     }
 }

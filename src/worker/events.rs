@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::actor::{EngineDown, EngineEvent, EngineUp, Worker};
-use crate::runtime::docker::{self, ContainerEvent, RuntimeError};
+use crate::runtime::{ContainerEvent, RuntimeError, SharedEngine};
 
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -18,16 +18,18 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 pub struct DockerEvents {
     node: String,
     worker: Addr<Worker>,
+    engine: SharedEngine,
     /// Replay events from here (seconds since the epoch) on the next connect.
     since_s: i64,
     retry: Duration,
 }
 
 impl DockerEvents {
-    pub fn new(node: String, worker: Addr<Worker>) -> Self {
+    pub fn new(node: String, worker: Addr<Worker>, engine: SharedEngine) -> Self {
         DockerEvents {
             node,
             worker,
+            engine,
             // A second of slack: events of containers this process starts
             // right away must not fall before the replay point.
             since_s: chrono::Utc::now().timestamp() - 1,
@@ -36,25 +38,19 @@ impl DockerEvents {
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
+        let engine = self.engine.clone();
         ctx.wait(
-            docker::connect()
+            async move { engine.connect().await }
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
-                    Ok((client, version)) => {
+                    Ok(version) => {
                         log::info!(
                             "events: engine up, {version}; following events of node {}",
                             act.node
                         );
                         act.retry = RETRY_FIRST;
-                        ctx.add_stream(docker::container_events(&client, &act.node, act.since_s));
-                        if act
-                            .worker
-                            .try_send(EngineUp {
-                                docker: client,
-                                version,
-                            })
-                            .is_err()
-                        {
+                        ctx.add_stream(act.engine.events(&act.node, act.since_s));
+                        if act.worker.try_send(EngineUp { version }).is_err() {
                             log::error!("events: the worker's mailbox refused EngineUp");
                         }
                     }

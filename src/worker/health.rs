@@ -5,14 +5,14 @@
 //! health changes; after `retries` failures in a row the task is unhealthy
 //! and the supervisor acts on its restart policy.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
-use bollard::Docker;
 use chrono::Utc;
+use tokio::time::Instant;
 
 use super::supervisor::{HealthChanged, TaskSupervisor};
-use crate::runtime::docker as engine;
+use crate::runtime::{ExecOutput, SharedEngine};
 use crate::task::spec::HealthSpec;
 use crate::wire::{Health, HealthState};
 
@@ -26,7 +26,7 @@ pub enum Target {
         addr: String,
     },
     Exec {
-        docker: Docker,
+        engine: SharedEngine,
         container: String,
         cmd: Vec<String>,
     },
@@ -39,12 +39,12 @@ impl Target {
     pub fn of(
         spec: &HealthSpec,
         host_ports: &std::collections::BTreeMap<u16, u16>,
-        docker: Docker,
+        engine: SharedEngine,
         container: String,
     ) -> Target {
         if let Some(cmd) = &spec.exec {
             return Target::Exec {
-                docker,
+                engine,
                 container,
                 cmd: cmd.clone(),
             };
@@ -86,12 +86,14 @@ async fn probe(target: Target, timeout: Duration) -> (bool, String) {
                 Err(e) => (false, format!("cannot connect to {addr}: {e}")),
             },
             Target::Exec {
-                docker,
+                engine,
                 container,
                 cmd,
-            } => match engine::exec(&docker, &container, &cmd).await {
-                Ok((0, _)) => (true, "exit code 0".to_string()),
-                Ok((code, out)) => (false, format!("exit code {code}: {out}")),
+            } => match engine.exec(&container, &cmd).await {
+                Ok(ExecOutput { exit_code: 0, .. }) => (true, "exit code 0".to_string()),
+                Ok(ExecOutput { exit_code, output }) => {
+                    (false, format!("exit code {exit_code}: {output}"))
+                }
                 Err(e) => (false, format!("exec failed: {e}")),
             },
             Target::Unpublished(port) => (false, format!("port {port} is not published")),
@@ -272,14 +274,14 @@ mod tests {
         ))
         .unwrap();
         let ports = std::collections::BTreeMap::from([(7777, 32001)]);
-        let docker = Docker::connect_with_local_defaults().unwrap();
-        match Target::of(&spec, &ports, docker.clone(), "c".into()) {
+        let engine: SharedEngine = std::sync::Arc::new(crate::runtime::fake::FakeEngine::new());
+        match Target::of(&spec, &ports, engine.clone(), "c".into()) {
             Target::Http { url } => assert_eq!(url, "http://127.0.0.1:32001/health"),
             _ => panic!("not an HTTP target"),
         }
         let none = std::collections::BTreeMap::new();
         assert!(matches!(
-            Target::of(&spec, &none, docker, "c".into()),
+            Target::of(&spec, &none, engine, "c".into()),
             Target::Unpublished(7777)
         ));
     }

@@ -4,13 +4,15 @@
 
 use uuid::Uuid;
 
-/// The ids of the containers in `found` (task, attempt, container id) that
-/// `wanted` does not claim.
-pub fn orphans(found: &[(Uuid, u32, String)], wanted: impl Fn(Uuid, u32) -> bool) -> Vec<String> {
+use crate::runtime::NodeContainer;
+
+/// The ids of the containers in `found` that `wanted` (task, attempt) does
+/// not claim.
+pub fn orphans(found: &[NodeContainer], wanted: impl Fn(Uuid, u32) -> bool) -> Vec<String> {
     found
         .iter()
-        .filter(|(task, attempt, _)| !wanted(*task, *attempt))
-        .map(|(_, _, id)| id.clone())
+        .filter(|c| !wanted(c.task_id, c.attempt))
+        .map(|c| c.id.clone())
         .collect()
 }
 
@@ -21,11 +23,18 @@ mod tests {
     #[test]
     fn only_containers_no_task_claims_are_orphans() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let found = vec![
-            (a, 2, "current".to_string()),
-            (a, 1, "older-attempt".to_string()),
-            (b, 1, "unknown-task".to_string()),
-        ];
+        let found: Vec<NodeContainer> = [
+            (a, 2, "current"),
+            (a, 1, "older-attempt"),
+            (b, 1, "unknown-task"),
+        ]
+        .into_iter()
+        .map(|(task_id, attempt, id)| NodeContainer {
+            id: id.to_string(),
+            task_id,
+            attempt,
+        })
+        .collect();
         let wanted = |task: Uuid, attempt: u32| task == a && attempt == 2;
         assert_eq!(
             orphans(&found, wanted),

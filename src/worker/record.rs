@@ -10,7 +10,8 @@ use crate::wire::{Assignment, TaskStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerTaskRecord {
-    /// Bumped on every change; the Store never replaces a record by an older one.
+    /// Bumped on every change of one attempt's record (a new attempt starts
+    /// at 1); the Store never replaces a record by an older one.
     pub version: u64,
     pub assignment: Assignment,
     pub status: TaskStatus,
@@ -54,7 +55,54 @@ impl Stored for WorkerTaskRecord {
     fn key(&self) -> String {
         self.assignment.task_id.to_string()
     }
+    /// A newer attempt always replaces an older one, whatever their
+    /// versions; within one attempt, the newer version does.
     fn supersedes(&self, old: &Self) -> bool {
-        self.version >= old.version
+        (self.assignment.attempt, self.version) >= (old.assignment.attempt, old.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(attempt: u32, version: u64) -> WorkerTaskRecord {
+        let assignment = Assignment {
+            task_id: uuid::Uuid::nil(),
+            attempt,
+            spec: serde_json::from_value(serde_json::json!({"name": "t", "image": "i"})).unwrap(),
+        };
+        WorkerTaskRecord {
+            version,
+            ..WorkerTaskRecord::new(assignment, "n")
+        }
+    }
+
+    #[test]
+    fn a_newer_attempt_supersedes_an_older_one_whatever_the_versions() {
+        // Attempt 1 went through several changes; attempt 3 starts at 1.
+        assert!(record(3, 1).supersedes(&record(1, 6)));
+        assert!(!record(1, 6).supersedes(&record(3, 1)));
+        // Within an attempt, the newer version wins (a rewrite is fine).
+        assert!(record(3, 2).supersedes(&record(3, 1)));
+        assert!(record(3, 2).supersedes(&record(3, 2)));
+        assert!(!record(3, 1).supersedes(&record(3, 2)));
+    }
+
+    #[actix_rt::test]
+    async fn the_store_keeps_the_newer_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::start(dir.path()).unwrap();
+        let put = |r| store.send(crate::store::Put(r));
+        put(record(1, 6)).await.unwrap().unwrap();
+        put(record(3, 1)).await.unwrap().unwrap();
+        put(record(2, 9)).await.unwrap().unwrap();
+        let stored = store
+            .send(crate::store::LoadAll::<WorkerTaskRecord>::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!((stored[0].assignment.attempt, stored[0].version), (3, 1));
     }
 }

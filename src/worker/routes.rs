@@ -29,7 +29,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::NotFound(_) | WorkerError::NoContainer(_) => {
                 ApiError::not_found(e.to_string())
             }
-            WorkerError::EngineDown => ApiError::unavailable(e.to_string()),
+            WorkerError::EngineDown | WorkerError::Stop(..) => ApiError::unavailable(e.to_string()),
             WorkerError::OtherAttempt { .. } => {
                 ApiError::new(actix_web::http::StatusCode::CONFLICT, e.to_string())
             }
@@ -112,8 +112,9 @@ async fn logs(
     id: web::Path<Uuid>,
     query: web::Query<Follow>,
 ) -> Result<HttpResponse, ApiError> {
-    let (docker, container) = worker.send(LogSource(*id)).await.map_err(mailbox)??;
-    let stream = crate::runtime::docker::logs(&docker, &container, query.follow)
+    let (engine, container) = worker.send(LogSource(*id)).await.map_err(mailbox)??;
+    let stream = engine
+        .logs(&container, query.follow)
         .map(|chunk| chunk.map_err(actix_web::error::ErrorInternalServerError));
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")

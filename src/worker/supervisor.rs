@@ -4,26 +4,36 @@
 //! death from the worker's event stream, restarts it as the task's restart
 //! policy says (after a back-off, each old container removed), and stops and
 //! removes it on request.
-//! Every change goes to the Worker as a `StatusChanged`.
+//! Every change goes to its parent (the Worker) as a `StatusChanged`.
+
+use std::time::Duration;
 
 use actix::prelude::*;
-use bollard::Docker;
 use chrono::Utc;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use std::time::Instant;
-
-use super::actor::{StatusChanged, Worker};
+use super::actor::StatusChanged;
 use super::health::{HealthChecker, StopChecking, Tally, Target};
 use super::restart::{self, AfterExit, Backoff};
-use crate::runtime::docker::{self as engine, ContainerView, RuntimeError};
+use crate::runtime::{
+    self, ContainerSpec, ContainerView, Engine, RuntimeError, SharedEngine, create_or_adopt,
+};
 use crate::task::TaskState;
 use crate::wire::{Assignment, Health, HealthState, TaskStatus};
+
+/// How long the engine may be out of reach before a task not yet running
+/// says it waits for it (a worker that just started connects meanwhile).
+pub const ENGINE_GRACE: Duration = Duration::from_secs(2);
+/// A stop is answered within the task's stop timeout and this margin, or
+/// with an error (it finishes later, once the engine can do it).
+pub const STOP_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Bringing the container up.
     Starting,
-    /// The engine is unreachable; start again on `EngineUp`.
+    /// The engine is unreachable; start again on `EngineBack`.
     WaitingForEngine,
     Running,
     /// The container exited; a restart is due after the back-off.
@@ -34,24 +44,62 @@ enum Phase {
     Done,
 }
 
+/// Why a stop was not answered with the task's final status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StopError {
+    #[error(
+        "the container is not stopped yet after {0:?} (the container engine is out of reach); it will be once the engine is back"
+    )]
+    TimedOut(Duration),
+    #[error("the container engine could not stop the container: {0}")]
+    Engine(String),
+    #[error("the task's supervisor ended before the stop was done")]
+    Gone,
+}
+
+type StopAnswer = Result<TaskStatus, StopError>;
+
+/// Where a supervisor's task comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Assigned to this worker process: no container of it exists yet.
+    Assigned,
+    /// Loaded from the worker's store when the process started: an earlier
+    /// process may have made its container (even if the record does not
+    /// say so), and may have been asked to stop it.
+    Stored { stop_requested: bool },
+}
+
 pub struct TaskSupervisor {
     node: String,
     assignment: Assignment,
-    worker: Addr<Worker>,
-    docker: Option<Docker>,
+    parent: Recipient<StatusChanged>,
+    /// The engine, once the worker's connection to it is up.
+    engine: Option<SharedEngine>,
     status: TaskStatus,
     phase: Phase,
-    /// Finish a stop the manager asked for before this worker restarted.
+    /// Stop instead of starting: a stop was asked (maybe before this worker
+    /// restarted).
     stop_on_start: bool,
+    /// A container of the task's current run may exist that
+    /// `status.container_id` does not name (made by an earlier process, or
+    /// by a start the engine's failure cut short): a stop must ask the
+    /// engine.
+    unsure: bool,
+    /// Answers owed to `Stop` requests: given once the container is
+    /// stopped and removed (or known absent).
+    stop_waiters: Vec<oneshot::Sender<StopAnswer>>,
     backoff: Backoff,
     /// Quick restarts in a row (the back-off's exponent).
     step: u32,
     /// Checks the running container's health, for tasks with a check.
     checker: Option<Addr<HealthChecker>>,
-    /// When the running container was seen up.
+    /// When the running container started.
     started: Option<Instant>,
     /// The engine said the running container ran out of memory.
     oom: bool,
+    /// Counts waits for the engine, so only the latest one reports.
+    engine_waits: u64,
 }
 
 impl TaskSupervisor {
@@ -60,24 +108,30 @@ impl TaskSupervisor {
         node: String,
         assignment: Assignment,
         status: TaskStatus,
-        worker: Addr<Worker>,
-        docker: Option<Docker>,
-        stop_on_start: bool,
+        parent: Recipient<StatusChanged>,
+        engine: Option<SharedEngine>,
+        origin: Origin,
         backoff: Backoff,
     ) -> Self {
         TaskSupervisor {
             node,
             assignment,
-            worker,
-            docker,
+            parent,
+            engine,
             status,
             phase: Phase::Starting,
-            stop_on_start,
+            stop_on_start: origin
+                == Origin::Stored {
+                    stop_requested: true,
+                },
+            unsure: origin != Origin::Assigned,
+            stop_waiters: Vec::new(),
             backoff,
             step: 0,
             checker: None,
             started: None,
             oom: false,
+            engine_waits: 0,
         }
     }
 
@@ -85,7 +139,12 @@ impl TaskSupervisor {
         self.assignment.task_id
     }
 
-    /// Records a new status and tells the Worker.
+    fn stop_timeout_s(&self) -> u32 {
+        self.assignment.spec.stop_timeout_s
+    }
+
+    /// Records a new status and tells the parent. A final status answers
+    /// the stops that wait.
     fn set(
         &mut self,
         state: TaskState,
@@ -99,8 +158,9 @@ impl TaskSupervisor {
         if state.is_terminal() {
             self.phase = Phase::Done;
             self.status.host_ports.clear();
+            self.answer_stops(Ok(self.status.clone()));
         }
-        let notify = self.worker.send(StatusChanged(self.status.clone()));
+        let notify = self.parent.send(StatusChanged(self.status.clone()));
         ctx.spawn(
             async move {
                 if let Err(e) = notify.await {
@@ -111,19 +171,28 @@ impl TaskSupervisor {
         );
     }
 
+    fn answer_stops(&mut self, answer: StopAnswer) {
+        for waiter in self.stop_waiters.drain(..) {
+            // The asker may have given up (timed out) already.
+            let _ = waiter.send(answer.clone());
+        }
+    }
+
     fn bring_up(&mut self, ctx: &mut Context<Self>) {
-        let Some(docker) = self.docker.clone() else {
-            self.wait_for_engine("the container engine is unreachable".into(), ctx);
+        let Some(engine) = self.engine.clone() else {
+            self.wait_for_engine("the container engine is not connected".into(), ctx);
             return;
         };
         self.phase = Phase::Starting;
+        // Until the outcome is known, a container may be made.
+        self.unsure = true;
         let assignment = self.assignment.clone();
         let node = self.node.clone();
         let was_running = self.status.state == TaskState::Running;
         let create = !self.stop_on_start;
         let restart = self.status.restart_count;
         let work = async move {
-            start_container(&docker, &node, &assignment, restart, was_running, create).await
+            start_container(&*engine, &node, &assignment, restart, was_running, create).await
         };
         // Wait: a Stop or an event for this task is handled after the start.
         ctx.wait(
@@ -134,7 +203,15 @@ impl TaskSupervisor {
 
     fn started_outcome(&mut self, result: Result<Outcome, RuntimeError>, ctx: &mut Context<Self>) {
         let id = self.id();
+        // What exists is known now, except when the engine failed mid-way.
+        self.unsure = matches!(result, Err(RuntimeError::EngineDown(_)));
         match result {
+            Ok(Outcome::Running(view)) if self.stop_on_start => {
+                // An adopted container of a task being stopped: stop it.
+                self.phase = Phase::Running;
+                self.status.container_id = Some(view.id);
+                self.stop(ctx);
+            }
             Ok(Outcome::Running(view)) => {
                 log::info!(
                     "supervisor: task {id} container {} running (ports {:?})",
@@ -142,7 +219,11 @@ impl TaskSupervisor {
                     view.host_ports
                 );
                 self.phase = Phase::Running;
-                self.started = Some(Instant::now());
+                let now = Utc::now();
+                // An adopted container keeps its real start time.
+                let started_at = view.started_at.unwrap_or(now);
+                let age = (now - started_at).to_std().unwrap_or_default();
+                self.started = Some(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
                 self.oom = false;
                 let health = self
                     .assignment
@@ -155,13 +236,10 @@ impl TaskSupervisor {
                     s.host_ports = view.host_ports.clone();
                     s.error = None;
                     s.next_restart_at = None;
-                    s.started_at = Some(Utc::now());
+                    s.started_at = Some(started_at);
                     s.health = health;
                 });
                 self.start_checker(ctx);
-                if self.stop_on_start {
-                    ctx.wait(self.stop());
-                }
             }
             Ok(Outcome::Exited(view)) => {
                 let code = view.exit_code.unwrap_or(-1);
@@ -189,15 +267,33 @@ impl TaskSupervisor {
         }
     }
 
+    /// Waits for `EngineBack`. A task not running says so in its status
+    /// once the engine has been out of reach for `ENGINE_GRACE` (a worker
+    /// that just started is still connecting); a running one says nothing,
+    /// its container runs on meanwhile.
     fn wait_for_engine(&mut self, error: String, ctx: &mut Context<Self>) {
-        log::warn!(
+        log::info!(
             "supervisor: task {} waits for the engine: {error}",
             self.id()
         );
         self.phase = Phase::WaitingForEngine;
-        let state = self.status.state;
-        self.set(state, ctx, |s| {
-            s.error = Some(format!("waiting for the container engine: {error}"))
+        self.engine_waits += 1;
+        if self.status.state == TaskState::Running {
+            return;
+        }
+        let wait = self.engine_waits;
+        ctx.run_later(ENGINE_GRACE, move |act, ctx| {
+            if act.phase != Phase::WaitingForEngine || act.engine_waits != wait {
+                return;
+            }
+            log::warn!(
+                "supervisor: task {} still waits for the engine: {error}",
+                act.id()
+            );
+            let state = act.status.state;
+            act.set(state, ctx, |s| {
+                s.error = Some(format!("waiting for the container engine: {error}"))
+            });
         });
     }
 
@@ -227,11 +323,11 @@ impl TaskSupervisor {
         } else {
             format!("exited with code {exit_code}")
         };
-        let Some(docker) = self.docker.clone() else {
+        let Some(engine) = self.engine.clone() else {
             self.follow(decision, Some(exit_code), reason, ctx);
             return;
         };
-        let remove = async move { engine::remove(&docker, &container_id).await };
+        let remove = async move { engine.remove(&container_id).await };
         let remove = remove.into_actor(self).map(move |result, _act, _ctx| {
             if let Err(e) = result {
                 log::warn!("supervisor: task {id}: could not remove its container: {e}");
@@ -280,8 +376,8 @@ impl TaskSupervisor {
         let ran_for = self.started.map(|t| t.elapsed()).unwrap_or_default();
         self.step = self.backoff.next_step(self.step, ran_for);
         let delay = self.backoff.delay(self.step);
-        self.step += 1;
-        let restart = self.status.restart_count + 1;
+        self.step = self.step.saturating_add(1);
+        let restart = self.status.restart_count.saturating_add(1);
         log::info!(
             "supervisor: task {id} restarts (restart {restart}, policy {:?}, {reason}) in {delay:?}",
             self.assignment.spec.restart.policy
@@ -310,15 +406,15 @@ impl TaskSupervisor {
 
     /// Starts checking the health of the container that now runs.
     fn start_checker(&mut self, ctx: &mut Context<Self>) {
-        let (Some(spec), Some(docker), Some(container)) = (
+        let (Some(spec), Some(engine), Some(container)) = (
             self.assignment.spec.health.clone(),
-            self.docker.clone(),
+            self.engine.clone(),
             self.status.container_id.clone(),
         ) else {
             return;
         };
         self.stop_checker();
-        let target = Target::of(&spec, &self.status.host_ports, docker, container);
+        let target = Target::of(&spec, &self.status.host_ports, engine, container);
         let checker = HealthChecker::new(self.id(), &spec, target, ctx.address());
         self.checker = Some(checker.start());
     }
@@ -342,14 +438,15 @@ impl TaskSupervisor {
             .unwrap_or_default();
         let reason = format!("unhealthy: {last}");
         log::warn!("supervisor: task {id} is {reason}; stopping its container");
-        let (Some(docker), Some(container_id)) =
-            (self.docker.clone(), self.status.container_id.clone())
+        let (Some(engine), Some(container_id)) =
+            (self.engine.clone(), self.status.container_id.clone())
         else {
             return;
         };
         self.phase = Phase::Stopping;
-        let timeout_s = i32::try_from(self.assignment.spec.stop_timeout_s).unwrap_or(i32::MAX);
-        let work = async move { engine::stop_and_remove(&docker, &container_id, timeout_s).await };
+        let timeout_s = self.stop_timeout_s();
+        let work =
+            async move { runtime::stop_and_remove(&*engine, &container_id, timeout_s).await };
         ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
             if let Err(e) = result {
                 log::warn!("supervisor: task {id}: could not stop its unhealthy container: {e}");
@@ -364,34 +461,50 @@ impl TaskSupervisor {
         }));
     }
 
-    /// Stops and removes the container; the task ends Completed.
-    fn stop(&mut self) -> ResponseActFuture<Self, ()> {
+    /// Stops and removes the container; the task ends Completed, which
+    /// answers the stops that wait. Without the engine, the stop finishes
+    /// when it is back (`stop_on_start`).
+    fn stop(&mut self, ctx: &mut Context<Self>) {
         let id = self.id();
         self.stop_checker();
-        if self.docker.is_none() && self.status.container_id.is_some() {
+        let Some(container_id) = self.status.container_id.clone() else {
+            if self.unsure {
+                // Ask the engine what there is: bringing the task up with
+                // `stop_on_start` finds, stops and removes it.
+                match self.engine {
+                    Some(_) => self.bring_up(ctx),
+                    None => {
+                        log::info!("supervisor: task {id} stops when the container engine is back");
+                        self.phase = Phase::WaitingForEngine;
+                    }
+                }
+                return;
+            }
+            // Not started yet, or between restarts (the old container is
+            // removed before the back-off ends).
+            log::info!("supervisor: task {id} stopped before its container ran");
+            self.set(TaskState::Completed, ctx, |s| {
+                s.error = None;
+                s.next_restart_at = None;
+            });
+            return;
+        };
+        let Some(engine) = self.engine.clone() else {
             // Its container exists but the engine is out of reach (a worker
-            // restarted before its engine connection came up): the stop
-            // finishes when the engine is back (`stop_on_start`).
+            // restarted before its engine connection came up).
             log::info!("supervisor: task {id} stops when the container engine is back");
             self.phase = Phase::WaitingForEngine;
-            return Box::pin(fut::ready(()));
-        }
-        self.phase = Phase::Stopping;
-        let (Some(docker), Some(container_id)) =
-            (self.docker.clone(), self.status.container_id.clone())
-        else {
-            return Box::pin(fut::ready(()).map(move |(), act: &mut Self, ctx| {
-                log::info!("supervisor: task {id} stopped before its container ran");
-                act.set(TaskState::Completed, ctx, |s| s.error = None);
-            }));
+            return;
         };
+        self.phase = Phase::Stopping;
         log::info!(
             "supervisor: task {id} stopping container {}",
             short(&container_id)
         );
-        let timeout_s = i32::try_from(self.assignment.spec.stop_timeout_s).unwrap_or(i32::MAX);
-        let work = async move { engine::stop_and_remove(&docker, &container_id, timeout_s).await };
-        Box::pin(
+        let timeout_s = self.stop_timeout_s();
+        let work =
+            async move { runtime::stop_and_remove(&*engine, &container_id, timeout_s).await };
+        ctx.wait(
             work.into_actor(self)
                 .map(move |result, act, ctx| match result {
                     Ok(exit_code) => {
@@ -401,14 +514,19 @@ impl TaskSupervisor {
                             s.error = None;
                         });
                     }
+                    Err(RuntimeError::EngineDown(e)) => {
+                        log::warn!("supervisor: task {id}: stop waits for the engine: {e}");
+                        act.phase = Phase::WaitingForEngine;
+                    }
                     Err(e) => {
                         log::warn!("supervisor: task {id}: stop failed: {e}");
                         act.phase = Phase::Running;
+                        act.answer_stops(Err(StopError::Engine(e.to_string())));
                         let state = act.status.state;
                         act.set(state, ctx, |s| s.error = Some(format!("stop failed: {e}")));
                     }
                 }),
-        )
+        );
     }
 }
 
@@ -418,43 +536,52 @@ enum Outcome {
     /// The container exists and has exited (while the worker was down).
     Exited(ContainerView),
     /// It ran before, and its container is gone (or, for a task being
-    /// stopped, it was never created).
+    /// stopped, it was never started).
     Lost,
 }
 
 async fn start_container(
-    docker: &Docker,
+    engine: &dyn Engine,
     node: &str,
     assignment: &Assignment,
     restart: u32,
     was_running: bool,
     create: bool,
 ) -> Result<Outcome, RuntimeError> {
-    let name = engine::container_name(assignment.task_id, assignment.attempt, restart);
-    match engine::inspect_existing(docker, &name).await? {
+    let id = assignment.task_id;
+    let spec = ContainerSpec::for_task(id, assignment.attempt, restart, node, &assignment.spec);
+    match engine.inspect(&spec.name).await? {
         Some(view) if view.running => return Ok(Outcome::Running(view)),
         Some(view) if view.started => return Ok(Outcome::Exited(view)),
+        // Created, never started, and the task is being stopped.
+        Some(view) if !create => {
+            engine.remove(&view.id).await?;
+            return Ok(Outcome::Lost);
+        }
         Some(_) => {} // created, never started: start it below
         None if was_running || !create => return Ok(Outcome::Lost),
         None => {}
     }
-    engine::ensure_image(docker, &assignment.spec.image).await?;
-    let id = engine::create(
-        docker,
-        assignment.task_id,
-        assignment.attempt,
-        restart,
-        node,
-        &assignment.spec,
-    )
-    .await?;
+    engine.ensure_image(&spec.image).await?;
+    let container = match create_or_adopt(engine, &spec).await {
+        Ok(container) => container,
+        Err(e) => {
+            discard(engine, id, &spec.name, &e).await;
+            return Err(e);
+        }
+    };
     log::info!(
-        "supervisor: task {} container {} created",
-        assignment.task_id,
-        short(&id)
+        "supervisor: task {id} container {} created",
+        short(&container)
     );
-    engine::start(docker, &id).await?;
-    let view = engine::inspect(docker, &id).await?;
+    if let Err(e) = engine.start(&container).await {
+        discard(engine, id, &container, &e).await;
+        return Err(e);
+    }
+    let view = engine
+        .inspect(&container)
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound(format!("container {container}")))?;
     Ok(if view.running {
         Outcome::Running(view)
     } else {
@@ -462,8 +589,27 @@ async fn start_container(
     })
 }
 
+/// Removes what a failed create or start left (the engine keeps a container
+/// whose start failed, Created, forever). Without the engine it stays, and
+/// the next attempt to bring the task up finds and starts it.
+async fn discard(engine: &dyn Engine, task: uuid::Uuid, container: &str, error: &RuntimeError) {
+    if matches!(
+        error,
+        RuntimeError::EngineDown(_) | RuntimeError::Conflict(_)
+    ) {
+        return;
+    }
+    log::info!(
+        "supervisor: task {task}: removing container {} after: {error}",
+        short(container)
+    );
+    if let Err(e) = engine.remove(container).await {
+        log::warn!("supervisor: task {task}: could not remove its failed container: {e}");
+    }
+}
+
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    id.get(..12).unwrap_or(id)
 }
 
 impl Actor for TaskSupervisor {
@@ -478,11 +624,15 @@ impl Actor for TaskSupervisor {
         );
         self.bring_up(ctx);
     }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.answer_stops(Err(StopError::Gone));
+    }
 }
 
 /// The engine is (back) up: start a task that waited, and re-inspect a
 /// running one in case its death fell into the gap.
-pub struct EngineBack(pub Docker);
+pub struct EngineBack(pub SharedEngine);
 
 impl Message for EngineBack {
     type Result = ();
@@ -492,15 +642,15 @@ impl Handler<EngineBack> for TaskSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: EngineBack, ctx: &mut Context<Self>) {
-        self.docker = Some(msg.0.clone());
+        self.engine = Some(msg.0.clone());
         match self.phase {
             Phase::WaitingForEngine => self.bring_up(ctx),
             Phase::Running => {
                 let Some(container_id) = self.status.container_id.clone() else {
                     return;
                 };
-                let docker = msg.0;
-                let check = async move { engine::inspect_existing(&docker, &container_id).await };
+                let engine = msg.0;
+                let check = async move { engine.inspect(&container_id).await };
                 ctx.wait(check.into_actor(self).map(|result, act, ctx| {
                     let id = act.status.container_id.clone().unwrap_or_default();
                     match result {
@@ -541,25 +691,41 @@ impl Handler<ContainerDied> for TaskSupervisor {
     }
 }
 
-/// Stop the task: the answer is its final status.
+/// Stop the task: the answer is its final status, once its container is
+/// stopped and removed (or known absent); an error if that does not happen
+/// within the task's stop timeout and `STOP_MARGIN`.
 pub struct Stop;
 
 impl Message for Stop {
-    type Result = TaskStatus;
+    type Result = Result<TaskStatus, StopError>;
 }
 
 impl Handler<Stop> for TaskSupervisor {
-    type Result = ResponseActFuture<Self, TaskStatus>;
+    type Result = ResponseActFuture<Self, Result<TaskStatus, StopError>>;
 
-    fn handle(&mut self, _msg: Stop, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _msg: Stop, ctx: &mut Context<Self>) -> Self::Result {
         self.stop_on_start = true;
-        let stop = match self.phase {
-            Phase::Done | Phase::Stopping => Box::pin(fut::ready(())),
-            Phase::Starting | Phase::WaitingForEngine | Phase::Running | Phase::Backoff => {
-                self.stop()
+        if self.phase == Phase::Done {
+            return Box::pin(fut::ready(Ok(self.status.clone())));
+        }
+        let (answer, answered) = oneshot::channel();
+        self.stop_waiters.push(answer);
+        match self.phase {
+            // Under way; a start in progress stops once it is done.
+            Phase::Stopping | Phase::Starting | Phase::Done => {}
+            Phase::WaitingForEngine | Phase::Running | Phase::Backoff => self.stop(ctx),
+        }
+        let limit = Duration::from_secs(u64::from(self.stop_timeout_s())) + STOP_MARGIN;
+        Box::pin(
+            async move {
+                match tokio::time::timeout(limit, answered).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(_)) => Err(StopError::Gone),
+                    Err(_) => Err(StopError::TimedOut(limit)),
+                }
             }
-        };
-        Box::pin(stop.map(|(), act, _| act.status.clone()))
+            .into_actor(self),
+        )
     }
 }
 
