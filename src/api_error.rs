@@ -72,12 +72,6 @@ impl ApiError {
     }
 }
 
-impl From<crate::task::SpecError> for ApiError {
-    fn from(e: crate::task::SpecError) -> Self {
-        ApiError::bad_request(e.message, e.field)
-    }
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

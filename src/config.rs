@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::task::backoff::Backoff;
 use crate::wire::Capacity;
-use crate::worker::restart::Backoff;
 
 /// What a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,13 +125,6 @@ fn default_heartbeat_ms() -> u64 {
 impl ManagerConfig {
     pub fn down_after(&self) -> Duration {
         Duration::from_millis(self.down_after_ms)
-    }
-
-    pub fn retention(&self) -> crate::core::Retention {
-        crate::core::Retention {
-            max_age: Duration::from_secs(self.retain_ended.max_age_s),
-            max_tasks: self.retain_ended.max_tasks,
-        }
     }
 }
 
@@ -419,21 +412,7 @@ impl WorkerConfig {
     }
 }
 
-/// A node name goes into container names and labels: keep it to a safe alphabet.
-pub fn validate_node_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 63 {
-        return Err("must be 1 to 63 characters".into());
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
-        return Err(format!(
-            "{name:?} may only contain letters, digits, '-', '_' and '.'"
-        ));
-    }
-    Ok(())
-}
+pub use crate::task::name::validate_node_name;
 
 fn validate_url(url: &str) -> Result<(), String> {
     if url.starts_with("http://") || url.starts_with("https://") {

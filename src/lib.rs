@@ -5,7 +5,7 @@
 //! - [`task`]: the task spec and its validation, the task record, the state table.
 //! - [`wire`]: the JSON messages that cross process boundaries (manager <-> worker).
 //! - [`api_error`]: how every HTTP error is shaped: `{"error": ..., "field": ...}`.
-//! - [`store`]: the Store actor, the only code that touches LMDB (heed).
+//! - [`store`]: the Store actor, the only code that touches LMDB.
 //! - [`core`]: the manager's state machine: `ClusterState`, commands, `apply`, effects (pure).
 //! - [`scheduler`]: placement strategies (pure functions) and the Scheduler actor.
 //! - [`manager`]: the Manager actor (desired state of the cluster) and its HTTP routes.

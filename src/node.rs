@@ -45,7 +45,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             nodes,
             mc.scheduler,
             mc.down_after(),
-            mc.retention(),
+            (&mc.retain_ended).into(),
             std::time::Instant::now(),
         );
         let manager = Manager::new(store.clone(), state).start();

@@ -39,6 +39,15 @@ impl Default for Retention {
     }
 }
 
+impl From<&crate::config::RetainEnded> for Retention {
+    fn from(r: &crate::config::RetainEnded) -> Self {
+        Retention {
+            max_age: Duration::from_secs(r.max_age_s),
+            max_tasks: r.max_tasks,
+        }
+    }
+}
+
 /// One change to undo if its commit fails.
 #[derive(Debug)]
 enum Undo {

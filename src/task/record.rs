@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::spec::TaskSpec;
 use super::state::{IllegalTransition, TaskState, check_transition};
-use crate::wire::{Health, TaskStatus};
+use super::status::{Health, TaskStatus};
 
 /// What the user wants of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

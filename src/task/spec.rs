@@ -391,7 +391,7 @@ impl TaskSpec {
 
 /// Semantic checks on a well-typed spec.
 pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
-    crate::config::validate_node_name(&spec.name).map_err(|m| SpecError::field("name", m))?;
+    super::name::validate_node_name(&spec.name).map_err(|m| SpecError::field("name", m))?;
     validate_image(&spec.image)?;
     if let Some(cmd) = &spec.cmd {
         if cmd.is_empty() {
@@ -652,6 +652,12 @@ fn validate_health(health: &HealthSpec, spec: &TaskSpec) -> Result<(), SpecError
         ));
     }
     Ok(())
+}
+
+impl From<SpecError> for crate::api_error::ApiError {
+    fn from(e: SpecError) -> Self {
+        crate::api_error::ApiError::bad_request(e.message, e.field)
+    }
 }
 
 #[cfg(test)]
