@@ -282,6 +282,12 @@ impl Cluster {
     /// A manager with this scheduler, and one worker per entry of `workers`,
     /// each entry being extra TOML for its `[worker]` section.
     pub fn split_with(scheduler: &str, workers: &[&str]) -> Self {
+        Self::split_tuned(scheduler, "", workers)
+    }
+
+    /// As `split_with`, with `manager` as extra TOML for the `[manager]`
+    /// section (e.g. `down_after_ms = 1500`).
+    pub fn split_tuned(scheduler: &str, manager: &str, workers: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mport = free_port();
         let mconfig = dir.path().join("manager.toml");
@@ -289,7 +295,7 @@ impl Cluster {
             &mconfig,
             format!(
                 "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
-                 scheduler = \"{scheduler}\"\n",
+                 scheduler = \"{scheduler}\"\n{manager}\n",
                 dir.path().join("manager").display()
             ),
         )
