@@ -688,7 +688,6 @@ async fn a_stop_of_a_task_whose_worker_stays_down_ends_it_and_its_container_late
 /// terminal (src/manager/actor.rs `StopTask`: `done =
 /// record.state.is_terminal()` when core `stop` names no worker).
 #[tokio::test]
-#[ignore = "known bug: DELETE of a drained task answers 200 while its container runs on the down worker"]
 async fn a_delete_of_a_drained_task_whose_container_still_runs_is_not_done() {
     let (cluster, _a, id) = stopped_and_drained("drained-delete").await;
     assert_eq!(delete_checked(&cluster, &id).await, 202);

@@ -91,7 +91,17 @@ fn stop(state: &mut ClusterState, id: Uuid, now: Now) -> Result<(Reply, Vec<Effe
         }
         _ => None,
     };
-    Ok((Reply::Stopping { record, worker }, vec![]))
+    let unconfirmed = record.state.is_terminal()
+        && record.container_id.is_some()
+        && record.node.as_deref().is_some_and(|n| state.is_down(n));
+    Ok((
+        Reply::Stopping {
+            record,
+            worker,
+            unconfirmed,
+        },
+        vec![],
+    ))
 }
 
 /// Applies a worker's report. A report of an attempt that is not the

@@ -85,6 +85,9 @@ pub enum Reply {
     Stopping {
         record: TaskRecord,
         worker: Option<String>,
+        /// The task has ended, but its container may still run on a node
+        /// that is down: the stop is not done until that node is back.
+        unconfirmed: bool,
     },
     Registered(RegistrationReply),
     Reported(ReportReply),

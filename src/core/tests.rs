@@ -264,7 +264,7 @@ fn a_stop_names_the_worker_that_must_stop_the_container() {
     );
     let (reply, _) = run(&mut s, Command::Stop { id }, clock.now());
     match reply {
-        Reply::Stopping { record, worker } => {
+        Reply::Stopping { record, worker, .. } => {
             assert_eq!(worker.as_deref(), Some("w1"));
             assert_eq!(record.desired_state, crate::task::DesiredState::Stopped);
         }

@@ -488,12 +488,16 @@ impl Handler<StopTask> for Manager {
         let rx = self.enqueue(Command::Stop { id }, ctx);
         let me = ctx.address();
         Box::pin(async move {
-            let (record, worker) = match answered(rx).await? {
-                Reply::Stopping { record, worker } => (record, worker),
+            let (record, worker, unconfirmed) = match answered(rx).await? {
+                Reply::Stopping {
+                    record,
+                    worker,
+                    unconfirmed,
+                } => (record, worker, unconfirmed),
                 other => return Err(unexpected(other)),
             };
             let Some(node) = worker else {
-                let done = record.state.is_terminal();
+                let done = record.state.is_terminal() && !unconfirmed;
                 return Ok((record, done));
             };
             let gone = |e: MailboxError| ManagerError::Gone(e.to_string());
