@@ -106,7 +106,7 @@ async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_task
     }
     let completed_before = stopped;
     assert!(completed_before > 0);
-    let again = wait_for(
+    wait_for(
         "a submission accepted again",
         Duration::from_secs(20),
         || {
@@ -124,7 +124,6 @@ async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_task
         },
     )
     .await;
-    let _ = again;
     let completed_after = page(&http, &base, "state=Completed&limit=10000").await["tasks"]
         .as_array()
         .unwrap()
