@@ -7,7 +7,9 @@
 //! the victim), waits until all run, then kills the victim's machine:
 //! `kill -9` of its process and `docker rm -f` of its containers. The clock
 //! runs from the kill until GET /tasks (polled every 10 ms) shows each of
-//! the victim's tasks Running on another worker. Prints the median and the
+//! the victim's tasks Running on another worker. Then as many runs freeze
+//! the victim instead (SIGSTOP: its containers keep running and its
+//! sockets stay open), timed the same way. Prints the median and the
 //! spread, beside the figures other orchestrators document for node loss
 //! (not measured here: one engine cannot host a multi-node Swarm).
 //! Not a test: it asserts nothing about the numbers.
@@ -89,7 +91,11 @@ async fn main() {
     });
 
     let mut times = Vec::new();
-    for run in 0..RUNS {
+    let mut frozen_times = Vec::new();
+    for run in 0..2 * RUNS {
+        // The first RUNS kill the machine; the next RUNS freeze the worker
+        // (SIGSTOP: its containers keep running, its sockets stay open).
+        let freeze = run >= RUNS;
         let victim = format!("bench-v{run}-{tag}");
         names.push(victim.clone());
         let mut node = worker(dir.path(), &victim, &base);
@@ -129,8 +135,15 @@ async fn main() {
         assert!(!doomed.is_empty(), "no task landed on the victim");
 
         let killed = Instant::now();
-        node.kill9();
-        remove_labelled(&docker, &format!("cube.node={victim}")).await;
+        let pid = node.0.id().to_string();
+        if freeze {
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status();
+        } else {
+            node.kill9();
+            remove_labelled(&docker, &format!("cube.node={victim}")).await;
+        }
         let gone = victim.clone();
         until(&http, &format!("{base}/tasks"), |tasks| {
             doomed.iter().all(|id| {
@@ -142,27 +155,47 @@ async fn main() {
         .await;
         let secs = killed.elapsed().as_secs_f64();
         eprintln!(
-            "run {}: {} tasks of the dead worker Running elsewhere after {secs:.2} s",
+            "run {} ({}): {} tasks of the lost worker Running elsewhere after {secs:.2} s",
             run + 1,
+            if freeze { "frozen" } else { "killed" },
             doomed.len()
         );
-        times.push(secs);
+        if freeze {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid])
+                .status();
+            node.kill9();
+            remove_labelled(&docker, &format!("cube.node={victim}")).await;
+            frozen_times.push(secs);
+        } else {
+            times.push(secs);
+        }
         let stops = ids
             .iter()
             .map(|id| http.delete(format!("{base}/tasks/{id}")).send());
         join_all(stops).await;
     }
 
-    let (lo, hi) = (
-        times.iter().cloned().fold(f64::MAX, f64::min),
-        times.iter().cloned().fold(0.0, f64::max),
+    let range = |xs: &[f64]| {
+        (
+            xs.iter().cloned().fold(f64::MAX, f64::min),
+            xs.iter().cloned().fold(0.0, f64::max),
+        )
+    };
+    let (lo, hi) = range(&times);
+    let (flo, fhi) = range(&frozen_times);
+    println!(
+        "\nA worker's machine dies, or the worker freezes: time until its tasks run elsewhere\n"
     );
-    println!("\nA worker's machine dies: time until its tasks run elsewhere\n");
     println!("| orchestrator | how | runs | median (s) | min-max (s) |");
     println!("|---|---|---:|---:|---:|");
     println!(
         "| Cube (heartbeat 1 s, down after 3 s) | measured here | {RUNS} | {:.2} | {lo:.2}-{hi:.2} |",
         median(times)
+    );
+    println!(
+        "| Cube, the worker frozen (SIGSTOP) | measured here | {RUNS} | {:.2} | {flo:.2}-{fhi:.2} |",
+        median(frozen_times)
     );
     println!("| Docker Swarm | documented default (node loss detected) | - | ~15 | - |");
     println!("| Nomad | documented default (heartbeat TTL) | - | ~20-30 | - |");

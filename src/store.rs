@@ -117,8 +117,17 @@ impl Store {
 
     /// Whether the records use more than [`SOFT_LIMIT_PERCENT`] of the map.
     fn over_soft_limit(&self) -> Result<bool, StoreError> {
-        let used = self.env.non_free_pages_size()?;
         let limit = (self.map_size as u64 / 100).saturating_mul(SOFT_LIMIT_PERCENT);
+        // The file's high-water mark bounds what is used: below the limit,
+        // no need to count the pages in use (the usual case, and cheap).
+        let page_size = u64::from(self.env.stat().page_size);
+        let high_water = (self.env.info().last_page_number as u64)
+            .saturating_add(1)
+            .saturating_mul(page_size);
+        if high_water <= limit {
+            return Ok(false);
+        }
+        let used = self.env.non_free_pages_size()?;
         Ok(used > limit)
     }
 
