@@ -26,60 +26,61 @@
 //! The lowest cost wins; ties go to the node with fewer tasks, then to the
 //! name that sorts first.
 
-use std::cmp::Ordering;
-
 use super::filter::candidates;
-use super::{NoFit, NodeSnapshot, TaskRequest};
+use super::{NoFit, NodeSnapshot, Standing, TaskRequest};
 
 /// The node (index into `nodes`) where `task` adds the least cost.
 pub fn place(task: &TaskRequest, nodes: &[NodeSnapshot]) -> Result<usize, NoFit> {
-    let fitting = candidates(task, nodes)?;
-    let n = nodes.len().max(2) as f64;
-    let mut best: Option<(usize, f64)> = None;
-    for i in fitting {
-        let cost = marginal_cost(task, &nodes[i], n);
-        let better = match best {
-            None => true,
-            Some((j, best_cost)) => {
-                cost.total_cmp(&best_cost)
-                    .then_with(|| nodes[i].tasks.cmp(&nodes[j].tasks))
-                    .then_with(|| nodes[i].name.cmp(&nodes[j].name))
-                    == Ordering::Less
-            }
-        };
-        if better {
-            best = Some((i, cost));
-        }
-    }
-    best.map(|(i, _)| i)
+    candidates(task, nodes)?
+        .into_iter()
+        .map(|i| standing(task, nodes, i))
+        .min()
+        .map(|s| s.index)
         .ok_or_else(|| NoFit("no node fits the task".into()))
+}
+
+/// Where `nodes[i]` stands for `task`: the lower cost (with `n` the number
+/// of `nodes`, at least 2), then fewer tasks, then the name (the lowest
+/// standing is chosen).
+pub fn standing<'a>(task: &TaskRequest, nodes: &'a [NodeSnapshot], i: usize) -> Standing<'a> {
+    let node = &nodes[i];
+    Standing {
+        same_name: 0,
+        score: marginal_cost(task, node, nodes.len().max(2) as f64),
+        fewer_tasks: node.tasks,
+        name: &node.name,
+        index: i,
+    }
 }
 
 /// What placing `task` on `node` adds to the cluster's cost, with `n` as the
 /// base of the exponent (the module doc gives the formula).
 pub fn marginal_cost(task: &TaskRequest, node: &NodeSnapshot, n: f64) -> f64 {
+    let ln_n = n.ln();
     let cpu = term(
         node.allocated.cpu.max(node.usage.cpu),
         task.resources.cpu.max(0.0),
         node.capacity.cpus,
-        n,
+        ln_n,
     );
     let memory = term(
         node.allocated.memory_mb.max(node.usage.memory_mb) as f64,
         task.resources.memory_mb as f64,
         node.capacity.memory_mb as f64,
-        n,
+        ln_n,
     );
     cpu + memory
 }
 
-/// `n^{(load + request) / capacity} - n^{load / capacity}`, or 0 when the
-/// capacity is 0.
-fn term(load: f64, request: f64, capacity: f64, n: f64) -> f64 {
+/// `n^{(load + request) / capacity} - n^{load / capacity}` (given `ln n`), or
+/// 0 when the capacity is 0; computed as
+/// `n^{load / capacity} (n^{request / capacity} - 1)` with `exp` and `exp_m1`,
+/// faster than `powf` and without the cancellation.
+fn term(load: f64, request: f64, capacity: f64, ln_n: f64) -> f64 {
     if capacity.is_nan() || capacity <= 0.0 {
         return 0.0;
     }
-    n.powf((load + request) / capacity) - n.powf(load / capacity)
+    (load / capacity * ln_n).exp() * (request / capacity * ln_n).exp_m1()
 }
 
 #[cfg(test)]

@@ -33,10 +33,38 @@ pub fn fits(task: &TaskRequest, node: &NodeSnapshot) -> Result<(), Shortfall> {
     if !node.ready {
         return Err(Shortfall::NotReady);
     }
+    // The common case, checked without building the list of every reason.
+    let request = &task.resources;
+    let resources_fit = cpu_fits(request.cpu, node)
+        && fits_u64(
+            node.allocated.memory_mb,
+            request.memory_mb,
+            node.capacity.memory_mb,
+        )
+        && fits_u64(
+            node.allocated.disk_mb,
+            request.disk_mb,
+            node.capacity.disk_mb,
+        );
+    let ports_free = task
+        .host_ports
+        .iter()
+        .all(|port| !node.host_ports.contains(port));
+    if resources_fit && ports_free {
+        return Ok(());
+    }
     match resource_shortfalls(task, node).into_iter().next() {
         Some(shortfall) => Err(shortfall),
         None => Ok(()),
     }
+}
+
+/// A request of 0 (or less, or not a number) always fits; written so that a
+/// NaN in the node does not fit.
+fn cpu_fits(request: f64, node: &NodeSnapshot) -> bool {
+    request <= 0.0
+        || request.is_nan()
+        || node.allocated.cpu + request <= node.capacity.cpus + CPU_EPSILON
 }
 
 /// Every reason, other than readiness, why `node` cannot take `task`
@@ -45,9 +73,7 @@ pub fn resource_shortfalls(task: &TaskRequest, node: &NodeSnapshot) -> Vec<Short
     let request = &task.resources;
     let mut found = Vec::new();
 
-    // Written so that a NaN anywhere does not fit.
-    let cpu_fits = node.allocated.cpu + request.cpu <= node.capacity.cpus + CPU_EPSILON;
-    if request.cpu > 0.0 && !cpu_fits {
+    if !cpu_fits(request.cpu, node) {
         found.push(Shortfall::Cpu {
             requested: request.cpu,
             free: (node.capacity.cpus - node.allocated.cpu).max(0.0),
@@ -429,6 +455,25 @@ mod tests {
         ];
         for (case, node, task, expected) in cases {
             assert_eq!(fits(&task, &node), expected, "{case}");
+        }
+    }
+
+    proptest::proptest! {
+        /// `fits` answers as the first of every reason would.
+        #[test]
+        fn fits_is_the_first_shortfall(
+            node in crate::scheduler::tests::arb_node(),
+            task in crate::scheduler::tests::arb_task(),
+        ) {
+            let expected = if node.ready {
+                match resource_shortfalls(&task, &node).into_iter().next() {
+                    Some(shortfall) => Err(shortfall),
+                    None => Ok(()),
+                }
+            } else {
+                Err(Shortfall::NotReady)
+            };
+            proptest::prop_assert_eq!(fits(&task, &node), expected);
         }
     }
 

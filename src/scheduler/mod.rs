@@ -1,23 +1,30 @@
 //! Placement: strategies are pure functions over node snapshots; the
-//! Scheduler actor holds the chosen strategy and its state (a cursor).
+//! manager's core (`core::place`) holds the chosen strategy and its state
+//! (the round-robin cursor) and places batches with [`place_batch`].
 //!
 //! Every strategy first filters (ready nodes where the task's CPU, memory
 //! and disk requests fit the capacity not yet allocated, and whose host ports
-//! are free: [`filter`]), then scores what is left.
+//! are free: [`filter`]), then scores what is left. [`place`] does exactly
+//! that, node by node: it is the reference, and what small clusters get.
+//! A batch goes through a [`Placer`] ([`placer`]), which on a large cluster
+//! scores a few dozen well-chosen nodes per task instead of all of them.
 
 pub mod bin_pack;
 pub mod epvm;
 pub mod filter;
+pub mod placer;
 pub mod round_robin;
 pub mod spread;
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use actix::prelude::*;
 use uuid::Uuid;
 
 use crate::config::SchedulerKind;
 use crate::wire::Capacity;
+
+pub use placer::{EXHAUSTIVE_UP_TO, Placer};
 
 /// Resources a task asks for, or their sum over a node's tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -91,6 +98,49 @@ pub fn place(
     }
 }
 
+/// Where a node stands for a task under a strategy: the lowest standing is
+/// chosen. Each strategy fills it from its own score (`epvm::standing`,
+/// `bin_pack::standing`, `spread::standing`); [`place`] and the [`Placer`]
+/// both choose by it, so they prefer nodes in the same order.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing<'a> {
+    /// Spread: the node's tasks of the task's name; 0 for the others.
+    pub same_name: usize,
+    /// Lower is better: the epvm cost, minus the bin-pack score, the spread
+    /// fill (compared with `f64::total_cmp`).
+    pub score: f64,
+    /// Lower is better: the task count (bin-pack: `usize::MAX - tasks`).
+    pub fewer_tasks: usize,
+    pub name: &'a str,
+    /// The node's index: of equals, the scan keeps the first.
+    pub index: usize,
+}
+
+impl Ord for Standing<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.same_name
+            .cmp(&other.same_name)
+            .then_with(|| self.score.total_cmp(&other.score))
+            .then_with(|| self.fewer_tasks.cmp(&other.fewer_tasks))
+            .then_with(|| self.name.cmp(other.name))
+            .then_with(|| self.index.cmp(&other.index))
+    }
+}
+
+impl PartialOrd for Standing<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Standing<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Standing<'_> {}
+
 impl NodeSnapshot {
     /// Records that `task` was placed here, so that the next placement sees
     /// it: its requests are allocated, it counts as a task (and under its
@@ -118,63 +168,27 @@ fn fraction_after(allocated: f64, request: f64, capacity: f64) -> f64 {
     }
 }
 
-/// Holds the strategy and its state (the round-robin cursor), and places
-/// batches of tasks.
-pub struct Scheduler {
-    kind: SchedulerKind,
-    cursor: usize,
-}
-
-impl Scheduler {
-    pub fn new(kind: SchedulerKind) -> Self {
-        Scheduler { kind, cursor: 0 }
-    }
-}
-
-impl Actor for Scheduler {
-    type Context = Context<Self>;
-}
-
-/// Places tasks, in order, on the given nodes; each placement is added to the
-/// snapshot the next task sees. The answer lists, per task, the chosen node's
-/// name or why none fits.
-pub struct PlaceBatch {
-    pub tasks: Vec<TaskRequest>,
-    pub nodes: Vec<NodeSnapshot>,
-}
-
-impl Message for PlaceBatch {
-    type Result = Vec<(Uuid, Result<String, NoFit>)>;
-}
-
-impl Handler<PlaceBatch> for Scheduler {
-    type Result = MessageResult<PlaceBatch>;
-
-    fn handle(&mut self, msg: PlaceBatch, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(place_batch(
-            self.kind,
-            &msg.tasks,
-            msg.nodes,
-            &mut self.cursor,
-        ))
-    }
-}
-
-/// What the [`PlaceBatch`] handler does: places each task in turn, adding it
-/// to the chosen snapshot before the next task is placed.
+/// Places a batch of tasks, in order: places each task in turn through a
+/// [`Placer`], which adds it to the chosen snapshot before the next task. The
+/// placer's sampling is seeded from the first task's id, so a batch places
+/// the same way every time it is replayed.
 pub fn place_batch(
     kind: SchedulerKind,
     tasks: &[TaskRequest],
-    mut nodes: Vec<NodeSnapshot>,
+    nodes: Vec<NodeSnapshot>,
     cursor: &mut usize,
 ) -> Vec<(Uuid, Result<String, NoFit>)> {
+    let seed = tasks.first().map_or(0, |t| {
+        let (high, low) = t.id.as_u64_pair();
+        high ^ low
+    });
+    let mut placer = Placer::new(kind, nodes, seed);
     tasks
         .iter()
         .map(|task| {
-            let choice = place(kind, task, &nodes, cursor).map(|i| {
-                nodes[i].add(task);
-                nodes[i].name.clone()
-            });
+            let choice = placer
+                .place(task, cursor)
+                .map(|i| placer.nodes()[i].name.clone());
             (task.id, choice)
         })
         .collect()
@@ -306,19 +320,18 @@ pub(crate) mod tests {
         }
     }
 
-    #[actix_rt::test]
-    async fn a_batch_respects_capacity_across_its_tasks() {
+    #[test]
+    fn a_batch_respects_capacity_across_its_tasks() {
         for kind in SchedulerKind::ALL {
-            let scheduler = Scheduler::new(kind).start();
             let first = task("a", 0.0, 600, 0);
             let second = task("b", 0.0, 600, 0);
-            let placed = scheduler
-                .send(PlaceBatch {
-                    tasks: vec![first.clone(), second.clone()],
-                    nodes: vec![node("w1", 2.0, 1000, 0)],
-                })
-                .await
-                .expect("the scheduler answers");
+            let mut cursor = 0;
+            let placed = place_batch(
+                kind,
+                &[first.clone(), second.clone()],
+                vec![node("w1", 2.0, 1000, 0)],
+                &mut cursor,
+            );
             assert_eq!(placed.len(), 2, "{kind}");
             assert_eq!(placed[0], (first.id, Ok("w1".to_string())), "{kind}");
             assert_eq!(placed[1].0, second.id, "{kind}");
@@ -352,7 +365,7 @@ pub(crate) mod tests {
 
     /// A random node: any capacity, allocation and usage (allocations may
     /// exceed capacity), ready or not, holding some of a few host ports.
-    fn arb_node() -> impl Strategy<Value = NodeSnapshot> {
+    pub(crate) fn arb_node() -> impl Strategy<Value = NodeSnapshot> {
         (
             any::<bool>(),
             (0.0..16.0f64, 0u64..8192, 0u64..8192),
@@ -398,7 +411,7 @@ pub(crate) mod tests {
     }
 
     /// A random task; each resource is 0 a quarter of the time.
-    fn arb_task() -> impl Strategy<Value = TaskRequest> {
+    pub(crate) fn arb_task() -> impl Strategy<Value = TaskRequest> {
         (
             prop_oneof![Just("a"), Just("b")],
             prop_oneof![1 => Just(0.0), 3 => 0.0..8.0f64],

@@ -8,35 +8,30 @@
 //! 3. the one with the fewest tasks;
 //! 4. the name that sorts first.
 
-use std::cmp::Ordering;
-
 use super::filter::candidates;
-use super::{NoFit, NodeSnapshot, TaskRequest, fraction_after};
+use super::{NoFit, NodeSnapshot, Standing, TaskRequest, fraction_after};
 
 /// The fitting node (index into `nodes`) that spreads `task` best.
 pub fn place(task: &TaskRequest, nodes: &[NodeSnapshot]) -> Result<usize, NoFit> {
-    let fitting = candidates(task, nodes)?;
-    let mut best: Option<(usize, usize, f64)> = None;
-    for i in fitting {
-        let node = &nodes[i];
-        let same = same_name(task, node);
-        let fill = fill_after(task, node);
-        let better = match best {
-            None => true,
-            Some((j, best_same, best_fill)) => {
-                same.cmp(&best_same)
-                    .then_with(|| fill.total_cmp(&best_fill))
-                    .then_with(|| node.tasks.cmp(&nodes[j].tasks))
-                    .then_with(|| node.name.cmp(&nodes[j].name))
-                    == Ordering::Less
-            }
-        };
-        if better {
-            best = Some((i, same, fill));
-        }
-    }
-    best.map(|(i, _, _)| i)
+    candidates(task, nodes)?
+        .into_iter()
+        .map(|i| standing(task, nodes, i))
+        .min()
+        .map(|s| s.index)
         .ok_or_else(|| NoFit("no node fits the task".into()))
+}
+
+/// Where `nodes[i]` stands for `task`, in the order of the module doc (the
+/// lowest standing is chosen).
+pub fn standing<'a>(task: &TaskRequest, nodes: &'a [NodeSnapshot], i: usize) -> Standing<'a> {
+    let node = &nodes[i];
+    Standing {
+        same_name: same_name(task, node),
+        score: fill_after(task, node),
+        fewer_tasks: node.tasks,
+        name: &node.name,
+        index: i,
+    }
 }
 
 /// How many tasks named like `task` the node holds.
