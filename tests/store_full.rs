@@ -19,6 +19,30 @@ fn big_spec(i: usize) -> Value {
     })
 }
 
+/// A manager process (no worker) with `top` as extra top-level config;
+/// its directory, process and base URL, once it answers.
+async fn manager(top: &str) -> (tempfile::TempDir, NodeProc, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("manager.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"manager\"\ndata_dir = \"{}\"\n{top}[manager]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let node = NodeProc::start(config, dir.path().join("manager.log"), vec![]);
+    let http = reqwest::Client::new();
+    wait_for("the manager", Duration::from_secs(30), || async {
+        http.get(format!("{base}/nodes")).send().await.ok()
+    })
+    .await;
+    (dir, node, base)
+}
+
 async fn page(http: &reqwest::Client, base: &str, query: &str) -> Value {
     http.get(format!("{base}/tasks?{query}"))
         .send()
@@ -31,24 +55,8 @@ async fn page(http: &reqwest::Client, base: &str, query: &str) -> Value {
 
 #[tokio::test]
 async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_tasks() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("manager.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"manager\"\ndata_dir = \"{}\"\nstore_map_mb = 2\n[manager]\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let _node = NodeProc::start(config, dir.path().join("manager.log"), vec![]);
+    let (_dir, _node, base) = manager("store_map_mb = 2\n").await;
     let http = reqwest::Client::new();
-    wait_for("the manager", Duration::from_secs(30), || async {
-        http.get(format!("{base}/nodes")).send().await.ok()
-    })
-    .await;
 
     // Submit until the store refuses; stop every other task (no worker:
     // a stop ends a Pending task at once, Completed).
@@ -142,24 +150,8 @@ async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_task
 
 #[tokio::test]
 async fn get_tasks_pages_with_a_cursor_and_filters() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("manager.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let _node = NodeProc::start(config, dir.path().join("manager.log"), vec![]);
+    let (_dir, _node, base) = manager("").await;
     let http = reqwest::Client::new();
-    wait_for("the manager", Duration::from_secs(30), || async {
-        http.get(format!("{base}/nodes")).send().await.ok()
-    })
-    .await;
     let mut ids = Vec::new();
     for i in 0..25 {
         let spec = json!({"name": format!("t{i}"), "image": "cube-demo/echo:latest"});
