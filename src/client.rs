@@ -17,6 +17,8 @@ use crate::wire::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(3);
 /// Long enough for a worker to stop a container gracefully.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -59,6 +61,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))
             .timeout(timeout)
+            // Below the servers' keep-alive (5 s): a pooled connection is
+            // never reused just as the server closes it.
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             // Only TLS back-end setup can fail here, and no TLS is configured.
             .unwrap_or_default();

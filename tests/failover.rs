@@ -51,15 +51,23 @@ async fn wait_moved(cluster: &Cluster, ids: &[String], gone: &str) -> Vec<TaskRe
     let client = cluster.client();
     let mut out = Vec::new();
     for id in ids {
-        let what = format!("task {id} to run off {gone}");
-        let record = wait_for(&what, T, || {
-            let client = client.clone();
-            async move {
-                let t = client.task(id).await.ok()?;
-                (t.state.as_str() == "Running" && t.node.as_deref() != Some(gone)).then_some(t)
+        let deadline = Instant::now() + T;
+        let record = loop {
+            if let Ok(t) = client.task(id).await
+                && t.state.as_str() == "Running"
+                && t.node.as_deref() != Some(gone)
+            {
+                break t;
             }
-        })
-        .await;
+            if Instant::now() > deadline {
+                let last = client.task(id).await;
+                panic!(
+                    "timed out after {T:?} waiting for task {id} to run off {gone}; last {last:?}\n{}",
+                    cluster.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         out.push(record);
     }
     out

@@ -34,6 +34,9 @@ use crate::wire::{
 /// one registering.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The wait before an assignment that could not be delivered is sent again.
+const DISPATCH_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error(transparent)]
@@ -266,9 +269,18 @@ impl Manager {
                     let id = assignment.task_id;
                     match result {
                         Ok(status) => act.push(Command::Report { status }, None, ctx),
-                        Err(e) if e.is_unreachable() => log::warn!(
-                            "manager: task {id} stays Scheduled on {node} until it registers again: {e}"
-                        ),
+                        Err(e) if e.is_unreachable() => {
+                            // Sent again while it is still this attempt on a
+                            // node not held down (a down node's tasks move).
+                            log::warn!(
+                                "manager: task {id} could not be sent to {node} ({e}); trying again in {DISPATCH_RETRY:?}"
+                            );
+                            ctx.run_later(DISPATCH_RETRY, move |act, ctx| {
+                                if !act.state.is_down(&node) {
+                                    act.execute(Effect::Dispatch { node, assignment }, ctx);
+                                }
+                            });
+                        }
                         Err(e) => act.push(
                             Command::Refused {
                                 id,
