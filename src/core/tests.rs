@@ -74,6 +74,29 @@ fn run(s: &mut ClusterState, c: Command, now: Now) -> (Reply, Vec<Effect>) {
     out
 }
 
+/// Submits a task named "a" under `id`, committed.
+fn submit(s: &mut ClusterState, id: Uuid, now: Now) {
+    run(
+        s,
+        Command::Submit {
+            id,
+            spec: spec("a"),
+        },
+        now,
+    );
+}
+
+/// Registers a worker holding nothing, committed.
+fn register(s: &mut ClusterState, name: &str, now: Now) {
+    run(
+        s,
+        Command::Register {
+            registration: registration(name, vec![]),
+        },
+        now,
+    );
+}
+
 fn status(id: Uuid, attempt: u32, node: &str, state: TaskState, seq: u64) -> TaskStatus {
     TaskStatus {
         task_id: id,
@@ -134,14 +157,7 @@ fn a_registering_worker_gets_the_pending_tasks_and_reports_run_them() {
     let mut s = state();
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
-        run(
-            &mut s,
-            Command::Submit {
-                id: *id,
-                spec: spec("a"),
-            },
-            clock.now(),
-        );
+        submit(&mut s, *id, clock.now());
     }
     let (reply, effects) = run(
         &mut s,
@@ -170,21 +186,8 @@ fn a_running_copy_the_manager_does_not_count_is_told_to_stop() {
     let clock = Clock::new();
     let mut s = state();
     let id = Uuid::new_v4();
-    run(
-        &mut s,
-        Command::Register {
-            registration: registration("w1", vec![]),
-        },
-        clock.now(),
-    );
-    run(
-        &mut s,
-        Command::Submit {
-            id,
-            spec: spec("a"),
-        },
-        clock.now(),
-    );
+    register(&mut s, "w1", clock.now());
+    submit(&mut s, id, clock.now());
     // attempt 1 is current on w1; a late copy of attempt 0 elsewhere:
     let stale = status(id, 7, "w2", TaskState::Running, 1);
     let (reply, _) = run(&mut s, Command::Report { status: stale }, clock.now());
@@ -213,14 +216,7 @@ fn a_silent_worker_is_drained_onto_a_live_one() {
     let w2_instance = w2.instance;
     run(&mut s, Command::Register { registration: w1 }, clock.now());
     let id = Uuid::new_v4();
-    run(
-        &mut s,
-        Command::Submit {
-            id,
-            spec: spec("a"),
-        },
-        clock.now(),
-    );
+    submit(&mut s, id, clock.now());
     assert_eq!(s.task(&id).unwrap().node.as_deref(), Some("w1"));
     run(&mut s, Command::Register { registration: w2 }, clock.now());
     // w2 keeps beating, w1 is silent past down_after.
@@ -246,22 +242,9 @@ fn a_silent_worker_is_drained_onto_a_live_one() {
 fn a_stop_names_the_worker_that_must_stop_the_container() {
     let clock = Clock::new();
     let mut s = state();
-    run(
-        &mut s,
-        Command::Register {
-            registration: registration("w1", vec![]),
-        },
-        clock.now(),
-    );
+    register(&mut s, "w1", clock.now());
     let id = Uuid::new_v4();
-    run(
-        &mut s,
-        Command::Submit {
-            id,
-            spec: spec("a"),
-        },
-        clock.now(),
-    );
+    submit(&mut s, id, clock.now());
     let (reply, _) = run(&mut s, Command::Stop { id }, clock.now());
     match reply {
         Reply::Stopping { record, worker, .. } => {
@@ -281,14 +264,7 @@ fn a_failed_commit_leaves_memory_as_the_disk_has_it() {
     let clock = Clock::new();
     let mut s = state();
     let id = Uuid::new_v4();
-    run(
-        &mut s,
-        Command::Submit {
-            id,
-            spec: spec("a"),
-        },
-        clock.now(),
-    );
+    submit(&mut s, id, clock.now());
     // The stop is applied but its commit fails.
     apply(&mut s, Command::Stop { id }, clock.now()).unwrap();
     let _ = s.take_staged();
@@ -305,14 +281,7 @@ fn ended_tasks_beyond_the_retention_are_removed_oldest_first() {
     let mut s = state();
     let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
-        run(
-            &mut s,
-            Command::Submit {
-                id: *id,
-                spec: spec("a"),
-            },
-            clock.now(),
-        );
+        submit(&mut s, *id, clock.now());
         clock.advance(Duration::from_secs(1));
         run(&mut s, Command::Stop { id: *id }, clock.now());
     }
@@ -343,14 +312,7 @@ fn the_same_commands_give_the_same_state() {
             clock.now(),
         );
         for id in &ids {
-            run(
-                &mut s,
-                Command::Submit {
-                    id: *id,
-                    spec: spec("a"),
-                },
-                clock.now(),
-            );
+            submit(&mut s, *id, clock.now());
         }
         run(
             &mut s,
