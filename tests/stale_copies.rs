@@ -369,21 +369,9 @@ async fn a_task_back_on_a_thawed_worker_survives_a_kill_of_that_worker() {
     let away = cluster.worker_names[b - 1].clone();
     let worker_a = Client::new(&worker_address(&cluster, &home).await);
 
-    // A freezes: attempt 2 runs on B.
-    cluster.nodes[a].pause();
-    let deadline = Instant::now() + SETUP;
-    until(&cluster, &ids, "attempt 2 to run on B", deadline, || {
-        let r = record(&cluster, &id);
-        async move {
-            r.await
-                .is_some_and(|r| r.state == TaskState::Running && r.attempt == 2)
-        }
-    })
-    .await;
-    // A thaws: its copy of attempt 1 goes.
-    cluster.nodes[a].resume();
+    // A freezes: attempt 2 runs on B; A thaws and its copy of attempt 1 goes.
+    move_by_freezing(&cluster, &ids, &id, a, 2, "A").await;
     let deadline = Instant::now() + DEADLINE;
-    converge_and_stay(&cluster, &ids, deadline, "after A's SIGCONT").await;
     until(&cluster, &ids, "A to be ready again", deadline, || {
         let state = node_state(&cluster, &home);
         async move { state.await.as_deref() == Some("ready") }
@@ -395,20 +383,8 @@ async fn a_task_back_on_a_thawed_worker_survives_a_kill_of_that_worker() {
         (2, Some(away.as_str()))
     );
 
-    // B freezes: attempt 3 runs on A.
-    cluster.nodes[b].pause();
-    let deadline = Instant::now() + SETUP;
-    until(&cluster, &ids, "attempt 3 to run on A", deadline, || {
-        let r = record(&cluster, &id);
-        async move {
-            r.await
-                .is_some_and(|r| r.state == TaskState::Running && r.attempt == 3)
-        }
-    })
-    .await;
-    cluster.nodes[b].resume();
-    let deadline = Instant::now() + DEADLINE;
-    converge_and_stay(&cluster, &ids, deadline, "after B's SIGCONT").await;
+    // B freezes: attempt 3 runs on A; B thaws and its copy goes.
+    move_by_freezing(&cluster, &ids, &id, b, 3, "B").await;
     let third = record(&cluster, &id).await.unwrap();
     assert_eq!(
         (third.attempt, third.node.as_deref()),
@@ -691,4 +667,32 @@ async fn a_stop_of_a_task_whose_worker_stays_down_ends_it_and_its_container_late
 async fn a_delete_of_a_drained_task_whose_container_still_runs_is_not_done() {
     let (cluster, _a, id) = stopped_and_drained("drained-delete").await;
     assert_eq!(delete_checked(&cluster, &id).await, 202);
+}
+
+/// Freezes node `frozen` (SIGSTOP) until task `id` runs as `attempt`
+/// elsewhere, then thaws it and waits until one copy of each task is left,
+/// and stays so.
+async fn move_by_freezing(
+    cluster: &Cluster,
+    ids: &[String],
+    id: &str,
+    frozen: usize,
+    attempt: u32,
+    name: &str,
+) {
+    cluster.nodes[frozen].pause();
+    let deadline = Instant::now() + SETUP;
+    let what = format!("attempt {attempt} to run off {name}");
+    until(cluster, ids, &what, deadline, || {
+        let r = record(cluster, id);
+        async move {
+            r.await
+                .is_some_and(|r| r.state == TaskState::Running && r.attempt == attempt)
+        }
+    })
+    .await;
+    cluster.nodes[frozen].resume();
+    let deadline = Instant::now() + DEADLINE;
+    let after = format!("after {name}'s SIGCONT");
+    converge_and_stay(cluster, ids, deadline, &after).await;
 }
