@@ -169,22 +169,7 @@ fn refused(
     let Some(record) = state.task(&id) else {
         return (Reply::Done, vec![]);
     };
-    let status = TaskStatus {
-        task_id: id,
-        attempt,
-        node,
-        state: TaskState::Failed,
-        container_id: record.container_id.clone(),
-        host_ports: Default::default(),
-        exit_code: None,
-        error: Some(error),
-        at: now.at,
-        seq: record.status_seq,
-        restart_count: record.restart_count,
-        started_at: None,
-        next_restart_at: None,
-        health: None,
-    };
+    let status = record.verdict(attempt, &node, TaskState::Failed, Some(error), now.at);
     let (_, effects) = report(state, &status, now);
     (Reply::Done, effects)
 }

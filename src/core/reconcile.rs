@@ -77,14 +77,15 @@ pub fn reconcile_node(
             }
             (TaskState::Scheduled, DesiredState::Stopped) => {
                 // The worker never got it: stopping it is immediate.
-                let status = lost_status(record, node, TaskState::Completed, None, now);
+                let status = record.verdict(record.attempt, node, TaskState::Completed, None, now);
                 if record.apply_status(&status, now).unwrap_or(false) {
                     out.changed.push(record.id);
                 }
             }
             (TaskState::Running, _) => {
                 let error = format!("worker {node} no longer knows this task");
-                let status = lost_status(record, node, TaskState::Failed, Some(error), now);
+                let status =
+                    record.verdict(record.attempt, node, TaskState::Failed, Some(error), now);
                 if record.apply_status(&status, now).unwrap_or(false) {
                     out.changed.push(record.id);
                 }
@@ -93,31 +94,6 @@ pub fn reconcile_node(
         }
     }
     out
-}
-
-fn lost_status(
-    record: &TaskRecord,
-    node: &str,
-    state: TaskState,
-    error: Option<String>,
-    now: DateTime<Utc>,
-) -> TaskStatus {
-    TaskStatus {
-        task_id: record.id,
-        attempt: record.attempt,
-        node: node.to_string(),
-        state,
-        container_id: record.container_id.clone(),
-        host_ports: Default::default(),
-        exit_code: None,
-        error,
-        at: now,
-        seq: record.status_seq,
-        restart_count: record.restart_count,
-        started_at: None,
-        next_restart_at: None,
-        health: None,
-    }
 }
 
 #[cfg(test)]

@@ -173,10 +173,6 @@ impl ClusterState {
             .is_none_or(|life| life.state == NodeState::Down)
     }
 
-    pub fn down_after(&self) -> Duration {
-        self.watch.down_after()
-    }
-
     pub fn tick_every(&self) -> Duration {
         self.watch.tick_every()
     }

@@ -200,6 +200,35 @@ impl TaskRecord {
         true
     }
 
+    /// A status the manager decides for attempt `attempt` on `node` when no
+    /// worker said it (the worker refused the attempt, or no longer holds
+    /// it): applied like a report, at the last `seq` applied.
+    pub fn verdict(
+        &self,
+        attempt: u32,
+        node: &str,
+        state: TaskState,
+        error: Option<String>,
+        at: DateTime<Utc>,
+    ) -> TaskStatus {
+        TaskStatus {
+            task_id: self.id,
+            attempt,
+            node: node.to_string(),
+            state,
+            container_id: self.container_id.clone(),
+            host_ports: Default::default(),
+            exit_code: None,
+            error,
+            at,
+            seq: self.status_seq,
+            restart_count: self.restart_count,
+            started_at: None,
+            next_restart_at: None,
+            health: None,
+        }
+    }
+
     /// Applies a worker's report. Reports of other attempts or nodes are
     /// refused; one older than the last applied (a lower `seq`) is ignored;
     /// a report in the current state only updates the details.
