@@ -131,6 +131,21 @@ impl Store {
         Ok(used > limit)
     }
 
+    /// Whether a batch puts a record under a key not stored yet.
+    fn adds_a_record(&self, txn: &heed::RoTxn, writes: &[Write]) -> Result<bool, StoreError> {
+        for write in writes {
+            if let Write::Put(record) = write
+                && self
+                    .table(record.table())
+                    .get(txn, &record.key())?
+                    .is_none()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// A map-full error says so; any other stays an LMDB error.
     fn classify(&self, e: heed::Error) -> StoreError {
         match e {
@@ -225,15 +240,17 @@ impl Handler<Commit> for Store {
     type Result = Result<(), StoreError>;
 
     fn handle(&mut self, msg: Commit, _ctx: &mut SyncContext<Self>) -> Self::Result {
-        // Past the soft limit only removals go through: LMDB needs free
-        // pages even to delete (copy-on-write), so room is kept for them.
-        let grows = msg.0.iter().any(|w| matches!(w, Write::Put(_)));
-        if grows && self.over_soft_limit()? {
+        // Past the soft limit no record is added: the rest of the map is
+        // kept for changes to stored records (a stop must still go
+        // through) and for removals (LMDB needs free pages even to delete,
+        // copy-on-write), which make room.
+        let mut wtxn = self.env.write_txn()?;
+        let puts = msg.0.iter().any(|w| matches!(w, Write::Put(_)));
+        if puts && self.over_soft_limit()? && self.adds_a_record(&wtxn, &msg.0)? {
             return Err(StoreError::Full {
                 map_mb: self.map_size >> 20,
             });
         }
-        let mut wtxn = self.env.write_txn()?;
         for write in msg.0 {
             match write {
                 Write::Put(record) => {
@@ -378,5 +395,43 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn past_the_soft_limit_stored_records_still_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::start_with_map_size(dir.path(), 1 << 20).unwrap();
+        let row = |id: usize, version| {
+            Write::put(Row {
+                id: format!("{id:06}"),
+                version,
+            })
+        };
+        let mut stored = 0;
+        while store
+            .send(Commit((stored..stored + 50).map(|i| row(i, 1)).collect()))
+            .await
+            .unwrap()
+            .is_ok()
+        {
+            stored += 50;
+            assert!(stored < 100_000, "a 1 MB map never filled");
+        }
+        // A new record is refused, even beside a change; a change alone
+        // goes through.
+        let mixed = vec![row(0, 2), row(stored + 1, 1)];
+        assert!(matches!(
+            store.send(Commit(mixed)).await.unwrap(),
+            Err(StoreError::Full { .. })
+        ));
+        store
+            .send(Commit(vec![row(0, 2), row(1, 2)]))
+            .await
+            .unwrap()
+            .unwrap();
+        let rows = store.send(LoadAll::<Row>::new()).await.unwrap().unwrap();
+        assert_eq!(rows.len(), stored);
+        assert_eq!(rows[0].version, 2);
+        assert_eq!(rows[2].version, 1);
     }
 }

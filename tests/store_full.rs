@@ -149,6 +149,72 @@ async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_task
 }
 
 #[tokio::test]
+async fn a_store_full_of_live_tasks_still_stops_them_and_then_takes_more() {
+    let (_dir, _node, base) = manager("store_map_mb = 2\n").await;
+    let http = reqwest::Client::new();
+
+    // Fill with Pending tasks only: nothing has ended, nothing can be
+    // removed to make room.
+    let mut accepted = Vec::new();
+    loop {
+        let r = http
+            .post(format!("{base}/tasks"))
+            .json(&big_spec(accepted.len()))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() != 201 {
+            assert_eq!(r.status().as_u16(), 507);
+            break;
+        }
+        let body: Value = r.json().await.unwrap();
+        accepted.push(body["id"].as_str().unwrap().to_string());
+        assert!(accepted.len() < 200, "a 2 MB store never filled");
+    }
+    // A stop changes a stored record: it goes through on a full store.
+    let victim = &accepted[0];
+    let r = http
+        .delete(format!("{base}/tasks/{victim}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "stop on a full store: {} {}",
+        r.status(),
+        r.text().await.unwrap_or_default()
+    );
+    let task: Value = http
+        .get(format!("{base}/tasks/{victim}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["state"], "Completed", "{task}");
+    // The ended task makes room: a submission is accepted again.
+    wait_for(
+        "a submission accepted again",
+        Duration::from_secs(20),
+        || {
+            let http = http.clone();
+            let base = base.clone();
+            async move {
+                let r = http
+                    .post(format!("{base}/tasks"))
+                    .json(&big_spec(999))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status().as_u16() == 201).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn get_tasks_pages_with_a_cursor_and_filters() {
     let (_dir, _node, base) = manager("").await;
     let http = reqwest::Client::new();

@@ -6,7 +6,8 @@ use uuid::Uuid;
 use super::command::{Effect, Now};
 use super::nodes;
 use super::state::ClusterState;
-use crate::scheduler::place_batch;
+use crate::scheduler::filter::Room;
+use crate::scheduler::{Resources, place_batch};
 use crate::task::{DesiredState, TaskState};
 use crate::wire::Assignment;
 
@@ -64,13 +65,32 @@ pub fn place(state: &mut ClusterState, ids: &[Uuid], now: Now) -> Vec<Effect> {
     effects
 }
 
-/// Gives every Pending task another try (capacity may have appeared: a
-/// node registered or came back, a task ended, a node's tasks moved). With
-/// no ready node there is nothing to try.
+/// Gives the Pending tasks another try (capacity may have appeared: a node
+/// registered or came back, a task ended, a node's tasks moved). What a
+/// task waits for is room: one that needs more of a resource than any ready
+/// node has free stays as it is, without a placement (its last reason
+/// stands), and one never tried yet is always tried. With no ready node
+/// there is nothing to try.
 pub fn place_pending(state: &mut ClusterState, now: Now) -> Vec<Effect> {
-    if state.pending_count() == 0 || !state.any_ready() {
+    if state.pending_count() == 0 {
         return Vec::new();
     }
-    let ids = state.pending();
+    let Some(room) = Room::of(&state.snapshots()) else {
+        return Vec::new();
+    };
+    let ids: Vec<Uuid> = state
+        .pending()
+        .into_iter()
+        .filter(|id| {
+            state.task(id).is_some_and(|t| {
+                t.error.is_none()
+                    || room.may_hold(&Resources {
+                        cpu: t.spec.cpu,
+                        memory_mb: t.spec.memory_mb,
+                        disk_mb: t.spec.disk_mb,
+                    })
+            })
+        })
+        .collect();
     place(state, &ids, now)
 }

@@ -225,10 +225,6 @@ impl ClusterState {
             .collect()
     }
 
-    pub fn any_ready(&self) -> bool {
-        self.lives.values().any(|l| l.state == NodeState::Ready)
-    }
-
     pub fn node_views(&self) -> Vec<NodeView> {
         self.nodes
             .values()

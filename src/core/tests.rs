@@ -326,3 +326,56 @@ fn the_same_commands_give_the_same_state() {
     };
     assert_eq!(replay(), replay());
 }
+
+#[test]
+fn freed_room_retries_only_the_pending_tasks_that_may_fit_in_it() {
+    let clock = Clock::new();
+    let mut s = state();
+    register(&mut s, "w1", clock.now()); // 4 cpus
+    let sized = |name: &str, cpu: f64| {
+        crate::task::spec::from_value(serde_json::json!({"name": name, "image": "i", "cpu": cpu}))
+            .unwrap()
+    };
+    let submit_sized = |s: &mut ClusterState, name: &str, cpu: f64| {
+        let id = Uuid::new_v4();
+        run(
+            s,
+            Command::Submit {
+                id,
+                spec: sized(name, cpu),
+            },
+            clock.now(),
+        );
+        id
+    };
+    let small = submit_sized(&mut s, "small", 3.0);
+    assert_eq!(s.task(&small).unwrap().state, TaskState::Scheduled);
+    let big: Vec<Uuid> = (0..500).map(|_| submit_sized(&mut s, "big", 8.0)).collect();
+    let mid = submit_sized(&mut s, "mid", 2.0);
+    assert_eq!(s.pending_count(), 501);
+    let big_reason = s.task(&big[0]).unwrap().error.clone();
+    assert!(big_reason.is_some());
+
+    // The small task ends: 4 cpus free. The mid task is placed; the big
+    // ones need more than any node has free and are not even tried.
+    let (_, effects) = apply(
+        &mut s,
+        Command::Report {
+            status: status(small, 1, "w1", TaskState::Completed, 1),
+        },
+        clock.now(),
+    )
+    .unwrap();
+    assert_eq!(dispatched(&effects), vec![("w1".to_string(), mid, 1)]);
+    let staged = s.take_staged();
+    s.commit();
+    let written: Vec<Uuid> = staged.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(
+        written.len(),
+        2,
+        "only the ended and the placed task: {written:?}"
+    );
+    assert!(written.contains(&small) && written.contains(&mid));
+    assert_eq!(s.task(&big[0]).unwrap().error, big_reason);
+    assert_eq!(s.pending_count(), 500);
+}

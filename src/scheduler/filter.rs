@@ -126,6 +126,48 @@ fn fits_u64(allocated: u64, request: u64, capacity: u64) -> bool {
     }
 }
 
+/// The most free room of any ready node, per resource (not all on one
+/// node). A task that needs more of one resource than this fits nowhere,
+/// whatever the strategy: Pending tasks are tried again only when they may
+/// fit in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Room {
+    pub cpu: f64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
+impl Room {
+    /// The room over the ready nodes of `nodes`; `None` when none is ready.
+    pub fn of(nodes: &[NodeSnapshot]) -> Option<Room> {
+        nodes
+            .iter()
+            .filter(|node| node.ready)
+            .map(|node| Room {
+                cpu: (node.capacity.cpus - node.allocated.cpu).max(0.0),
+                memory_mb: node
+                    .capacity
+                    .memory_mb
+                    .saturating_sub(node.allocated.memory_mb),
+                disk_mb: node.capacity.disk_mb.saturating_sub(node.allocated.disk_mb),
+            })
+            .reduce(|a, b| Room {
+                cpu: a.cpu.max(b.cpu),
+                memory_mb: a.memory_mb.max(b.memory_mb),
+                disk_mb: a.disk_mb.max(b.disk_mb),
+            })
+    }
+
+    /// Whether a task needing `request` may fit on some ready node (the
+    /// same rules as [`fits`]: a request of 0 always fits).
+    pub fn may_hold(&self, request: &super::Resources) -> bool {
+        let cpu =
+            request.cpu <= 0.0 || request.cpu.is_nan() || request.cpu <= self.cpu + CPU_EPSILON;
+        cpu && (request.memory_mb == 0 || request.memory_mb <= self.memory_mb)
+            && (request.disk_mb == 0 || request.disk_mb <= self.disk_mb)
+    }
+}
+
 /// The indices (in order) of the nodes that can take `task`, or why there
 /// are none.
 pub fn candidates(task: &TaskRequest, nodes: &[NodeSnapshot]) -> Result<Vec<usize>, NoFit> {
@@ -369,6 +411,38 @@ fn cpus_word(x: f64) -> &'static str {
 mod tests {
     use super::*;
     use crate::scheduler::tests::{node, task};
+
+    #[test]
+    fn room_is_the_most_free_of_each_resource_over_ready_nodes() {
+        let nodes = vec![
+            node("a", 4.0, 1000, 100).with_allocated(3.0, 200, 0),
+            node("b", 2.0, 4000, 50).with_allocated(0.0, 3500, 10),
+            node("c", 16.0, 64000, 9000).not_ready(),
+        ];
+        let room = Room::of(&nodes).unwrap();
+        assert_eq!(
+            room,
+            Room {
+                cpu: 2.0,
+                memory_mb: 800,
+                disk_mb: 100
+            }
+        );
+        // Within the room on every resource: may fit (each strategy decides).
+        assert!(room.may_hold(&task("t", 2.0, 800, 100).resources));
+        assert!(room.may_hold(&task("t", 0.0, 0, 0).resources));
+        // More than any ready node has free of one resource: fits nowhere,
+        // and the filter agrees on every node.
+        for t in [
+            task("t", 2.5, 1, 1),
+            task("t", 1.0, 801, 1),
+            task("t", 1.0, 1, 101),
+        ] {
+            assert!(!room.may_hold(&t.resources), "{t:?}");
+            assert!(candidates(&t, &nodes).is_err(), "{t:?}");
+        }
+        assert_eq!(Room::of(&[node("x", 1.0, 1, 1).not_ready()]), None);
+    }
 
     #[test]
     fn fits_table() {
