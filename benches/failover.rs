@@ -28,11 +28,14 @@ const RUNS: usize = 5;
 const TASKS: usize = 6;
 
 fn worker(dir: &Path, name: &str, manager: &str) -> Node {
+    let token = std::fs::read_to_string(dir.join("manager").join("worker.token"))
+        .expect("the manager's worker token");
     let toml = format!(
         "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
-         listen = \"127.0.0.1:{}\"\nmanager = \"{manager}\"\n",
+         listen = \"127.0.0.1:{}\"\nmanager = \"{manager}\"\njoin_token = \"{}\"\n",
         dir.join(name).display(),
-        free_port()
+        free_port(),
+        token.trim()
     );
     Node::start(dir, name, &toml)
 }
@@ -73,19 +76,21 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tag = std::process::id();
     let mport = free_port();
-    let base = format!("http://127.0.0.1:{mport}");
+    let base = format!("https://127.0.0.1:{mport}");
     let _manager = Node::start(
         dir.path(),
         "manager",
         &format!(
             "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
-             scheduler = \"round-robin\"\n",
-            dir.path().join("manager").display()
+             scheduler = \"round-robin\"\nclient_file = \"{}\"\n",
+            dir.path().join("manager").display(),
+            dir.path().join("client.toml").display()
         ),
     );
+    // The client file comes after the tokens: the workers can join.
+    let http = common::admin_http(&dir.path().join("client.toml"), 8).await;
     let mut names: Vec<String> = (0..2).map(|i| format!("bench-s{i}-{tag}")).collect();
     let _survivors: Vec<Node> = names.iter().map(|n| worker(dir.path(), n, &base)).collect();
-    let http = reqwest::Client::new();
     let spec = serde_json::json!({
         "name": "failover", "image": IMAGE, "cmd": ["/echo", "serve", "7777"], "ports": [7777]
     });

@@ -159,8 +159,7 @@ async fn main() {
     let docker = common::image_and_engine().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let node_name = format!("bench-restart-{}", std::process::id());
-    let (_node, base) = common::start_dev_node(dir.path(), &node_name).await;
-    let http = reqwest::Client::new();
+    let (_node, base, http) = common::start_dev_node(dir.path(), &node_name).await;
 
     let mut engine = Vec::new();
     let mut cube = Vec::new();

@@ -115,8 +115,7 @@ async fn main() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let node_name = format!("bench-{}", std::process::id());
-    let (_node, base) = common::start_dev_node(dir.path(), &node_name).await;
-    let http = reqwest::Client::new();
+    let (_node, base, http) = common::start_dev_node(dir.path(), &node_name).await;
     // Let the worker's engine connection come up, and warm both paths.
     tokio::time::sleep(Duration::from_millis(500)).await;
     engine_run(&docker, 1).await;

@@ -50,9 +50,10 @@ fn start_manager(dir: &Path, port: u16) -> Node {
         "manager",
         &format!(
             "role = \"manager\"\ndata_dir = \"{}\"\nstore_map_mb = 8192\n\
-             [manager]\nlisten = \"127.0.0.1:{port}\"\n\
+             [manager]\nlisten = \"127.0.0.1:{port}\"\nclient_file = \"{}\"\n\
              [manager.retain_ended]\nmax_tasks = 1000000\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            dir.join("client.toml").display()
         ),
     )
 }
@@ -207,12 +208,9 @@ async fn main() {
 
     let fsync = fsync_rate(dir.path(), 2.0);
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     let mut node = start_manager(dir.path(), port);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()
-        .expect("client");
+    let http = common::admin_http(&dir.path().join("client.toml"), clients).await;
     wait_up(&http, &base).await;
 
     let trivial = {

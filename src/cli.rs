@@ -1,14 +1,16 @@
 //! The user-facing commands: they talk to the manager's API and print tables
 //! for people or JSON (`--json`) for scripts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::client::{Client, ClientError};
+use crate::config::{ClientFile, default_client_file};
 use crate::core::nodes::NodeView;
 use crate::manager::events::{Event, EventKind};
+use crate::security::tls::{Expect, Trust};
 use crate::task::TaskState;
 use crate::task::{TaskRecord, spec};
 
@@ -30,6 +32,51 @@ fn describe_spec_error(e: &spec::SpecError) -> String {
     match &e.field {
         Some(field) => format!("field `{field}`: {}", e.message),
         None => e.message.clone(),
+    }
+}
+
+/// How the CLI reaches the manager: flags (or their environment
+/// variables) first, then the client file a manager writes for its
+/// machine's users.
+pub struct Connect {
+    pub manager: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub token: Option<String>,
+    pub client_file: Option<PathBuf>,
+}
+
+impl Connect {
+    pub fn client(self) -> anyhow::Result<Client> {
+        let explicit = self.client_file.is_some();
+        let file = match self.client_file.or_else(default_client_file) {
+            Some(path) if explicit || path.exists() => Some(
+                ClientFile::load(&path)
+                    .with_context(|| format!("cannot use the client file {}", path.display()))?,
+            ),
+            _ => None,
+        };
+        let manager = self
+            .manager
+            .or_else(|| file.as_ref().map(|f| f.manager.clone()))
+            .context(
+                "which manager? give --manager https://HOST:PORT (or CUBE_MANAGER), \
+                 or run on the manager's machine, where it writes ~/.cube/client.toml",
+            )?;
+        let ca = self
+            .ca
+            .or_else(|| file.as_ref().map(|f| f.ca.clone()))
+            .context(
+                "which CA? give --ca FILE (or CUBE_CA): the manager's <data_dir>/pki/ca.crt",
+            )?;
+        let token = self.token.or_else(|| file.map(|f| f.token));
+        let pem = std::fs::read_to_string(&ca)
+            .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+        let tls = Trust::from_pem(&pem)?.client(Expect::Manager)?;
+        let client = Client::new(&manager, &tls)?;
+        Ok(match token {
+            Some(token) => client.with_token(&token),
+            None => client,
+        })
     }
 }
 

@@ -12,8 +12,8 @@ use crate::core::TaskPage;
 use crate::core::nodes::NodeView;
 use crate::task::TaskRecord;
 use crate::wire::{
-    Assignment, Heartbeat, HeartbeatReply, NodeStats, Registration, RegistrationReply, ReportReply,
-    TaskStatus,
+    Assignment, CaCertificate, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, NodeStats,
+    Registration, RegistrationReply, ReportReply, TaskStatus,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,6 +34,8 @@ pub enum ClientError {
     },
     #[error("{url} sent a response that cannot be read: {reason}")]
     Decode { url: String, reason: String },
+    #[error("cannot set up an HTTP client: {0}")]
+    Setup(String),
 }
 
 impl ClientError {
@@ -43,33 +45,56 @@ impl ClientError {
     }
 }
 
-/// A client of one Cube node (manager or worker), by base URL.
+/// A client of one Cube node (manager or worker), by base URL, over TLS:
+/// `tls` says which CA to trust, whom to expect at the other end and which
+/// certificate (if any) to present. A user's client also carries a token.
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    tls: rustls::ClientConfig,
+    token: Option<String>,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Self {
-        Self::with_timeout(base, REQUEST_TIMEOUT)
+    pub fn new(base: &str, tls: &rustls::ClientConfig) -> Result<Self, ClientError> {
+        Self::with_timeout(base, tls, REQUEST_TIMEOUT)
     }
 
     /// A client whose requests give up after `timeout` (a stopped process
     /// may accept a connection and never answer).
-    pub fn with_timeout(base: &str, timeout: Duration) -> Self {
+    pub fn with_timeout(
+        base: &str,
+        tls: &rustls::ClientConfig,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.clone())
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))
             .timeout(timeout)
             // Below the servers' keep-alive (5 s): a pooled connection is
             // never reused just as the server closes it.
             .pool_idle_timeout(POOL_IDLE)
             .build()
-            // Only TLS back-end setup can fail here, and no TLS is configured.
-            .unwrap_or_default();
-        Client {
+            .map_err(|e| ClientError::Setup(describe(&e)))?;
+        Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             http,
+            tls: tls.clone(),
+            token: None,
+        })
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>`.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.trim().to_string());
+        self
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
     }
 
@@ -84,7 +109,7 @@ impl Client {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(u16, T), ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut request = self.http.request(method, &url);
+        let mut request = self.authorized(self.http.request(method, &url));
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -166,11 +191,12 @@ impl Client {
         use futures_util::StreamExt;
         let url = format!("{}{}", self.base, path);
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(self.tls.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .unwrap_or_default();
-        let response = http
-            .get(&url)
+            .map_err(|e| ClientError::Setup(describe(&e)))?;
+        let response = self
+            .authorized(http.get(&url))
             .send()
             .await
             .map_err(|e| unreachable(&url, &e))?;
@@ -214,6 +240,23 @@ impl Client {
             .1)
     }
 
+    // --- joining ---
+
+    /// The cluster's CA certificate (`GET /join/ca`).
+    pub async fn ca_certificate(&self) -> Result<CaCertificate, ClientError> {
+        Ok(self
+            .call(reqwest::Method::GET, "/join/ca", None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn join(&self, request: &JoinRequest) -> Result<JoinReply, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/join", Some(request))
+            .await?
+            .1)
+    }
+
     // --- worker ---
 
     pub async fn assign(&self, assignment: &Assignment) -> Result<TaskStatus, ClientError> {
@@ -244,6 +287,23 @@ impl Client {
             .await?
             .1)
     }
+}
+
+/// A client of plain `http://` endpoints (a workload's health check): the
+/// crypto provider is given (none is installed process-wide), and no CA is
+/// trusted, so it never speaks TLS to anyone.
+pub fn plain_http() -> Result<reqwest::Client, ClientError> {
+    let tls = rustls::ClientConfig::builder_with_provider(crate::security::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Setup(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE)
+        .build()
+        .map_err(|e| ClientError::Setup(describe(&e)))
 }
 
 fn unreachable(url: &str, e: &reqwest::Error) -> ClientError {

@@ -9,7 +9,8 @@
 //! [worker]
 //! name = "w1"
 //! listen = "127.0.0.1:5556"
-//! manager = "http://127.0.0.1:5555"
+//! manager = "https://127.0.0.1:5555"
+//! join_token = "CUBE1-..."          # or CUBE_JOIN_TOKEN; not needed in dev
 //! ```
 
 use std::net::SocketAddr;
@@ -80,6 +81,20 @@ pub struct ManagerConfig {
     /// How long ended tasks are kept, and how many at most.
     #[serde(default)]
     pub retain_ended: RetainEnded,
+    /// More names (DNS names or IP addresses) the manager's certificate is
+    /// good for, besides its listen address, `localhost` and 127.0.0.1.
+    #[serde(default)]
+    pub tls_names: Vec<String>,
+    /// Where the manager writes the CLI's client file (its URL, the CA, the
+    /// admin token); default `~/.cube/client.toml`.
+    pub client_file: Option<PathBuf>,
+    /// How long a worker's certificate is good for (default 90 days).
+    #[serde(default = "default_node_cert_ttl_s")]
+    pub node_cert_ttl_s: u64,
+}
+
+fn default_node_cert_ttl_s() -> u64 {
+    90 * 24 * 3600
 }
 
 /// `[manager.retain_ended]`: ended tasks are removed from the store after
@@ -154,11 +169,16 @@ impl CapacityOverride {
 pub struct WorkerConfig {
     pub name: String,
     pub listen: SocketAddr,
-    /// Base URL of the manager this worker registers with. In `dev` it may be
-    /// left out: the worker then registers with the manager of its own process.
+    /// Base URL (https) of the manager this worker registers with. In `dev`
+    /// it may be left out: the worker then registers with the manager of
+    /// its own process.
     pub manager: Option<String>,
+    /// The token that lets this worker join the cluster (the manager's
+    /// `worker.token`); `CUBE_JOIN_TOKEN` in the environment also does.
+    /// Needed only until the worker holds its certificate.
+    pub join_token: Option<String>,
     /// The address the manager uses to reach this worker; defaults to
-    /// `http://<listen>`.
+    /// `https://<listen>`.
     pub advertise: Option<String>,
     /// How often the worker tells the manager it is alive (with its stats).
     #[serde(default = "default_heartbeat_ms")]
@@ -377,6 +397,17 @@ impl NodeConfig {
                 ));
             }
         }
+        if let Some(manager) = &self.manager {
+            for name in &manager.tls_names {
+                validate_host(name).map_err(|m| ConfigError::key("manager.tls_names", m))?;
+            }
+            if !(60..=10 * 365 * 24 * 3600).contains(&manager.node_cert_ttl_s) {
+                return Err(ConfigError::key(
+                    "manager.node_cert_ttl_s",
+                    "must be between 60 and 315360000 (seconds)",
+                ));
+            }
+        }
         if let Some(manager) = &self.manager
             && !(100..=600_000).contains(&manager.down_after_ms)
         {
@@ -393,9 +424,37 @@ impl NodeConfig {
         let worker = self.worker.as_ref()?;
         match (&worker.manager, &self.manager) {
             (Some(url), _) => Some(url.trim_end_matches('/').to_string()),
-            (None, Some(m)) => Some(format!("http://{}", m.listen)),
+            (None, Some(m)) => Some(format!("https://{}", reachable(m.listen))),
             (None, None) => None,
         }
+    }
+}
+
+/// An address to reach a listener on: one bound to every interface is
+/// reached on loopback.
+pub fn reachable(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    }
+}
+
+impl ManagerConfig {
+    /// The names and addresses the manager's certificate is good for.
+    pub fn cert_hosts(&self) -> Vec<String> {
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if !self.listen.ip().is_unspecified() {
+            hosts.push(self.listen.ip().to_string());
+        }
+        hosts.extend(self.tls_names.iter().cloned());
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    pub fn node_cert_ttl(&self) -> Duration {
+        Duration::from_secs(self.node_cert_ttl_s)
     }
 }
 
@@ -407,18 +466,94 @@ impl WorkerConfig {
     pub fn advertise_url(&self) -> String {
         match &self.advertise {
             Some(url) => url.trim_end_matches('/').to_string(),
-            None => format!("http://{}", self.listen),
+            None => format!("https://{}", reachable(self.listen)),
         }
+    }
+
+    /// The host (name or IP) the manager reaches this worker at: what its
+    /// certificate must be good for.
+    pub fn advertise_host(&self) -> String {
+        host_of(&self.advertise_url())
+    }
+}
+
+/// The host of an `https://host:port/...` URL (brackets of an IPv6 host
+/// removed).
+pub fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.to_string()
+}
+
+/// A DNS name or an IP address a certificate can name.
+pub fn validate_host(host: &str) -> Result<(), String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{host:?} is not a DNS name or an IP address"))
     }
 }
 
 pub use crate::task::name::validate_node_name;
 
+/// The CLI's client file: where the manager is, the CA to trust and the
+/// token to send. A manager writes one for its admin token.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    pub manager: String,
+    pub ca: PathBuf,
+    pub token: String,
+}
+
+impl ClientFile {
+    pub fn to_toml(&self) -> String {
+        format!(
+            "# Written by the Cube manager: the CLI reads it when no --manager, --ca or --token is given.\n{}",
+            toml::to_string(self).unwrap_or_default()
+        )
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| describe_toml_error(&e))
+    }
+}
+
+/// Where the CLI looks for its client file by default:
+/// `~/.cube/client.toml`.
+pub fn default_client_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cube").join("client.toml"))
+}
+
 fn validate_url(url: &str) -> Result<(), String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
+    if url.starts_with("https://") {
+        validate_host(&host_of(url))
+    } else if url.starts_with("http://") {
+        Err(format!(
+            "{url:?} is plain HTTP: every Cube listener speaks TLS (https://)"
+        ))
     } else {
-        Err(format!("{url:?} is not an http:// URL"))
+        Err(format!("{url:?} is not an https:// URL"))
     }
 }
 
@@ -452,11 +587,11 @@ listen = "127.0.0.1:5556"
         );
         assert_eq!(
             c.manager_url_for_worker().as_deref(),
-            Some("http://127.0.0.1:5555")
+            Some("https://127.0.0.1:5555")
         );
         assert_eq!(
             c.worker.as_ref().unwrap().advertise_url(),
-            "http://127.0.0.1:5556"
+            "https://127.0.0.1:5556"
         );
     }
 
@@ -510,18 +645,29 @@ data_dir = "d"
 [worker]
 name = "w2"
 listen = "127.0.0.1:6000"
-manager = "http://127.0.0.1:5555/"
+manager = "https://127.0.0.1:5555/"
 "#,
         )
         .unwrap();
         assert_eq!(
             c.manager_url_for_worker().as_deref(),
-            Some("http://127.0.0.1:5555")
+            Some("https://127.0.0.1:5555")
         );
     }
 
     fn err(text: &str) -> String {
         NodeConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn plain_http_urls_are_refused_and_hosts_are_read() {
+        let e = err(&DEV.replace("[worker]", "[worker]\nmanager = \"http://127.0.0.1:5555\""));
+        assert!(e.contains("worker.manager") && e.contains("TLS"), "{e}");
+        assert_eq!(host_of("https://10.0.0.2:5556/x"), "10.0.0.2");
+        assert_eq!(host_of("https://[::1]:5556"), "::1");
+        assert_eq!(host_of("https://node-a.lan:1"), "node-a.lan");
+        let e = err(&DEV.replace("scheduler =", "tls_names = [\"bad name\"]\nscheduler ="));
+        assert!(e.contains("manager.tls_names"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod manager;
 pub mod node;
 pub mod runtime;
 pub mod scheduler;
+pub mod security;
 pub mod store;
 pub mod task;
 pub mod wire;

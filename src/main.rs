@@ -5,20 +5,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cube::client::Client;
 use cube::config::NodeConfig;
 
 #[derive(Parser)]
 #[command(name = "cube", version, about = "A small container orchestrator")]
 struct Cli {
-    /// The manager's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "CUBE_MANAGER",
-        default_value = "http://127.0.0.1:5555"
-    )]
-    manager: String,
+    /// The manager's URL (https://...); default: the client file's.
+    #[arg(long, global = true, env = "CUBE_MANAGER")]
+    manager: Option<String>,
+    /// The cluster's CA certificate (PEM file); default: the client file's.
+    #[arg(long, global = true, env = "CUBE_CA")]
+    ca: Option<PathBuf>,
+    /// The token to send; default: the client file's.
+    #[arg(long, global = true, env = "CUBE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The client file a manager writes for its machine's users; default
+    /// ~/.cube/client.toml.
+    #[arg(long, global = true, env = "CUBE_CLIENT_FILE")]
+    client_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -61,7 +65,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node { config } => run_node(config),
         command => {
-            let client = Client::new(&cli.manager);
+            let connect = cube::cli::Connect {
+                manager: cli.manager,
+                ca: cli.ca,
+                token: cli.token,
+                client_file: cli.client_file,
+            };
+            let client = match connect.client() {
+                Ok(client) => client,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let json = cli.json;
             actix_rt::System::new().block_on(async move {
                 match command {

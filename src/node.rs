@@ -2,7 +2,11 @@
 //! and HTTP server, and/or the worker's actors and HTTP server.
 
 use actix::prelude::*;
+use std::path::Path;
 use std::time::Duration;
+
+use actix_rt::net::TcpStream;
+use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 
 use actix_http::error::DispatchError;
 use actix_http::{HttpService, KeepAlive, Protocol};
@@ -11,16 +15,30 @@ use actix_web::dev::{AppConfig, Server, ServiceFactory as _, fn_factory, fn_serv
 use actix_web::{App, web};
 use anyhow::Context as _;
 
-use crate::config::{NodeConfig, Role};
+use crate::api_error::connection::JsonErrorHeads;
+use crate::client::Client;
+use crate::config::{
+    ClientFile, ManagerConfig, NodeConfig, Role, WorkerConfig, default_client_file, reachable,
+};
 use crate::core::ClusterState;
 use crate::core::nodes::NodeRecord;
 use crate::manager::Manager;
+use crate::manager::join::JoinAuthority;
 use crate::runtime::docker::DockerEngine;
+use crate::security::files::{load_node_keys, manager_keys, save_node_keys};
+use crate::security::identity::Identity;
+use crate::security::pki::write_file;
+use crate::security::tls::{ClientCerts, Expect, NodeTls};
 use crate::store::{LoadAll, Store};
 use crate::task::TaskRecord;
 use crate::worker::Worker;
+use crate::worker::actor::HEARTBEAT_TIMEOUT;
+use crate::worker::join::join;
 use crate::worker::record::WorkerTaskRecord;
 use crate::worker::stats::{SAMPLE_EVERY, Stats};
+
+/// A client that has not finished its TLS handshake by then is cut off.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a node until it is stopped (Ctrl-C / SIGTERM) or fails.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
@@ -48,17 +66,51 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             (&mc.retain_ended).into(),
             std::time::Instant::now(),
         );
-        let manager = Manager::new(store.clone(), state).start();
+        let keys = manager_keys(&config.data_dir, &mc.cert_hosts())
+            .context("manager: cannot set up its certificates and tokens")?;
+        log_manager_keys(&config.data_dir, keys.new_cluster);
+        if let Some(wc) = config.worker.as_ref().filter(|_| config.role == Role::Dev) {
+            // A dev node's worker joins its own manager: its certificate
+            // comes straight from the CA.
+            let issued = keys
+                .ca
+                .issue(
+                    &Identity::worker(&wc.name),
+                    &[wc.advertise_host()],
+                    mc.node_cert_ttl(),
+                )
+                .context("dev: cannot issue the worker's certificate")?;
+            save_node_keys(
+                &config.data_dir,
+                keys.ca.cert_pem(),
+                &issued.cert_pem,
+                &issued.key_pem,
+            )
+            .context("dev: cannot save the worker's certificate")?;
+        }
+        let server_tls = keys
+            .tls
+            .server(ClientCerts::Optional)
+            .context("manager: TLS set-up")?;
+        let url = format!("https://{}", reachable(mc.listen));
+        write_client_file(mc, &config.data_dir, &url, &keys.admin_secret);
+        let manager = Manager::new(store.clone(), state, keys.tls).start();
         let data = web::Data::new(manager);
+        let authority = web::Data::new(JoinAuthority {
+            ca: keys.ca,
+            token: keys.join_token,
+            ttl: mc.node_cert_ttl(),
+        });
         let listener = std::net::TcpListener::bind(mc.listen)
             .with_context(|| format!("manager: cannot listen on {}", mc.listen))?;
-        let server = serve(listener, move |cfg| {
-            cfg.app_data(data.clone());
+        let server = serve(listener, server_tls, move |cfg| {
+            cfg.app_data(data.clone()).app_data(authority.clone());
+            crate::manager::join::configure(cfg);
             crate::manager::routes::configure(cfg);
         })
         .with_context(|| format!("manager: cannot serve on {}", mc.listen))?;
         log::info!(
-            "manager: listening on http://{} (scheduler {}, workers down after {} ms)",
+            "manager: listening on https://{} (scheduler {}, workers down after {} ms)",
             mc.listen,
             mc.scheduler,
             mc.down_after_ms
@@ -74,6 +126,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .send(LoadAll::<WorkerTaskRecord>::new())
             .await?
             .context("cannot load the worker's tasks")?;
+        let tls = worker_keys(&config, wc, &manager_url).await?;
+        let to_manager = tls.client(Expect::Manager).context("worker: TLS set-up")?;
+        let manager = Client::new(&manager_url, &to_manager)?;
+        let beat = Client::with_timeout(&manager_url, &to_manager, HEARTBEAT_TIMEOUT)?;
+        let server_tls = tls
+            .server(ClientCerts::Required)
+            .context("worker: TLS set-up")?;
         let stats = Stats::start(&config.data_dir, SAMPLE_EVERY);
         // Bind before the worker starts, so it registers a reachable address.
         let worker_addr = wc.listen;
@@ -81,7 +140,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("worker: cannot listen on {worker_addr}"))?;
         let worker = Worker::new(
             wc,
-            &manager_url,
+            manager,
+            beat,
             store.clone(),
             stats,
             records,
@@ -90,13 +150,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         )
         .start();
         let data = web::Data::new(worker);
-        let server = serve(listener, move |cfg| {
+        let server = serve(listener, server_tls, move |cfg| {
             cfg.app_data(data.clone());
             crate::worker::routes::configure(cfg);
         })
         .with_context(|| format!("worker: cannot serve on {worker_addr}"))?;
         log::info!(
-            "worker {}: listening on http://{worker_addr}, manager {manager_url}",
+            "worker {}: listening on https://{worker_addr}, manager {manager_url}",
             wc.name
         );
         servers.push(server);
@@ -115,20 +175,105 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
 }
 
+/// A worker's certificate: the one it holds, or one it gets by joining.
+async fn worker_keys(
+    config: &NodeConfig,
+    wc: &WorkerConfig,
+    manager_url: &str,
+) -> anyhow::Result<NodeTls> {
+    if let Some(tls) =
+        load_node_keys(&config.data_dir).context("worker: cannot read its certificate")?
+    {
+        let holder = tls.identity()?;
+        if holder != Identity::worker(&wc.name) {
+            anyhow::bail!(
+                "worker: {} holds the certificate of {holder}, not of worker {}; give this worker its own data_dir",
+                config.data_dir.display(),
+                wc.name
+            );
+        }
+        return Ok(tls);
+    }
+    let token = std::env::var("CUBE_JOIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| wc.join_token.clone());
+    let tls = join(
+        &config.data_dir,
+        &wc.name,
+        &[wc.advertise_host()],
+        manager_url,
+        token.as_deref(),
+    )
+    .await
+    .with_context(|| format!("worker {} cannot join", wc.name))?;
+    log::info!(
+        "worker {}: joined the cluster of {manager_url}; certificate saved in {}",
+        wc.name,
+        crate::security::files::pki_dir(&config.data_dir).display()
+    );
+    Ok(tls)
+}
+
+fn log_manager_keys(data_dir: &Path, new_cluster: bool) {
+    if new_cluster {
+        log::info!("manager: a new cluster: its CA was made");
+    }
+    log::info!(
+        "manager: CA certificate {}; worker join token in {}; admin token in {}",
+        crate::security::files::ca_path(data_dir).display(),
+        crate::security::files::worker_token_path(data_dir).display(),
+        crate::security::files::admin_token_path(data_dir).display()
+    );
+}
+
+/// Writes the CLI's client file (the manager's URL, the CA, the admin
+/// token; 0600), so that a user on this machine reaches the manager with
+/// no flags. Failing to write it is not fatal: the tokens are in the data
+/// dir.
+fn write_client_file(mc: &ManagerConfig, data_dir: &Path, url: &str, admin_secret: &str) {
+    let Some(path) = mc.client_file.clone().or_else(default_client_file) else {
+        log::warn!("manager: no home directory; no client file written");
+        return;
+    };
+    let ca = crate::security::files::ca_path(data_dir);
+    let ca = std::path::absolute(&ca).unwrap_or(ca);
+    let text = ClientFile {
+        manager: url.to_string(),
+        ca: ca.clone(),
+        token: admin_secret.to_string(),
+    }
+    .to_toml();
+    match write_file(&path, text.as_bytes(), true) {
+        Ok(()) => log::info!(
+            "manager: client file for the CLI written to {}",
+            path.display()
+        ),
+        Err(e) => log::warn!("manager: cannot write the client file: {e}"),
+    }
+}
+
 /// Serves one App (its routes and data set by `configure`) on `listener`
-/// with one worker thread, as actix-web's `HttpServer` would (same
+/// over TLS with one worker thread, as actix-web's `HttpServer` would (same
 /// timeouts, signals and graceful shutdown), except that each connection is
 /// wrapped so that the errors actix-http answers before any App runs (request
 /// heads too large, malformed or too slow) are JSON too; the App's own errors
-/// are made JSON by `api_error`.
-fn serve<F>(listener: std::net::TcpListener, configure: F) -> std::io::Result<Server>
+/// are made JSON by `api_error`. The identity a verified client certificate
+/// names goes into the connection's data (see `security::peer`).
+fn serve<F>(
+    listener: std::net::TcpListener,
+    tls: rustls::ServerConfig,
+    configure: F,
+) -> std::io::Result<Server>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
     let addr = listener.local_addr()?;
+    let mut acceptor = Acceptor::new(tls);
+    acceptor.set_handshake_timeout(TLS_HANDSHAKE_TIMEOUT);
     let builder = actix_server::Server::build().workers(1);
     let shutdown = builder.graceful_shutdown_signal();
-    let builder = builder.listen(format!("cube-http-{addr}"), listener, move || {
+    let builder = builder.listen(format!("cube-https-{addr}"), listener, move || {
         let configure = configure.clone();
         let app = fn_factory(move || {
             App::new()
@@ -147,13 +292,24 @@ where
                 let shutdown = shutdown.clone();
                 async move { shutdown.notified().await }
             })
+            .on_connect_ext(|io: &JsonErrorHeads<TlsStream<TcpStream>>, data| {
+                let (_, session) = io.get_ref().get_ref();
+                if let Some(cert) = session.peer_certificates().and_then(|c| c.first())
+                    && let Ok(identity) = Identity::of_cert(cert)
+                {
+                    data.insert(identity);
+                }
+            })
             .finish(app);
-        fn_service(|io: actix_rt::net::TcpStream| async move {
-            let peer = io.peer_addr().ok();
-            let io = crate::api_error::connection::JsonErrorHeads::new(io);
-            Ok::<_, DispatchError>((io, Protocol::Http1, peer))
-        })
-        .and_then(http)
+        acceptor
+            .clone()
+            .map_err(|e| DispatchError::Io(std::io::Error::other(e.to_string())))
+            .and_then(fn_service(|io: TlsStream<TcpStream>| async move {
+                let peer = io.get_ref().0.peer_addr().ok();
+                let io = JsonErrorHeads::new(io);
+                Ok::<_, DispatchError>((io, Protocol::Http1, peer))
+            }))
+            .and_then(http)
     })?;
     Ok(builder.run())
 }

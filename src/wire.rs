@@ -114,3 +114,31 @@ pub struct Follow {
     #[serde(default)]
     pub follow: bool,
 }
+
+/// The cluster's CA certificate (PEM), which a joining node checks against
+/// the digest in its join token before it sends anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaCertificate {
+    pub ca: String,
+}
+
+/// A worker asks to join: a certificate for its name and addresses, for
+/// the key of its certificate signing request (the key stays with it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub name: String,
+    /// The secret part of the join token.
+    pub secret: String,
+    /// Where the manager will reach it: DNS names or IP addresses.
+    pub hosts: Vec<String>,
+    /// PEM.
+    pub csr: String,
+}
+
+/// The worker's certificate (PEM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinReply {
+    pub certificate: String,
+}

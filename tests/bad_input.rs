@@ -13,13 +13,36 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-/// A dev node, ready; its manager's and its worker's base URLs.
-async fn node() -> (Cluster, String, String) {
+/// An API under test: its base URL, and how to reach it (TLS as the
+/// manager's users do, or as the manager does for a worker).
+struct Target {
+    base: String,
+    http: reqwest::Client,
+    tls: rustls::ClientConfig,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+/// A dev node, ready; its manager and its worker.
+async fn node() -> (Cluster, Target, Target) {
     let cluster = Cluster::dev();
     cluster.ready().await;
+    let files = cluster.files();
     let nodes = cluster.client().nodes().await.unwrap();
-    let worker = nodes[0].address.clone();
-    let manager = cluster.manager_url.clone();
+    let worker = Target {
+        base: nodes[0].address.clone(),
+        http: files.worker_http(&nodes[0].name),
+        tls: files.manager_tls(&nodes[0].name),
+    };
+    let manager = Target {
+        base: cluster.manager_url.clone(),
+        http: files.http(),
+        tls: files.user_tls(),
+    };
     (cluster, manager, worker)
 }
 
@@ -114,13 +137,15 @@ fn parse_responses(mut bytes: &[u8]) -> Vec<Raw> {
 /// Sends raw bytes on a new connection, optionally waits, and reads until the
 /// server closes it. A server that closes with some of a too large request
 /// unread resets the connection: what was read until then counts.
-async fn raw(base: &str, request: Vec<u8>, pause: Duration) -> Vec<Raw> {
-    let addr = base.trim_start_matches("http://").to_string();
+async fn raw(target: &Target, request: Vec<u8>, pause: Duration) -> Vec<Raw> {
+    let addr = target.base.trim_start_matches("https://").to_string();
+    let tls = std::sync::Arc::new(target.tls.clone());
     tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(&addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        let tcp = TcpStream::connect(&addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(tls, name).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
         // The server may stop reading (and close) before all is written.
         let _ = stream.write_all(&request);
         std::thread::sleep(pause);
@@ -138,18 +163,18 @@ async fn raw(base: &str, request: Vec<u8>, pause: Duration) -> Vec<Raw> {
     .unwrap()
 }
 
-async fn raw_one(base: &str, request: Vec<u8>) -> Raw {
-    let mut responses = raw(base, request, Duration::ZERO).await;
+async fn raw_one(target: &Target, request: Vec<u8>) -> Raw {
+    let mut responses = raw(target, request, Duration::ZERO).await;
     assert_eq!(responses.len(), 1, "{responses:?}");
     responses.remove(0)
 }
 
 #[tokio::test]
 async fn every_error_of_manager_and_worker_is_json_with_a_fitting_status() {
-    let (_cluster, manager, worker) = node().await;
-    let http = reqwest::Client::new();
+    let (cluster, manager, worker) = node().await;
     let task = uuid::Uuid::new_v4();
     for base in [&manager, &worker] {
+        let http = &base.http;
         // 404: no such path.
         let r = http
             .get(format!("{base}/no/such/path"))
@@ -277,8 +302,18 @@ async fn every_error_of_manager_and_worker_is_json_with_a_fitting_status() {
             .json_error(&format!("{base} malformed head"), 400);
     }
 
-    // The manager's worker-facing routes: wrong content type, missing field.
-    let r = http
+    // The manager's worker-facing routes (called with the worker's
+    // certificate): wrong content type, missing field.
+    let as_worker = reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            cluster
+                .dev_worker_tls()
+                .client(cube::security::tls::Expect::Manager)
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let r = as_worker
         .post(format!("{manager}/workers/heartbeat"))
         .header("content-type", "text/plain")
         .body("{}")
@@ -286,7 +321,7 @@ async fn every_error_of_manager_and_worker_is_json_with_a_fitting_status() {
         .await
         .unwrap();
     json_error("heartbeat as text", r, 415).await;
-    let r = http
+    let r = as_worker
         .post(format!("{manager}/workers/heartbeat"))
         .json(&json!({"name": "w"}))
         .send()
@@ -296,7 +331,8 @@ async fn every_error_of_manager_and_worker_is_json_with_a_fitting_status() {
     assert_eq!(body["field"], "instance", "{body}");
 
     // Nothing was stored by any of it.
-    let tasks: Value = http
+    let tasks: Value = manager
+        .http
         .get(format!("{manager}/tasks"))
         .send()
         .await
@@ -361,7 +397,7 @@ async fn specs_out_of_bounds_are_refused_by_the_manager_naming_the_field() {
 #[tokio::test]
 async fn the_worker_refuses_a_bad_assignment_naming_the_field() {
     let (cluster, _manager, worker) = node().await;
-    let http = reqwest::Client::new();
+    let http = &worker.http;
     let task = uuid::Uuid::new_v4();
     let assignment = |spec: Value| json!({"task_id": task, "attempt": 1, "spec": spec});
     let base = json!({"name": "direct", "image": IMAGE, "cmd": ["/echo", "serve", "7777"]});

@@ -68,8 +68,8 @@ async fn kill9_of_the_worker_keeps_its_container_and_starts_no_copy() {
     }
     // It re-registers and the task is still the same container.
     let client = cluster.client();
-    let nodes_url = cluster.client().nodes().await.unwrap()[0].address.clone();
-    let worker = cube::client::Client::new(&nodes_url);
+    let node = cluster.client().nodes().await.unwrap().remove(0);
+    let worker = cluster.worker_client(&node.address, &node.name);
     let readopted = wait_for("the restarted worker to re-adopt", T, || {
         let worker = worker.clone();
         async move {
@@ -125,7 +125,8 @@ async fn kill9_of_the_manager_loses_no_task_and_duplicates_none() {
     std::fs::write(&spec_path, serve_spec("late").to_string()).unwrap();
     let asked = Instant::now();
     for args in [vec!["status"], vec!["run", spec_path.to_str().unwrap()]] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cube"))
+        let out = cluster
+            .cli()
             .args(["--manager", &cluster.manager_url])
             .args(&args)
             .output()

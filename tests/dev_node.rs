@@ -56,7 +56,7 @@ async fn a_task_runs_with_its_env_command_and_ports_and_stop_removes_it() {
 
     // The workload answers on the published port with the spec's env.
     let body = wait_for("the workload to answer", T, || async move {
-        let r = reqwest::get(format!("http://127.0.0.1:{host_port}/"))
+        let r = plain_get(&format!("http://127.0.0.1:{host_port}/"))
             .await
             .ok()?;
         r.text().await.ok()
@@ -136,7 +136,8 @@ async fn bad_specs_are_refused_naming_the_field() {
         assert!(body["error"].is_string(), "{body}");
         assert_eq!(body["field"].as_str(), field, "{spec} -> {body}");
     }
-    let r = reqwest::Client::new()
+    let r = cluster
+        .http()
         .post(format!("{}/tasks", cluster.manager_url))
         .header("content-type", "application/json")
         .body("{not json")
@@ -145,20 +146,26 @@ async fn bad_specs_are_refused_naming_the_field() {
         .unwrap();
     assert_eq!(r.status(), 400);
     // Unknown ids are a JSON 404; what is no task id at all, a 400 naming it.
-    let r = reqwest::get(format!(
-        "{}/tasks/{}",
-        cluster.manager_url,
-        uuid::Uuid::new_v4()
-    ))
-    .await
-    .unwrap();
+    let r = cluster
+        .http()
+        .get(format!(
+            "{}/tasks/{}",
+            cluster.manager_url,
+            uuid::Uuid::new_v4()
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(
         body["error"].as_str().unwrap().contains("no task"),
         "{body}"
     );
-    let r = reqwest::get(format!("{}/tasks/nope", cluster.manager_url))
+    let r = cluster
+        .http()
+        .get(format!("{}/tasks/nope", cluster.manager_url))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
@@ -198,7 +205,7 @@ async fn with_the_engine_down_the_node_says_so_and_keeps_running() {
     )]);
     cluster.ready().await;
     let nodes = cluster.client().nodes().await.unwrap();
-    let worker = cube::client::Client::new(&nodes[0].address);
+    let worker = cluster.worker_client(&nodes[0].address, &nodes[0].name);
     let stats = wait_for("the worker to report the engine down", T, || {
         let worker = worker.clone();
         async move {

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -18,13 +17,9 @@ async fn kill9_of_a_dev_node_loses_no_acknowledged_task() {
     let posts = (0..8).map(|i| {
         let spec = echo_spec(&format!("d{i}"), &["/echo", "serve", "7777"]);
         let url = format!("{}/tasks", cluster.manager_url);
+        let http = cluster.http();
         async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&spec)
-                .send()
-                .await
-                .unwrap();
+            let r = http.post(url).json(&spec).send().await.unwrap();
             assert_eq!(r.status(), 201);
             r.json::<serde_json::Value>().await.unwrap()["id"]
                 .as_str()
@@ -57,13 +52,10 @@ async fn kill9_of_a_dev_node_loses_no_acknowledged_task() {
     }
 }
 
-fn cube(manager: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cube"))
-        .arg("--manager")
-        .arg(manager)
-        .args(args)
-        .output()
-        .expect("cannot run cube");
+/// The CLI as a user on the manager's machine runs it: no flags, the
+/// manager's client file says where it is, which CA to trust and the token.
+fn cube(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = cluster.cli().args(args).output().expect("cannot run cube");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -76,41 +68,43 @@ async fn the_cli_runs_shows_and_stops_tasks() {
     ensure_image();
     let cluster = Cluster::dev();
     cluster.ready().await;
-    let url = cluster.manager_url.clone();
     let repo = env!("CARGO_MANIFEST_DIR");
 
     // A TOML spec (exits 3 after a second) and the JSON example.
-    let (ok, out, err) = cube(&url, &["--json", "run", &format!("{repo}/data/task2.toml")]);
+    let (ok, out, err) = cube(
+        &cluster,
+        &["--json", "run", &format!("{repo}/data/task2.toml")],
+    );
     assert!(ok, "{err}");
     let failing: serde_json::Value = serde_json::from_str(&out).unwrap();
     let failing_id = failing["id"].as_str().unwrap().to_string();
-    let (ok, out, err) = cube(&url, &["run", &format!("{repo}/data/task1.json")]);
+    let (ok, out, err) = cube(&cluster, &["run", &format!("{repo}/data/task1.json")]);
     assert!(ok, "{err}");
     assert!(out.contains("accepted"), "{out}");
     let echo_id = out.split_whitespace().nth(1).unwrap().to_string();
 
     cluster.wait_state(&echo_id, "Running", T).await;
     cluster.wait_state(&failing_id, "Failed", T).await;
-    let (ok, out, _) = cube(&url, &["status"]);
+    let (ok, out, _) = cube(&cluster, &["status"]);
     assert!(ok);
     assert!(out.starts_with("ID"), "{out}");
     assert!(out.contains("Running") && out.contains("Failed"), "{out}");
-    let (ok, out, _) = cube(&url, &["--json", "status", &failing_id[..8]]);
+    let (ok, out, _) = cube(&cluster, &["--json", "status", &failing_id[..8]]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["exit_code"], 3);
-    let (ok, out, _) = cube(&url, &["nodes"]);
+    let (ok, out, _) = cube(&cluster, &["nodes"]);
     assert!(ok);
     assert!(out.contains(&cluster.worker_names[0]), "{out}");
 
     // Bad input names the field and changes nothing.
     let bad = cluster.dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"name": "x", "image": "y", "cpu": "lots"}"#).unwrap();
-    let (ok, _, err) = cube(&url, &["run", bad.to_str().unwrap()]);
+    let (ok, _, err) = cube(&cluster, &["run", bad.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("`cpu`"), "{err}");
 
-    let (ok, out, err) = cube(&url, &["stop", &echo_id]);
+    let (ok, out, err) = cube(&cluster, &["stop", &echo_id]);
     assert!(ok, "{err}");
     assert!(out.contains("Completed"), "{out}");
     assert!(containers_of_task(&echo_id).is_empty());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use common::*;
-use cube::client::{Client, ClientError};
+use cube::client::ClientError;
 use cube::runtime::Engine;
 use cube::runtime::docker::DockerEngine;
 use cube::task::TaskState;
@@ -111,8 +111,8 @@ async fn a_stop_to_a_worker_whose_engine_is_out_of_reach_is_an_error_until_it_is
     let id = submit(&cluster, &spec).await;
     let running = cluster.wait_state(&id, "Running", T).await;
     let container = running.container_id.clone().unwrap();
-    let address = cluster.client().nodes().await.unwrap()[0].address.clone();
-    let worker = Client::new(&address);
+    let node = cluster.client().nodes().await.unwrap().remove(0);
+    let worker = cluster.worker_client(&node.address, &node.name);
     let task: uuid::Uuid = id.parse().unwrap();
 
     // kill -9 of the worker; it comes back, but its engine does not.
@@ -186,7 +186,7 @@ async fn a_task_back_on_a_worker_as_a_newer_attempt_survives_a_kill_of_that_work
             nodes.into_iter().find(|n| n.name == name).unwrap().address
         }
     };
-    let worker_a = Client::new(&address(home.clone()).await);
+    let worker_a = cluster.worker_client(&address(home.clone()).await, &home);
 
     // Attempt 1 on A; A dies; attempt 2 runs on B.
     cluster.nodes[a].kill9();

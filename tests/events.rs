@@ -83,7 +83,8 @@ async fn the_events_stream_shows_a_tasks_transitions_in_order() {
     );
 
     // The CLI shows the same history.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cube"))
+    let out = cluster
+        .cli()
         .args(["--manager", &cluster.manager_url, "events"])
         .output()
         .unwrap();

@@ -3,8 +3,8 @@
 //! (`crate::x`), never a higher one; `heed` is named only in `store.rs` and
 //! `bollard` only in `runtime/docker.rs`.
 //!
-//! store, api_error → task → wire → config → scheduler, runtime → core →
-//! client → manager, worker → node, cli
+//! store, api_error → task, security → wire → config → scheduler, runtime →
+//! core → client → manager, worker → node, cli
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("store", 0),
     ("api_error", 0),
     ("task", 1),
+    ("security", 1),
     ("wire", 2),
     ("config", 3),
     ("scheduler", 4),

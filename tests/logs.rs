@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -12,7 +12,7 @@ const T: Duration = Duration::from_secs(60);
 
 async fn hit(port: u16, path: &str) {
     let url = format!("http://127.0.0.1:{port}{path}");
-    let r = reqwest::get(&url).await.expect("the task answers");
+    let r = plain_get(&url).await.expect("the task answers");
     assert!(r.status().is_success() || r.status().as_u16() == 404);
 }
 
@@ -34,8 +34,8 @@ async fn cube_logs_shows_the_workloads_output_and_follows_it() {
     hit(port, "/first").await;
 
     // Without -f: what the container said so far, then the command ends.
-    let cube = env!("CARGO_BIN_EXE_cube");
-    let out = Command::new(cube)
+    let out = cluster
+        .cli()
         .args(["--manager", &cluster.manager_url, "logs", &id[..8]])
         .output()
         .unwrap();
@@ -50,7 +50,8 @@ async fn cube_logs_shows_the_workloads_output_and_follows_it() {
 
     // With -f: later output arrives while the command runs.
     let log_path = cluster.dir.path().join("follow.out");
-    let mut follower = Command::new(cube)
+    let mut follower = cluster
+        .cli()
         .args(["--manager", &cluster.manager_url, "logs", "-f", &id])
         .stdout(Stdio::from(std::fs::File::create(&log_path).unwrap()))
         .stderr(Stdio::null())
@@ -78,7 +79,8 @@ async fn cube_logs_shows_the_workloads_output_and_follows_it() {
     }
 
     // A task with no container says so.
-    let out = Command::new(cube)
+    let out = cluster
+        .cli()
         .args(["--manager", &cluster.manager_url, "logs", &id])
         .output()
         .unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProc, free_port, wait_for};
+use common::{NodeProc, free_port, manager_files, wait_for};
 use serde_json::{Value, json};
 
 /// A spec of ~60 KiB (its env), so that a 2 MB store fills in ~25 tasks.
@@ -20,27 +20,30 @@ fn big_spec(i: usize) -> Value {
 }
 
 /// A manager process (no worker) with `top` as extra top-level config;
-/// its directory, process and base URL, once it answers.
-async fn manager(top: &str) -> (tempfile::TempDir, NodeProc, String) {
+/// its directory, process, base URL and an admin's HTTP client, once it
+/// answers.
+async fn manager(top: &str) -> (tempfile::TempDir, NodeProc, String, reqwest::Client) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     let config = dir.path().join("manager.toml");
     std::fs::write(
         &config,
         format!(
-            "role = \"manager\"\ndata_dir = \"{}\"\n{top}[manager]\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("data").display()
+            "role = \"manager\"\ndata_dir = \"{}\"\n{top}[manager]\nlisten = \"127.0.0.1:{port}\"\n\
+             client_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("client.toml").display()
         ),
     )
     .unwrap();
     let node = NodeProc::start(config, dir.path().join("manager.log"), vec![]);
-    let http = reqwest::Client::new();
+    let http = manager_files(&dir.path().join("data")).http();
     wait_for("the manager", Duration::from_secs(30), || async {
         http.get(format!("{base}/nodes")).send().await.ok()
     })
     .await;
-    (dir, node, base)
+    (dir, node, base, http)
 }
 
 async fn page(http: &reqwest::Client, base: &str, query: &str) -> Value {
@@ -55,8 +58,7 @@ async fn page(http: &reqwest::Client, base: &str, query: &str) -> Value {
 
 #[tokio::test]
 async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_tasks() {
-    let (_dir, _node, base) = manager("store_map_mb = 2\n").await;
-    let http = reqwest::Client::new();
+    let (_dir, _node, base, http) = manager("store_map_mb = 2\n").await;
 
     // Submit until the store refuses; stop every other task (no worker:
     // a stop ends a Pending task at once, Completed).
@@ -150,8 +152,7 @@ async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_task
 
 #[tokio::test]
 async fn a_store_full_of_live_tasks_still_stops_them_and_then_takes_more() {
-    let (_dir, _node, base) = manager("store_map_mb = 2\n").await;
-    let http = reqwest::Client::new();
+    let (_dir, _node, base, http) = manager("store_map_mb = 2\n").await;
 
     // Fill with Pending tasks only: nothing has ended, nothing can be
     // removed to make room.
@@ -216,8 +217,7 @@ async fn a_store_full_of_live_tasks_still_stops_them_and_then_takes_more() {
 
 #[tokio::test]
 async fn get_tasks_pages_with_a_cursor_and_filters() {
-    let (_dir, _node, base) = manager("").await;
-    let http = reqwest::Client::new();
+    let (_dir, _node, base, http) = manager("").await;
     let mut ids = Vec::new();
     for i in 0..25 {
         let spec = json!({"name": format!("t{i}"), "image": "cube-demo/echo:latest"});

@@ -16,12 +16,17 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use uuid::Uuid;
 
 use common::wait_for;
+use cube::client::Client;
 use cube::config::WorkerConfig;
 use cube::runtime::fake::FakeEngine;
+use cube::security::identity::Identity;
+use cube::security::pki::Ca;
+use cube::security::tls::{ClientCerts, Expect, NodeTls};
 use cube::store::{LoadAll, Store};
 use cube::task::TaskState;
 use cube::wire::{Assignment, HeartbeatReply, RegistrationReply, ReportReply, TaskStatus};
 use cube::worker::Worker;
+use cube::worker::actor::HEARTBEAT_TIMEOUT;
 use cube::worker::actor::{Assign, ListStatuses, StopTask};
 use cube::worker::record::WorkerTaskRecord;
 use cube::worker::stats::{SAMPLE_EVERY, Stats};
@@ -41,10 +46,28 @@ struct Seen {
 struct FakeManager {
     url: String,
     seen: Arc<Mutex<Seen>>,
+    /// What the worker presents: a certificate of the fake manager's CA.
+    worker_tls: NodeTls,
+}
+
+/// A CA and two certificates of it: the fake manager's and the worker's.
+fn certificates() -> (NodeTls, NodeTls) {
+    let ca = Ca::create().unwrap();
+    let hour = Duration::from_secs(3600);
+    let local = ["127.0.0.1".to_string()];
+    let tls = |who: &Identity| {
+        let issued = ca.issue(who, &local, hour).unwrap();
+        NodeTls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
+    };
+    (
+        tls(&Identity::manager("manager")),
+        tls(&Identity::worker(NODE)),
+    )
 }
 
 impl FakeManager {
     fn start() -> FakeManager {
+        let (manager_tls, worker_tls) = certificates();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let data = web::Data::new(seen.clone());
         let server = HttpServer::new(move || {
@@ -62,11 +85,18 @@ impl FakeManager {
                 .route("/workers/reports", web::post().to(report))
         })
         .workers(1)
-        .bind("127.0.0.1:0")
+        .bind_rustls_0_23(
+            "127.0.0.1:0",
+            manager_tls.server(ClientCerts::Required).unwrap(),
+        )
         .expect("cannot bind the fake manager");
-        let url = format!("http://{}", server.addrs()[0]);
+        let url = format!("https://{}", server.addrs()[0]);
         actix_rt::spawn(server.run());
-        FakeManager { url, seen }
+        FakeManager {
+            url,
+            seen,
+            worker_tls,
+        }
     }
 
     fn reports(&self) -> Vec<TaskStatus> {
@@ -108,10 +138,13 @@ impl WorkerProc {
         .unwrap();
         let stats = Stats::start(dir, SAMPLE_EVERY);
         let (fatal, _) = tokio::sync::mpsc::unbounded_channel();
-        let (store, engine, url) = (store.clone(), engine.clone(), manager.url.clone());
+        let (store, engine) = (store.clone(), engine.clone());
+        let to_manager = manager.worker_tls.client(Expect::Manager).unwrap();
+        let client = Client::new(&manager.url, &to_manager).unwrap();
+        let beat = Client::with_timeout(&manager.url, &to_manager, HEARTBEAT_TIMEOUT).unwrap();
         let arbiter = Arbiter::new();
         let addr = Worker::start_in_arbiter(&arbiter.handle(), move |_| {
-            Worker::new(&config, &url, store, stats, records, fatal, engine)
+            Worker::new(&config, client, beat, store, stats, records, fatal, engine)
         });
         WorkerProc { arbiter, addr }
     }

@@ -66,32 +66,67 @@ impl Drop for Node {
 }
 
 /// Starts a release `dev` node (manager and worker `name`) in `dir` on free
-/// loopback ports and waits until its worker has registered; the node and
-/// the manager's base URL.
-pub async fn start_dev_node(dir: &Path, name: &str) -> (Node, String) {
+/// loopback ports and waits until its worker has registered; the node, the
+/// manager's base URL and an admin's HTTP client of it.
+pub async fn start_dev_node(dir: &Path, name: &str) -> (Node, String, reqwest::Client) {
     let (mport, wport) = (free_port(), free_port());
     let node = Node::start(
         dir,
         "dev",
         &format!(
             "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
+             client_file = \"{}\"\n\
              [worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            dir.join("client.toml").display()
         ),
     );
-    let base = format!("http://127.0.0.1:{mport}");
-    let http = reqwest::Client::new();
+    let base = format!("https://127.0.0.1:{mport}");
+    let http = admin_http(&dir.join("client.toml"), 64).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = http.get(format!("{base}/nodes")).send().await
             && let Ok(nodes) = r.json::<Vec<serde_json::Value>>().await
             && !nodes.is_empty()
         {
-            return (node, base);
+            return (node, base, http);
         }
         assert!(Instant::now() < deadline, "the cube node did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An HTTP client of a manager as its admin, from the client file it
+/// writes (waited for): its CA trusted, its admin token sent; keeps up to
+/// `pool` idle connections.
+pub async fn admin_http(client_file: &Path, pool: usize) -> reqwest::Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        if let Ok(file) = cube::config::ClientFile::load(client_file) {
+            break file;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the manager wrote no client file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ca = std::fs::read_to_string(&file.ca).expect("the CA");
+    let tls = cube::security::tls::Trust::from_pem(&ca)
+        .expect("a PEM CA")
+        .client(cube::security::tls::Expect::Manager)
+        .expect("TLS");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", file.token).parse().expect("a header"),
+    );
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .default_headers(headers)
+        .pool_max_idle_per_host(pool)
+        .build()
+        .expect("an HTTP client")
 }
 
 pub fn free_port() -> u16 {

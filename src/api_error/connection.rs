@@ -37,6 +37,11 @@ impl<T> JsonErrorHeads<T> {
             sent: 0,
         }
     }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
 }
 
 impl<T: AsyncWrite + Unpin> JsonErrorHeads<T> {

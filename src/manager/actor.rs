@@ -24,6 +24,7 @@ use crate::core::nodes::{NodeRecord, NodeView};
 use crate::core::{
     ClusterState, Command, CoreError, Effect, Now, Reply, Staged, TaskPage, TaskQuery, apply,
 };
+use crate::security::tls::{Expect, NodeTls};
 use crate::store::{Commit, Store, StoreError, Write};
 use crate::task::{DesiredState, TaskRecord, TaskSpec, TaskState};
 use crate::wire::{
@@ -77,14 +78,16 @@ pub struct Manager {
     events: EventLog,
     queue: Vec<Queued>,
     flush_scheduled: bool,
-    /// One HTTP client per worker address, reused.
-    clients: HashMap<String, Client>,
+    /// One HTTP client per worker (address and name), reused.
+    clients: HashMap<(String, String), Client>,
+    /// The manager's certificate: it calls workers with it.
+    tls: NodeTls,
     /// The batch in flight is a relief from a full store.
     relieving: bool,
 }
 
 impl Manager {
-    pub fn new(store: Addr<Store>, state: ClusterState) -> Self {
+    pub fn new(store: Addr<Store>, state: ClusterState, tls: NodeTls) -> Self {
         Manager {
             store,
             state,
@@ -92,6 +95,7 @@ impl Manager {
             queue: Vec::new(),
             flush_scheduled: false,
             clients: HashMap::new(),
+            tls,
             relieving: false,
         }
     }
@@ -224,15 +228,29 @@ impl Manager {
         }
     }
 
-    /// The client of a node's worker (one per address, reused).
+    /// The client of a node's worker (one per address and name, reused):
+    /// it presents the manager's certificate and accepts only that
+    /// worker's.
     fn client_for(&mut self, node: &str) -> Option<Client> {
-        let address = self.state.node(node)?.address.clone();
-        Some(
-            self.clients
-                .entry(address.clone())
-                .or_insert_with(|| Client::new(&address))
-                .clone(),
-        )
+        let key = (self.state.node(node)?.address.clone(), node.to_string());
+        if let Some(client) = self.clients.get(&key) {
+            return Some(client.clone());
+        }
+        let client = self
+            .tls
+            .client(Expect::Worker(node.to_string()))
+            .map_err(|e| e.to_string())
+            .and_then(|tls| Client::new(&key.0, &tls).map_err(|e| e.to_string()));
+        match client {
+            Ok(client) => {
+                self.clients.insert(key, client.clone());
+                Some(client)
+            }
+            Err(e) => {
+                log::error!("manager: no client for worker {node}: {e}");
+                None
+            }
+        }
     }
 
     /// Carries out one effect of a committed batch.
@@ -555,10 +573,17 @@ impl Handler<Register> for Manager {
         // ask it who it is. A restarted worker's old process is gone (or
         // is the new process itself, at the same address).
         let namesake: Option<NodeRecord> = namesake(&self.state, &reg).cloned();
+        let probe_tls = self.tls.client(Expect::Worker(reg.name.clone()));
         let me = ctx.address();
         Box::pin(async move {
             if let Some(namesake) = namesake {
-                let probe = Client::with_timeout(&namesake.address, PROBE_TIMEOUT);
+                let probe = probe_tls
+                    .map_err(|e| e.to_string())
+                    .and_then(|tls| {
+                        Client::with_timeout(&namesake.address, &tls, PROBE_TIMEOUT)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map_err(ManagerError::Gone)?;
                 if let Ok(stats) = probe.stats().await
                     && stats.instance == namesake.instance
                 {
@@ -690,11 +715,11 @@ impl Handler<Events> for Manager {
 pub struct LogsAt(pub Uuid);
 
 impl Message for LogsAt {
-    type Result = Result<String, ManagerError>;
+    type Result = Result<Client, ManagerError>;
 }
 
 impl Handler<LogsAt> for Manager {
-    type Result = Result<String, ManagerError>;
+    type Result = Result<Client, ManagerError>;
 
     fn handle(&mut self, msg: LogsAt, _ctx: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
@@ -705,10 +730,9 @@ impl Handler<LogsAt> for Manager {
                 record.state
             ))
         })?;
+        let node = node.to_string();
         Ok(self
-            .state
-            .node(node)
-            .map(|n| n.address.clone())
+            .client_for(&node)
             .ok_or_else(|| CoreError::Conflict(format!("task {id} is on unknown node {node}")))?)
     }
 }

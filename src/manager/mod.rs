@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod events;
+pub mod join;
 pub mod routes;
 
 pub use actor::Manager;

@@ -13,6 +13,7 @@ use super::actor::{
 };
 use crate::api_error::ApiError;
 use crate::core::{CoreError, TaskQuery};
+use crate::security::peer::WorkerPeer;
 use crate::task::spec;
 use crate::wire::Follow;
 use crate::wire::{Heartbeat, Registration, TaskStatus};
@@ -180,15 +181,12 @@ async fn task_logs(
     query: web::Query<Follow>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let address = manager.send(LogsAt(id)).await.map_err(mailbox)??;
+    let worker = manager.send(LogsAt(id)).await.map_err(mailbox)??;
     let path = format!("/tasks/{id}/logs?follow={}", query.follow);
-    let stream = crate::client::Client::new(&address)
-        .stream(&path)
-        .await
-        .map_err(|e| match e {
-            crate::client::ClientError::Api { error, .. } => error,
-            e => ApiError::unavailable(format!("the task's worker cannot be reached: {e}")),
-        })?;
+    let stream = worker.stream(&path).await.map_err(|e| match e {
+        crate::client::ClientError::Api { error, .. } => error,
+        e => ApiError::unavailable(format!("the task's worker cannot be reached: {e}")),
+    })?;
     let stream = stream.map(|chunk| chunk.map_err(actix_web::error::ErrorBadGateway));
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
@@ -226,11 +224,13 @@ async fn events(
 }
 
 async fn register(
+    caller: WorkerPeer,
     manager: web::Data<Addr<Manager>>,
     reg: web::Json<Registration>,
 ) -> Result<HttpResponse, ApiError> {
     crate::config::validate_node_name(&reg.name)
         .map_err(|m| ApiError::bad_request(m, Some("name".into())))?;
+    caller.must_be(&reg.name)?;
     let reply = manager
         .send(Register(reg.into_inner()))
         .await
@@ -239,9 +239,11 @@ async fn register(
 }
 
 async fn heartbeat(
+    caller: WorkerPeer,
     manager: web::Data<Addr<Manager>>,
     beat: web::Json<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.must_be(&beat.name)?;
     let reply = manager
         .send(Beat(beat.into_inner()))
         .await
@@ -250,9 +252,11 @@ async fn heartbeat(
 }
 
 async fn report(
+    caller: WorkerPeer,
     manager: web::Data<Addr<Manager>>,
     status: web::Json<TaskStatus>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.must_be(&status.node)?;
     let reply = manager
         .send(Report(status.into_inner()))
         .await

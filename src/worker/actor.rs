@@ -30,7 +30,7 @@ use crate::wire::{Assignment, EngineStatus, Heartbeat, NodeStats, Registration, 
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// A heartbeat the manager has not answered by then is lost.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a worker cannot go on; `node::run` ends the process with it.
 pub type Fatal = tokio::sync::mpsc::UnboundedSender<String>;
@@ -102,9 +102,14 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// `manager` and `beat` are clients of the manager (TLS, presenting
+    /// this worker's certificate); `beat` gives up within a heartbeat
+    /// timeout ([`HEARTBEAT_TIMEOUT`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &WorkerConfig,
-        manager_url: &str,
+        manager: Client,
+        beat: Client,
         store: Addr<Store>,
         stats: Addr<Stats>,
         records: Vec<WorkerTaskRecord>,
@@ -129,8 +134,8 @@ impl Worker {
             heartbeat: config.heartbeat(),
             backoff: config.restart_backoff.backoff(),
             orphan_grace: Duration::from_millis(config.orphan_grace_ms),
-            manager: Client::new(manager_url),
-            beat_client: Client::with_timeout(manager_url, HEARTBEAT_TIMEOUT),
+            manager,
+            beat_client: beat,
             registered: false,
             registering: false,
             beat_in_flight: false,

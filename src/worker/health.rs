@@ -21,6 +21,8 @@ use crate::wire::{Health, HealthState};
 pub enum Target {
     Http {
         url: String,
+        /// Made once per checker and reused by every check.
+        client: reqwest::Client,
     },
     Tcp {
         addr: String,
@@ -32,6 +34,8 @@ pub enum Target {
     },
     /// The check's port is not published: every check fails saying so.
     Unpublished(u16),
+    /// No HTTP client could be made: every check fails saying why.
+    Broken(String),
 }
 
 impl Target {
@@ -53,8 +57,12 @@ impl Target {
         match host_ports.get(&port) {
             None => Target::Unpublished(port),
             Some(host) => match &spec.http {
-                Some(path) => Target::Http {
-                    url: format!("http://127.0.0.1:{host}{path}"),
+                Some(path) => match crate::client::plain_http() {
+                    Ok(client) => Target::Http {
+                        url: format!("http://127.0.0.1:{host}{path}"),
+                        client,
+                    },
+                    Err(e) => Target::Broken(e.to_string()),
                 },
                 None => Target::Tcp {
                     addr: format!("127.0.0.1:{host}"),
@@ -68,19 +76,13 @@ impl Target {
 async fn probe(target: Target, timeout: Duration) -> (bool, String) {
     let run = async {
         match target {
-            Target::Http { url } => {
-                let client = reqwest::Client::builder()
-                    .timeout(timeout)
-                    .build()
-                    .unwrap_or_default();
-                match client.get(&url).send().await {
-                    Ok(r) => (
-                        r.status().is_success(),
-                        format!("HTTP {}", r.status().as_u16()),
-                    ),
-                    Err(e) => (false, format!("HTTP GET failed: {e}")),
-                }
-            }
+            Target::Http { url, client } => match client.get(&url).timeout(timeout).send().await {
+                Ok(r) => (
+                    r.status().is_success(),
+                    format!("HTTP {}", r.status().as_u16()),
+                ),
+                Err(e) => (false, format!("HTTP GET failed: {e}")),
+            },
             Target::Tcp { addr } => match tokio::net::TcpStream::connect(&addr).await {
                 Ok(_) => (true, format!("connected to {addr}")),
                 Err(e) => (false, format!("cannot connect to {addr}: {e}")),
@@ -97,6 +99,7 @@ async fn probe(target: Target, timeout: Duration) -> (bool, String) {
                 Err(e) => (false, format!("exec failed: {e}")),
             },
             Target::Unpublished(port) => (false, format!("port {port} is not published")),
+            Target::Broken(why) => (false, why),
         }
     };
     match tokio::time::timeout(timeout, run).await {
@@ -276,7 +279,7 @@ mod tests {
         let ports = std::collections::BTreeMap::from([(7777, 32001)]);
         let engine: SharedEngine = std::sync::Arc::new(crate::runtime::fake::FakeEngine::new());
         match Target::of(&spec, &ports, engine.clone(), "c".into()) {
-            Target::Http { url } => assert_eq!(url, "http://127.0.0.1:32001/health"),
+            Target::Http { url, .. } => assert_eq!(url, "http://127.0.0.1:32001/health"),
             _ => panic!("not an HTTP target"),
         }
         let none = std::collections::BTreeMap::new();

@@ -5,6 +5,7 @@
 pub mod actor;
 pub mod events;
 pub mod health;
+pub mod join;
 pub mod orphans;
 pub mod record;
 pub mod restart;

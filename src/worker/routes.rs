@@ -1,5 +1,6 @@
 //! The worker's HTTP routes, called by the manager: `POST /tasks`,
-//! `GET /tasks`, `DELETE /tasks/{id}`, `GET /stats`.
+//! `GET /tasks`, `DELETE /tasks/{id}`, `GET /stats`. Every route takes a
+//! [`ManagerPeer`]: only the cluster's manager (its certificate) may call.
 
 use actix::Addr;
 use actix_web::{HttpResponse, web};
@@ -10,6 +11,7 @@ use serde_json::Value;
 
 use super::actor::{Assign, GetNodeStats, ListStatuses, LogSource, StopTask, Worker, WorkerError};
 use crate::api_error::ApiError;
+use crate::security::peer::ManagerPeer;
 use crate::task::spec;
 use crate::wire::Assignment;
 use crate::wire::Follow;
@@ -85,6 +87,7 @@ fn parse_assignment(body: &[u8]) -> Result<Assignment, ApiError> {
 }
 
 async fn assign(
+    _caller: ManagerPeer,
     worker: web::Data<Addr<Worker>>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -93,12 +96,16 @@ async fn assign(
     Ok(HttpResponse::Ok().json(status))
 }
 
-async fn list(worker: web::Data<Addr<Worker>>) -> Result<HttpResponse, ApiError> {
+async fn list(
+    _caller: ManagerPeer,
+    worker: web::Data<Addr<Worker>>,
+) -> Result<HttpResponse, ApiError> {
     let statuses = worker.send(ListStatuses).await.map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(statuses))
 }
 
 async fn stop(
+    _caller: ManagerPeer,
     worker: web::Data<Addr<Worker>>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
@@ -108,6 +115,7 @@ async fn stop(
 
 /// The task container's stdout and stderr; `?follow=true` keeps streaming.
 async fn logs(
+    _caller: ManagerPeer,
     worker: web::Data<Addr<Worker>>,
     id: web::Path<Uuid>,
     query: web::Query<Follow>,
@@ -121,7 +129,10 @@ async fn logs(
         .streaming(stream))
 }
 
-async fn stats(worker: web::Data<Addr<Worker>>) -> Result<HttpResponse, ApiError> {
+async fn stats(
+    _caller: ManagerPeer,
+    worker: web::Data<Addr<Worker>>,
+) -> Result<HttpResponse, ApiError> {
     let stats = worker
         .send(GetNodeStats)
         .await

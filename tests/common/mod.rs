@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cube::client::Client;
+use cube::security::tls::{Expect, NodeTls, Trust};
 use cube::task::TaskRecord;
 use serde_json::Value;
 
@@ -42,6 +43,16 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free loopback port")
+}
+
+/// A plain HTTP GET, for a workload's own port (Cube's ports are all TLS).
+pub async fn plain_get(url: &str) -> reqwest::Result<reqwest::Response> {
+    static PLAIN: OnceLock<reqwest::Client> = OnceLock::new();
+    PLAIN
+        .get_or_init(|| cube::client::plain_http().unwrap())
+        .get(url)
+        .send()
+        .await
 }
 
 /// A name no other test uses: it goes into node names and so into labels.
@@ -234,10 +245,122 @@ pub fn inspect(id: &str) -> Option<Value> {
     v.get(0).cloned()
 }
 
+/// What a manager wrote under its data dir: the CA, its own certificate
+/// and key, the tokens.
+#[derive(Debug, Clone)]
+pub struct ManagerFiles {
+    pub ca_pem: String,
+    pub admin_token: String,
+    pub worker_token: String,
+    pub tls: NodeTls,
+}
+
+/// Waits (up to 30 s) until the manager whose data dir is `data_dir` has
+/// written its CA, certificate and tokens, and reads them.
+pub fn manager_files(data_dir: &Path) -> ManagerFiles {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = |f: &str| std::fs::read_to_string(data_dir.join(f)).ok();
+        if let (Some(ca_pem), Some(crt), Some(key), Some(admin), Some(worker)) = (
+            read("pki/ca.crt"),
+            read("pki/manager.crt"),
+            read("pki/manager.key"),
+            read("admin.token"),
+            read("worker.token"),
+        ) && let Ok(tls) = NodeTls::from_pem(&ca_pem, &crt, &key)
+        {
+            return ManagerFiles {
+                ca_pem,
+                admin_token: admin.trim().to_string(),
+                worker_token: worker.trim().to_string(),
+                tls,
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the manager in {} wrote no CA and tokens within 30 s",
+            data_dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl ManagerFiles {
+    /// An HTTP client of the manager as its admin: the CA trusted, only a
+    /// manager accepted, the admin token sent.
+    pub fn http(&self) -> reqwest::Client {
+        let tls = Trust::from_pem(&self.ca_pem)
+            .unwrap()
+            .client(Expect::Manager)
+            .unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.admin_token).parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    }
+
+    /// Cube's client of the manager, as its admin.
+    pub fn client(&self, url: &str) -> Client {
+        let tls = Trust::from_pem(&self.ca_pem)
+            .unwrap()
+            .client(Expect::Manager)
+            .unwrap();
+        Client::new(url, &tls)
+            .unwrap()
+            .with_token(&self.admin_token)
+    }
+
+    /// The TLS of a user (no certificate) calling the manager.
+    pub fn user_tls(&self) -> rustls::ClientConfig {
+        Trust::from_pem(&self.ca_pem)
+            .unwrap()
+            .client(Expect::Manager)
+            .unwrap()
+    }
+
+    /// The TLS of a client without a certificate calling the worker `name`.
+    pub fn user_tls_for_worker(&self, name: &str) -> rustls::ClientConfig {
+        Trust::from_pem(&self.ca_pem)
+            .unwrap()
+            .client(Expect::Worker(name.to_string()))
+            .unwrap()
+    }
+
+    /// The TLS of the manager calling the worker `name`.
+    pub fn manager_tls(&self, name: &str) -> rustls::ClientConfig {
+        self.tls.client(Expect::Worker(name.to_string())).unwrap()
+    }
+
+    /// An HTTP client of the worker `name`, presenting the manager's
+    /// certificate.
+    pub fn worker_http(&self, name: &str) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(self.manager_tls(name))
+            .build()
+            .unwrap()
+    }
+
+    /// A client of a worker, presenting the manager's certificate (what
+    /// the manager does), expecting the worker `name`.
+    pub fn worker_client(&self, address: &str, name: &str) -> Client {
+        let tls = self.tls.client(Expect::Worker(name.to_string())).unwrap();
+        Client::new(address, &tls).unwrap()
+    }
+}
+
 /// A cluster under test: the node processes, its directory, its clients.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub manager_url: String,
+    /// The manager's data dir.
+    pub manager_dir: PathBuf,
+    files: OnceLock<ManagerFiles>,
     pub nodes: Vec<NodeProc>,
     pub worker_names: Vec<String>,
     _guard: ContainerGuard,
@@ -258,15 +381,19 @@ impl Cluster {
             &config,
             format!(
                 "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
-                 scheduler = \"round-robin\"\n[worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
-                dir.path().join("data").display()
+                 scheduler = \"round-robin\"\nclient_file = \"{}\"\n\
+                 [worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
+                dir.path().join("data").display(),
+                dir.path().join("client.toml").display()
             ),
         )
         .unwrap();
         let guard = ContainerGuard(vec![name.clone()]);
         let node = NodeProc::start(config, dir.path().join("dev.log"), env);
         Cluster {
-            manager_url: format!("http://127.0.0.1:{mport}"),
+            manager_url: format!("https://127.0.0.1:{mport}"),
+            manager_dir: dir.path().join("data"),
+            files: OnceLock::new(),
             nodes: vec![node],
             worker_names: vec![name],
             dir,
@@ -295,12 +422,13 @@ impl Cluster {
             &mconfig,
             format!(
                 "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
-                 scheduler = \"{scheduler}\"\n{manager}\n",
-                dir.path().join("manager").display()
+                 scheduler = \"{scheduler}\"\nclient_file = \"{}\"\n{manager}\n",
+                dir.path().join("manager").display(),
+                dir.path().join("client.toml").display()
             ),
         )
         .unwrap();
-        let manager_url = format!("http://127.0.0.1:{mport}");
+        let manager_url = format!("https://127.0.0.1:{mport}");
         let nodes = vec![NodeProc::start(
             mconfig,
             dir.path().join("manager.log"),
@@ -308,6 +436,8 @@ impl Cluster {
         )];
         let mut cluster = Cluster {
             manager_url,
+            manager_dir: dir.path().join("manager"),
+            files: OnceLock::new(),
             nodes,
             worker_names: Vec::new(),
             dir,
@@ -326,8 +456,18 @@ impl Cluster {
         self.add_named_worker(&name, extra)
     }
 
+    /// As `add_worker`, with `env` in the worker's environment.
+    pub fn add_worker_with_env(&mut self, extra: &str, env: Vec<(String, String)>) -> usize {
+        let name = unique(&format!("w{}", self.worker_names.len()));
+        self.start_worker(&name, extra, env)
+    }
+
     /// Starts a worker process under a given name (which may be taken).
     pub fn add_named_worker(&mut self, name: &str, extra: &str) -> usize {
+        self.start_worker(name, extra, vec![])
+    }
+
+    fn start_worker(&mut self, name: &str, extra: &str, env: Vec<(String, String)>) -> usize {
         let config = self
             .dir
             .path()
@@ -336,13 +476,14 @@ impl Cluster {
             &config,
             format!(
                 "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
-                 listen = \"127.0.0.1:{}\"\nmanager = \"{}\"\n{extra}\n",
+                 listen = \"127.0.0.1:{}\"\nmanager = \"{}\"\njoin_token = \"{}\"\n{extra}\n",
                 self.dir
                     .path()
                     .join(format!("{name}-{}", self.nodes.len()))
                     .display(),
                 free_port(),
-                self.manager_url
+                self.manager_url,
+                self.files().worker_token
             ),
         )
         .unwrap();
@@ -350,7 +491,7 @@ impl Cluster {
             .dir
             .path()
             .join(format!("{name}-{}.log", self.nodes.len()));
-        self.nodes.push(NodeProc::start(config, log, vec![]));
+        self.nodes.push(NodeProc::start(config, log, env));
         if !self.worker_names.iter().any(|n| n == name) {
             self.worker_names.push(name.to_string());
             self._guard.0.push(name.to_string());
@@ -358,8 +499,52 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// The manager's CA, certificate and tokens (waits for them).
+    pub fn files(&self) -> ManagerFiles {
+        self.files
+            .get_or_init(|| manager_files(&self.manager_dir))
+            .clone()
+    }
+
+    /// Cube's client of the manager, as its admin.
     pub fn client(&self) -> Client {
-        Client::new(&self.manager_url)
+        self.files().client(&self.manager_url)
+    }
+
+    /// An HTTP client of the manager, as its admin.
+    pub fn http(&self) -> reqwest::Client {
+        self.files().http()
+    }
+
+    /// A client of a worker, with the manager's certificate.
+    pub fn worker_client(&self, address: &str, name: &str) -> Client {
+        self.files().worker_client(address, name)
+    }
+
+    /// The certificate of a dev node's worker (in the node's data dir).
+    pub fn dev_worker_tls(&self) -> NodeTls {
+        let read = |f: &str| std::fs::read_to_string(self.manager_dir.join(f)).unwrap();
+        NodeTls::from_pem(
+            &read("pki/ca.crt"),
+            &read("pki/node.crt"),
+            &read("pki/node.key"),
+        )
+        .unwrap()
+    }
+
+    /// The client file the manager wrote for the CLI.
+    pub fn client_file(&self) -> PathBuf {
+        self.dir.path().join("client.toml")
+    }
+
+    /// The `cube` CLI, reaching this cluster's manager as its admin.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cube"));
+        cmd.env("CUBE_CLIENT_FILE", self.client_file())
+            .env_remove("CUBE_MANAGER")
+            .env_remove("CUBE_CA")
+            .env_remove("CUBE_TOKEN");
+        cmd
     }
 
     /// Waits until the manager answers and every worker has registered.
@@ -377,7 +562,7 @@ impl Cluster {
     }
 
     pub async fn post(&self, spec: &Value) -> reqwest::Response {
-        reqwest::Client::new()
+        self.http()
             .post(format!("{}/tasks", self.manager_url))
             .json(spec)
             .send()

@@ -1,0 +1,86 @@
+//! How a worker joins: `GET /join/ca` hands out the CA certificate (public;
+//! the worker checks it against the digest in its join token), and `POST
+//! /join` with the token's secret and a certificate signing request
+//! answers a certificate naming the worker, good for `node_cert_ttl`.
+//! The certificate is the worker's identity from then on: the manager
+//! takes its registration, heartbeats and reports only for that name.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+
+use crate::api_error::ApiError;
+use crate::config::{validate_host, validate_node_name};
+use crate::security::identity::Identity;
+use crate::security::pki::Ca;
+use crate::security::secret::{JoinToken, same_secret};
+use crate::wire::{CaCertificate, JoinReply, JoinRequest};
+
+/// The most addresses a worker's certificate names.
+const MAX_HOSTS: usize = 8;
+/// A P-256 request is well under 1 KiB.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// What issues worker certificates.
+pub struct JoinAuthority {
+    pub ca: Ca,
+    pub token: JoinToken,
+    pub ttl: Duration,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/join/ca", web::get().to(ca))
+        .route("/join", web::post().to(join));
+}
+
+async fn ca(authority: web::Data<JoinAuthority>) -> HttpResponse {
+    HttpResponse::Ok().json(CaCertificate {
+        ca: authority.ca.cert_pem().to_string(),
+    })
+}
+
+async fn join(
+    authority: web::Data<JoinAuthority>,
+    request: web::Json<JoinRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = request.into_inner();
+    if !same_secret(&request.secret, &authority.token.secret) {
+        log::warn!(
+            "manager: refused a join as {:?}: wrong join token",
+            request.name
+        );
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the join token is not this cluster's worker token (or it was rotated)",
+        ));
+    }
+    validate_node_name(&request.name).map_err(|m| ApiError::bad_request(m, Some("name".into())))?;
+    if request.hosts.is_empty() || request.hosts.len() > MAX_HOSTS {
+        return Err(ApiError::bad_request(
+            format!("give 1 to {MAX_HOSTS} addresses"),
+            Some("hosts".into()),
+        ));
+    }
+    for host in &request.hosts {
+        validate_host(host).map_err(|m| ApiError::bad_request(m, Some("hosts".into())))?;
+    }
+    if request.csr.len() > MAX_CSR_BYTES {
+        return Err(ApiError::bad_request(
+            format!("over {MAX_CSR_BYTES} bytes"),
+            Some("csr".into()),
+        ));
+    }
+    let who = Identity::worker(&request.name);
+    let certificate = authority
+        .ca
+        .sign_request(&request.csr, &who, &request.hosts, authority.ttl)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("csr".into())))?;
+    log::info!(
+        "manager: worker {} joined: certificate for {} issued, good for {} s",
+        request.name,
+        request.hosts.join(", "),
+        authority.ttl.as_secs()
+    );
+    Ok(HttpResponse::Ok().json(JoinReply { certificate }))
+}

@@ -1,0 +1,203 @@
+//! Mutual TLS between the nodes, tried as an outsider and as a worker that
+//! oversteps: real `cube` processes, real certificates, real sockets.
+//! - Plain HTTP gets no answer that looks like success.
+//! - Without a node certificate nobody registers, heartbeats or reports,
+//!   and nobody gets through to a worker at all.
+//! - A worker's certificate speaks for that worker only.
+//! - A join token pinning another CA: the worker refuses to join, saying
+//!   why; a token with the right CA but a wrong secret is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use cube::security::tls::{Expect, NodeTls};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A reqwest client presenting `tls`'s certificate to the manager.
+fn as_node(tls: &NodeTls) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.client(Expect::Manager).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The certificate a split cluster's worker `index` (in `nodes`) got by
+/// joining.
+fn worker_tls(cluster: &Cluster, name: &str, index: usize) -> NodeTls {
+    let pki = cluster
+        .dir
+        .path()
+        .join(format!("{name}-{index}"))
+        .join("pki");
+    let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+    NodeTls::from_pem(&read("ca.crt"), &read("node.crt"), &read("node.key")).unwrap()
+}
+
+#[tokio::test]
+async fn nodes_prove_who_they_are_and_speak_only_for_themselves() {
+    ensure_image();
+    let cluster = Cluster::split(2);
+    cluster.ready().await;
+    let (w1, w2) = (
+        cluster.worker_names[0].clone(),
+        cluster.worker_names[1].clone(),
+    );
+    let files = cluster.files();
+    let base = &cluster.manager_url;
+
+    // Plain HTTP to a TLS port: no HTTP answer at all.
+    let plain = plain_get(&base.replace("https://", "http://")).await;
+    assert!(plain.is_err(), "plain HTTP got {plain:?}");
+
+    // A user's client (CA trusted, no certificate) on the worker routes: 401.
+    let user = files.http();
+    let beat = json!({"name": w1, "instance": uuid::Uuid::new_v4(), "stats": {}});
+    for path in [
+        "/workers/register",
+        "/workers/heartbeat",
+        "/workers/reports",
+    ] {
+        let r = user
+            .post(format!("{base}{path}"))
+            .json(&beat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("certificate"),
+            "{body}"
+        );
+    }
+
+    // A worker without the manager's certificate: the handshake fails.
+    let nodes = cluster.client().nodes().await.unwrap();
+    let w1_address = &nodes.iter().find(|n| n.name == w1).unwrap().address;
+    let no_cert = reqwest::Client::builder()
+        .tls_backend_preconfigured(files.user_tls_for_worker(&w1))
+        .build()
+        .unwrap();
+    assert!(
+        no_cert
+            .get(format!("{w1_address}/tasks"))
+            .send()
+            .await
+            .is_err(),
+        "a worker answered a client without a certificate"
+    );
+    // ...and another worker's certificate is not the manager's: 403.
+    let w2_cert = worker_tls(&cluster, &w2, 2);
+    let r = reqwest::Client::builder()
+        .tls_backend_preconfigured(w2_cert.client(Expect::Worker(w1.clone())).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{w1_address}/tasks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // w1's certificate cannot heartbeat, register or report as w2.
+    let w1_client = as_node(&worker_tls(&cluster, &w1, 1));
+    let beat_w2 = cube::wire::Heartbeat {
+        name: w2.clone(),
+        instance: uuid::Uuid::new_v4(),
+        stats: Default::default(),
+    };
+    let r = w1_client
+        .post(format!("{base}/workers/heartbeat"))
+        .json(&beat_w2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = w1_client
+        .post(format!("{base}/workers/register"))
+        .json(&cube::wire::Registration {
+            name: w2.clone(),
+            instance: uuid::Uuid::new_v4(),
+            address: "https://127.0.0.1:1".into(),
+            capacity: cube::wire::Capacity {
+                cpus: 1.0,
+                memory_mb: 1,
+                disk_mb: 1,
+            },
+            tasks: vec![],
+            stats: Default::default(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A report on a task of w2's, as if from w2: refused, the task as it was.
+    let id = {
+        let r = cluster
+            .post(&echo_spec("mine", &["/echo", "serve", "7777"]))
+            .await;
+        assert_eq!(r.status(), 201);
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let running = cluster.wait_state(&id, "Running", T).await;
+    let home = running.node.clone().unwrap();
+    let (thief, victim) = if home == w1 {
+        (worker_tls(&cluster, &w2, 2), w1.clone())
+    } else {
+        (worker_tls(&cluster, &w1, 1), w2.clone())
+    };
+    let forged = json!({
+        "task_id": id, "attempt": running.attempt, "node": victim, "state": "Completed",
+        "container_id": "forged", "host_ports": {}, "exit_code": 0, "error": null,
+        "at": chrono::Utc::now(), "seq": u64::MAX, "restart_count": 0,
+        "started_at": null, "next_restart_at": null, "health": null
+    });
+    let r = as_node(&thief)
+        .post(format!("{base}/workers/reports"))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let now = cluster.client().task(&id).await.unwrap();
+    assert_eq!(now.state.as_str(), "Running");
+    assert_eq!(now.container_id, running.container_id);
+    cluster.client().stop(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_refuses_a_manager_whose_ca_its_token_does_not_pin() {
+    let mut cluster = Cluster::split(0);
+    let token = |t: String| vec![("CUBE_JOIN_TOKEN".to_string(), t)];
+    // The token of another cluster: same shape, another CA digest (the
+    // environment's token wins over the harness's in the config).
+    let other = format!("CUBE1-{}-{}", "ab".repeat(32), "cd".repeat(32));
+    let i = cluster.add_worker_with_env("", token(other));
+    let node = &mut cluster.nodes[i];
+    let status = node.wait_exit(T).await.expect("the worker stops by itself");
+    assert!(!status.success());
+    let log = node.log_text();
+    assert!(
+        log.contains("not the cluster the token is for") && log.contains(&"ab".repeat(32)),
+        "{log}"
+    );
+    assert!(cluster.client().nodes().await.unwrap().is_empty());
+
+    // The right CA, a wrong secret: the manager refuses it.
+    let right = cluster.files().worker_token;
+    let digest = right.split('-').nth(1).unwrap();
+    let forged = format!("CUBE1-{digest}-{}", "ef".repeat(32));
+    let i = cluster.add_worker_with_env("", token(forged));
+    let node = &mut cluster.nodes[i];
+    let status = node.wait_exit(T).await.expect("the worker stops by itself");
+    assert!(!status.success());
+    let log = node.log_text();
+    assert!(log.contains("401") && log.contains("join token"), "{log}");
+    assert!(cluster.client().nodes().await.unwrap().is_empty());
+}
