@@ -11,9 +11,10 @@
 //! listen = "127.0.0.1:5556"
 //! manager = "https://127.0.0.1:5555"
 //! join_token = "CUBE1-..."          # or CUBE_JOIN_TOKEN; not needed in dev
+//! publish_addr = "0.0.0.0"         # the host address task ports are published on
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -193,10 +194,30 @@ pub struct WorkerConfig {
     /// left alone before it is removed.
     #[serde(default = "default_orphan_grace_ms")]
     pub orphan_grace_ms: u64,
+    /// The host address the tasks' ports are published on: `"0.0.0.0"`
+    /// (every IPv4 address of the host, the default), `"127.0.0.1"` (this
+    /// machine only), one address of the host, or `"::"` (IPv6). Health
+    /// checks reach the ports there (on loopback for `0.0.0.0` and `::`).
+    #[serde(default = "default_publish_addr", deserialize_with = "publish_addr")]
+    pub publish_addr: IpAddr,
 }
 
 fn default_orphan_grace_ms() -> u64 {
     30_000
+}
+
+fn default_publish_addr() -> IpAddr {
+    Ipv4Addr::UNSPECIFIED.into()
+}
+
+/// An IP address, or an error that names the key.
+fn publish_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "key `worker.publish_addr`: {text:?} is not an IP address (e.g. \"0.0.0.0\", \"127.0.0.1\", \"::\")"
+        ))
+    })
 }
 
 /// `[worker.restart_backoff]`: the first wait, doubling up to the cap, and
@@ -373,6 +394,14 @@ impl NodeConfig {
                 return Err(ConfigError::key(
                     "worker.capacity.disk_mb",
                     "must be positive",
+                ));
+            }
+            if worker.publish_addr.is_multicast()
+                || worker.publish_addr == IpAddr::V4(Ipv4Addr::BROADCAST)
+            {
+                return Err(ConfigError::key(
+                    "worker.publish_addr",
+                    "must be an address of this host, or 0.0.0.0 / :: for all of them",
                 ));
             }
         }
@@ -700,6 +729,30 @@ manager = "https://127.0.0.1:5555/"
         assert!(e.contains("role") || e.contains("boss"), "{e}");
         let e = err(&DEV.replace("\"w1\"", "\"w 1\""));
         assert!(e.contains("worker.name"), "{e}");
+        for bad in ["localhost", "127.0.0.1:80", "", "0.0.0.256"] {
+            let e = err(&DEV.replace("[worker]", &format!("[worker]\npublish_addr = {bad:?}")));
+            assert!(e.contains("worker.publish_addr"), "{bad}: {e}");
+        }
+        let e = err(&DEV.replace("[worker]", "[worker]\npublish_addr = 7"));
+        assert!(e.contains("publish_addr"), "{e}");
+        for bad in ["224.0.0.1", "255.255.255.255", "ff02::1"] {
+            let e = err(&DEV.replace("[worker]", &format!("[worker]\npublish_addr = {bad:?}")));
+            assert!(e.contains("worker.publish_addr"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ports_are_published_on_every_ipv4_address_unless_told() {
+        let c = NodeConfig::parse(DEV).unwrap();
+        assert_eq!(
+            c.worker.unwrap().publish_addr,
+            IpAddr::from(Ipv4Addr::UNSPECIFIED)
+        );
+        for addr in ["127.0.0.1", "10.1.2.3", "::", "::1"] {
+            let text = DEV.replace("[worker]", &format!("[worker]\npublish_addr = {addr:?}"));
+            let c = NodeConfig::parse(&text).unwrap();
+            assert_eq!(c.worker.unwrap().publish_addr.to_string(), addr);
+        }
     }
 
     #[test]

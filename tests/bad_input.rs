@@ -384,6 +384,14 @@ async fn specs_out_of_bounds_are_refused_by_the_manager_naming_the_field() {
         (json!({"env": {"A": "x".repeat(70_000)}}), "env"),
         (json!({"image": "i".repeat(600)}), "image"),
         (json!({"name": "n".repeat(64)}), "name"),
+        (json!({"pids_limit": 15}), "pids_limit"),
+        (json!({"pids_limit": (1u64 << 20) + 1}), "pids_limit"),
+        (json!({"pids_limit": u64::MAX}), "pids_limit"),
+        (json!({"pids_limit": -1}), "pids_limit"),
+        (json!({"user": ""}), "user"),
+        (json!({"user": "a\nb"}), "user"),
+        (json!({"user": "u".repeat(200)}), "user"),
+        (json!({"read_only": "yes"}), "read_only"),
     ] {
         let r = cluster.post(&spec(extra.clone())).await;
         let body = json_error(&format!("{extra}"), r, 400).await;
@@ -416,6 +424,8 @@ async fn the_worker_refuses_a_bad_assignment_naming_the_field() {
             "spec.ports",
         ),
         (assignment(with("cpu", json!(0.001))), "spec.cpu"),
+        (assignment(with("pids_limit", json!(0))), "spec.pids_limit"),
+        (assignment(with("user", json!("a:b:c"))), "spec.user"),
         (assignment(with("colour", json!("red"))), "spec.colour"),
         (assignment(json!({"image": IMAGE})), "spec.name"),
         (
@@ -434,6 +444,78 @@ async fn the_worker_refuses_a_bad_assignment_naming_the_field() {
         assert_eq!(answer["field"], field, "{body} -> {answer}");
     }
     // The worker holds nothing and started nothing.
+    let held: Value = http
+        .get(format!("{worker}/tasks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held, json!([]));
+    assert!(containers_of_task(&task.to_string()).is_empty());
+    assert!(containers_of_node(&cluster.worker_names[0]).is_empty());
+}
+
+/// Specs asking for the host: privileged mode, host namespaces, host mounts
+/// (the Docker socket), capabilities, devices. Each with the field Docker's
+/// API or a compose file would use, and a value that would do harm.
+fn host_access() -> Vec<(&'static str, Value)> {
+    let socket = json!(["/var/run/docker.sock:/var/run/docker.sock"]);
+    vec![
+        ("privileged", json!(true)),
+        ("network_mode", json!("host")),
+        ("network", json!("host")),
+        ("pid_mode", json!("host")),
+        ("pid", json!("host")),
+        ("ipc", json!("host")),
+        ("ipc_mode", json!("host")),
+        ("userns_mode", json!("host")),
+        ("binds", socket.clone()),
+        ("volumes", socket.clone()),
+        ("mounts", socket),
+        ("cap_add", json!(["SYS_ADMIN"])),
+        ("devices", json!(["/dev/sda:/dev/sda"])),
+        ("security_opt", json!(["seccomp=unconfined"])),
+    ]
+}
+
+#[tokio::test]
+async fn specs_asking_for_the_host_are_refused_by_manager_and_worker() {
+    // Docker is needed to check that nothing was created: fail without it.
+    ensure_image();
+    let (cluster, _manager, worker) = node().await;
+    let http = &worker.http;
+    let task = uuid::Uuid::new_v4();
+    let base = json!({"name": "host", "image": IMAGE, "cmd": ["/echo", "sleep", "60"]});
+    for (field, value) in host_access() {
+        let mut spec = base.clone();
+        spec[field] = value.clone();
+        let what = format!("{field} = {value}");
+
+        let r = cluster.post(&spec).await;
+        let body = json_error(&format!("manager: {what}"), r, 400).await;
+        assert_eq!(body["field"], field, "manager: {what} -> {body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with("refused: "),
+            "manager: {what} -> {body}"
+        );
+
+        let r = http
+            .post(format!("{worker}/tasks"))
+            .json(&json!({"task_id": task, "attempt": 1, "spec": spec}))
+            .send()
+            .await
+            .unwrap();
+        let body = json_error(&format!("worker: {what}"), r, 400).await;
+        assert_eq!(
+            body["field"],
+            format!("spec.{field}"),
+            "worker: {what} -> {body}"
+        );
+    }
+    // Nothing stored or held, nothing created.
+    assert!(cluster.client().tasks().await.unwrap().is_empty());
     let held: Value = http
         .get(format!("{worker}/tasks"))
         .send()

@@ -320,6 +320,7 @@ fn adopted(restarts: u32) -> (Arc<FakeEngine>, Assignment, TaskStatus, String) {
         assignment.attempt,
         restarts,
         NODE,
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
         &assignment.spec,
     );
     let started_at = Utc::now() - chrono::Duration::hours(1);

@@ -123,15 +123,17 @@ struct WorkerProc {
 }
 
 impl WorkerProc {
+    /// `extra` is TOML for the `[worker]` section.
     fn start(
         dir: &Path,
         store: &Addr<Store>,
         engine: &Arc<FakeEngine>,
         manager: &FakeManager,
         records: Vec<WorkerTaskRecord>,
+        extra: &str,
     ) -> WorkerProc {
         let config: WorkerConfig = toml::from_str(&format!(
-            "name = \"{NODE}\"\nlisten = \"127.0.0.1:1\"\nmanager = \"{}\"\n\
+            "name = \"{NODE}\"\nlisten = \"127.0.0.1:1\"\nmanager = \"{}\"\n{extra}\n\
              [restart_backoff]\nfirst_ms = 10\n",
             manager.url
         ))
@@ -213,6 +215,11 @@ impl Setup {
     }
 
     async fn worker(&self) -> WorkerProc {
+        self.worker_with("").await
+    }
+
+    /// A worker with `extra` TOML in its `[worker]` section.
+    async fn worker_with(&self, extra: &str) -> WorkerProc {
         let records = records(&self.store).await;
         WorkerProc::start(
             self.dir.path(),
@@ -220,6 +227,7 @@ impl Setup {
             &self.engine,
             &self.manager,
             records,
+            extra,
         )
     }
 }
@@ -411,4 +419,47 @@ async fn an_attempt_the_manager_disowns_is_stopped_removed_and_forgotten() {
     // A newer attempt of the task is still welcome here.
     let s3 = run(&w1, task, 2).await;
     assert_eq!(s3.attempt, 2);
+}
+
+#[actix_rt::test]
+async fn containers_are_made_hardened_as_the_spec_and_the_config_say() {
+    let s = Setup::new();
+    let w = s.worker_with("publish_addr = \"127.0.0.1\"").await;
+    let (plain, tight) = (Uuid::new_v4(), Uuid::new_v4());
+    run(&w, plain, 1).await;
+    let spec = serde_json::json!({
+        "name": "t", "image": "img", "ports": [7777],
+        "pids_limit": 32, "user": "1000:1000", "read_only": true,
+    });
+    let tight_assignment = Assignment {
+        task_id: tight,
+        attempt: 1,
+        spec: cube::task::spec::from_value(spec).unwrap(),
+    };
+    w.addr
+        .send(Assign(tight_assignment))
+        .await
+        .unwrap()
+        .unwrap();
+    w.wait_status("the task to run", tight, |st| {
+        st.state == TaskState::Running
+    })
+    .await;
+
+    let made = |task: Uuid| {
+        let containers = s.engine.containers_of(task);
+        assert_eq!(containers.len(), 1, "{containers:?}");
+        containers[0].spec.clone()
+    };
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let c = made(plain);
+    assert!(c.no_new_privileges);
+    assert_eq!(c.pids_limit, 1024);
+    assert_eq!((c.user, c.read_only), (None, false));
+    assert_eq!(c.publish_addr, loopback);
+    let c = made(tight);
+    assert!(c.no_new_privileges);
+    assert_eq!(c.pids_limit, 32);
+    assert_eq!((c.user.as_deref(), c.read_only), (Some("1000:1000"), true));
+    assert_eq!(c.publish_addr, loopback);
 }

@@ -269,7 +269,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         .zip(&port_keys)
         .map(|(port, key)| {
             let binding = PortBinding {
-                host_ip: None,
+                host_ip: Some(spec.publish_addr.to_string()),
                 // Empty: the engine picks an ephemeral port.
                 host_port: Some(port.host.map(|h| h.to_string()).unwrap_or_default()),
             };
@@ -282,11 +282,20 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         memory: spec.memory_bytes,
         // The limit is the limit: no swap beyond it (as Kubernetes does).
         memory_swap: spec.memory_bytes,
+        pids_limit: Some(i64::from(spec.pids_limit)),
+        readonly_rootfs: Some(spec.read_only),
+        security_opt: spec
+            .no_new_privileges
+            .then(|| vec!["no-new-privileges".to_string()]),
+        // Explicit, though they are the engine's defaults too: never
+        // privileged, and no capability beyond the engine's default set.
+        privileged: Some(false),
         ..Default::default()
     };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: spec.cmd.clone(),
+        user: spec.user.clone(),
         env: (!spec.env.is_empty()).then(|| spec.env.clone()),
         labels: Some(spec.labels.clone().into_iter().collect()),
         exposed_ports: (!port_keys.is_empty()).then_some(port_keys),
@@ -418,6 +427,53 @@ fn container_events(docker: &Docker, node: &str, since_s: i64) -> EngineStream<C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::PublishedPort;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            name: "c".into(),
+            image: "img".into(),
+            cmd: None,
+            env: Vec::new(),
+            labels: BTreeMap::new(),
+            ports: vec![PublishedPort {
+                container: 7777,
+                host: None,
+            }],
+            nano_cpus: None,
+            memory_bytes: None,
+            publish_addr: "127.0.0.1".parse().unwrap(),
+            pids_limit: 32,
+            user: Some("1000:1000".into()),
+            read_only: true,
+            no_new_privileges: true,
+        }
+    }
+
+    #[test]
+    fn the_body_hardens_the_container_and_publishes_on_the_address() {
+        let body = create_body(&spec());
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        let host = body.host_config.unwrap();
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_string()])
+        );
+        assert_eq!(host.pids_limit, Some(32));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.privileged, Some(false));
+        assert_eq!(host.network_mode, None);
+        assert_eq!(host.pid_mode, None);
+        assert_eq!(host.ipc_mode, None);
+        assert_eq!(host.binds, None);
+        assert_eq!(host.mounts, None);
+        assert_eq!(host.cap_add, None);
+        assert_eq!(host.devices, None);
+        let bindings = host.port_bindings.unwrap();
+        let binding = &bindings["7777/tcp"].as_ref().unwrap()[0];
+        assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(binding.host_port.as_deref(), Some(""));
+    }
 
     #[test]
     fn the_engines_zero_time_is_never() {

@@ -40,6 +40,8 @@ pub enum FakeState {
 pub struct FakeContainer {
     pub id: String,
     pub name: String,
+    /// What it was created with (limits, user, read-only root, publish
+    /// address, `no-new-privileges`), for tests to check.
     pub spec: ContainerSpec,
     pub state: FakeState,
     pub exit_code: Option<i64>,
@@ -503,6 +505,11 @@ mod tests {
             }],
             nano_cpus: None,
             memory_bytes: None,
+            publish_addr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            pids_limit: 1024,
+            user: None,
+            read_only: false,
+            no_new_privileges: true,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod fake;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix_web::web::Bytes;
@@ -94,7 +95,9 @@ pub struct PublishedPort {
     pub host: Option<u16>,
 }
 
-/// A container to create.
+/// A container to create. It never asks for privileged mode, a host
+/// namespace, a host mount, a device or a capability: there is nothing here
+/// to ask for them with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {
     pub name: String,
@@ -109,15 +112,28 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<i64>,
     /// Memory limit (and memory + swap: no swap beyond it).
     pub memory_bytes: Option<i64>,
+    /// The host address `ports` are published on (the worker's `publish_addr`).
+    pub publish_addr: IpAddr,
+    /// The most processes and threads the container may hold at once.
+    pub pids_limit: u32,
+    /// The user (and group) its process runs as; the image's when `None`.
+    pub user: Option<String>,
+    /// The root file system is read-only.
+    pub read_only: bool,
+    /// No process in it gains privileges through setuid binaries or file
+    /// capabilities (`no-new-privileges`). Always set for a task.
+    pub no_new_privileges: bool,
 }
 
 impl ContainerSpec {
-    /// The container of a task attempt's `restart`-th run.
+    /// The container of a task attempt's `restart`-th run, its ports
+    /// published on `publish_addr`.
     pub fn for_task(
         task_id: Uuid,
         attempt: u32,
         restart: u32,
         node: &str,
+        publish_addr: IpAddr,
         spec: &TaskSpec,
     ) -> Self {
         let nano_cpus = spec.cpu * 1e9;
@@ -143,6 +159,11 @@ impl ContainerSpec {
                     .and_then(|b| i64::try_from(b).ok())
                     .unwrap_or(i64::MAX)
             }),
+            publish_addr,
+            pids_limit: spec.pids_limit,
+            user: spec.user.clone(),
+            read_only: spec.read_only,
+            no_new_privileges: true,
         }
     }
 }
@@ -257,6 +278,8 @@ pub async fn stop_and_remove(
 mod tests {
     use super::*;
 
+    const ANY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
     #[test]
     fn a_task_spec_becomes_a_labelled_container_named_after_its_run() {
         let id = Uuid::new_v4();
@@ -265,7 +288,7 @@ mod tests {
             "cpu": 0.5, "memory_mb": 64, "ports": [7777],
         }))
         .unwrap();
-        let c = ContainerSpec::for_task(id, 2, 3, "n1", &spec);
+        let c = ContainerSpec::for_task(id, 2, 3, "n1", ANY, &spec);
         assert_eq!(c.name, format!("cube-{id}-2-r3"));
         assert_eq!(c.env, vec!["A=b"]);
         assert_eq!(c.nano_cpus, Some(500_000_000));
@@ -281,7 +304,7 @@ mod tests {
         assert_eq!(c.labels[LABEL_ATTEMPT], "2");
         assert_eq!(c.labels[LABEL_NODE], "n1");
         assert_eq!(
-            ContainerSpec::for_task(id, 1, 0, "n1", &spec).name,
+            ContainerSpec::for_task(id, 1, 0, "n1", ANY, &spec).name,
             format!("cube-{id}-1")
         );
     }
@@ -292,7 +315,32 @@ mod tests {
             "name": "web", "image": "img", "memory_mb": u64::MAX,
         }))
         .unwrap();
-        let c = ContainerSpec::for_task(Uuid::new_v4(), 1, 0, "n", &spec);
+        let c = ContainerSpec::for_task(Uuid::new_v4(), 1, 0, "n", ANY, &spec);
         assert_eq!(c.memory_bytes, Some(i64::MAX));
+    }
+
+    #[test]
+    fn every_container_is_hardened_as_its_spec_says() {
+        let spec = crate::task::spec::from_value(serde_json::json!({
+            "name": "web", "image": "img",
+        }))
+        .unwrap();
+        let c = ContainerSpec::for_task(Uuid::new_v4(), 1, 0, "n", ANY, &spec);
+        assert!(c.no_new_privileges);
+        assert_eq!(c.pids_limit, crate::task::spec::DEFAULT_PIDS_LIMIT);
+        assert_eq!((c.user.as_deref(), c.read_only), (None, false));
+        assert_eq!(c.publish_addr, ANY);
+
+        let spec = crate::task::spec::from_value(serde_json::json!({
+            "name": "web", "image": "img", "pids_limit": 64, "user": "1000:1000",
+            "read_only": true,
+        }))
+        .unwrap();
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let c = ContainerSpec::for_task(Uuid::new_v4(), 1, 0, "n", loopback, &spec);
+        assert!(c.no_new_privileges);
+        assert_eq!(c.pids_limit, 64);
+        assert_eq!((c.user.as_deref(), c.read_only), (Some("1000:1000"), true));
+        assert_eq!(c.publish_addr, loopback);
     }
 }

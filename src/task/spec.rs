@@ -9,7 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One container to run. Units are in the field names.
+///
+/// Nothing here can give a container the host: there is no field for
+/// privileged mode, host namespaces, host mounts, devices or capabilities
+/// (see [`REFUSED`]), and every container runs with `no-new-privileges` and
+/// a pids limit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub name: String,
     pub image: String,
@@ -40,6 +46,16 @@ pub struct TaskSpec {
     /// How the worker checks that the task is healthy (none: not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
+    /// The most processes and threads the container may hold at once.
+    #[serde(default = "default_pids_limit")]
+    pub pids_limit: u32,
+    /// The user (and group) the container's process runs as: `"1000"`,
+    /// `"1000:1000"`, `"app"` or `"app:app"`; the image's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The container's root file system is read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A health check, run by the worker's HealthChecker: an HTTP GET that must
@@ -85,6 +101,13 @@ fn default_retries() -> u32 {
 
 fn default_stop_timeout_s() -> u32 {
     10
+}
+
+/// The pids limit of a spec that does not give one.
+pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
+
+fn default_pids_limit() -> u32 {
+    DEFAULT_PIDS_LIMIT
 }
 
 /// When a container that exited by itself is started again (by the
@@ -232,7 +255,67 @@ const FIELDS: &[&str] = &[
     "restart",
     "stop_timeout_s",
     "health",
+    "pids_limit",
+    "user",
+    "read_only",
 ];
+
+/// What would give a container the host. None of these is a field of a
+/// spec; they are refused as any unknown field is, with the reason.
+/// Matched ignoring case, `_` and `-` (`network_mode`, `NetworkMode`).
+pub const REFUSED: &[(&str, &str)] = &[
+    (
+        "privileged",
+        "Cube never runs a privileged container: it would hold every capability and the host's devices",
+    ),
+    ("network_mode", HOST_NAMESPACES),
+    ("network", HOST_NAMESPACES),
+    ("host_network", HOST_NAMESPACES),
+    ("pid_mode", HOST_NAMESPACES),
+    ("pid", HOST_NAMESPACES),
+    ("ipc_mode", HOST_NAMESPACES),
+    ("ipc", HOST_NAMESPACES),
+    ("uts_mode", HOST_NAMESPACES),
+    ("userns_mode", HOST_NAMESPACES),
+    ("binds", HOST_MOUNTS),
+    ("volumes", HOST_MOUNTS),
+    ("mounts", HOST_MOUNTS),
+    (
+        "cap_add",
+        "a container keeps the engine's default capabilities, never more",
+    ),
+    (
+        "capabilities",
+        "a container keeps the engine's default capabilities, never more",
+    ),
+    (
+        "devices",
+        "no device of the host is passed into a container",
+    ),
+    (
+        "security_opt",
+        "every container runs with no-new-privileges and the engine's default confinement; they cannot be changed",
+    ),
+];
+
+const HOST_NAMESPACES: &str =
+    "a container never shares the host's network, PID, IPC, UTS or user namespace";
+const HOST_MOUNTS: &str = "nothing of the host is mounted into a container: a host path (or the Docker socket) would hand it the host";
+
+/// The reason a field that would give a container the host is refused.
+fn refused_reason(field: &str) -> Option<&'static str> {
+    let plain = |text: &str| -> String {
+        text.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let field = plain(field);
+    REFUSED
+        .iter()
+        .find(|(name, _)| plain(name) == field)
+        .map(|(_, reason)| *reason)
+}
 
 /// Parses a spec from JSON text.
 pub fn parse_json(text: &str) -> Result<TaskSpec, SpecError> {
@@ -277,10 +360,11 @@ pub fn from_value(value: Value) -> Result<TaskSpec, SpecError> {
         return Err(SpecError::document("a task spec must be a JSON object"));
     };
     if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(SpecError::field(
-            unknown,
-            format!("unknown field (known fields: {})", FIELDS.join(", ")),
-        ));
+        let message = match refused_reason(unknown) {
+            Some(reason) => format!("refused: {reason}"),
+            None => format!("unknown field (known fields: {})", FIELDS.join(", ")),
+        };
+        return Err(SpecError::field(unknown, message));
     }
     let spec = TaskSpec {
         name: required(&map, "name", "a string")?,
@@ -309,6 +393,14 @@ pub fn from_value(value: Value) -> Result<TaskSpec, SpecError> {
             "health",
             "{\"http\": \"/path\" | \"tcp\": true | \"exec\": [...], \"port\", \"interval_s\", \"timeout_s\", \"retries\", \"start_period_s\"}",
         )?,
+        pids_limit: optional(
+            &map,
+            "pids_limit",
+            &format!("an integer from {MIN_PIDS_LIMIT} to {MAX_PIDS_LIMIT}"),
+        )?
+        .unwrap_or(DEFAULT_PIDS_LIMIT),
+        user: optional(&map, "user", "a string: \"UID[:GID]\" or \"NAME[:GROUP]\"")?,
+        read_only: optional(&map, "read_only", "true or false")?.unwrap_or(false),
     };
     validate(&spec)?;
     Ok(spec)
@@ -364,6 +456,14 @@ pub const MAX_IMAGE_LEN: usize = 512;
 pub const MAX_HEALTH_PATH_LEN: usize = 1024;
 /// Failed health checks in a row before the task is unhealthy.
 pub const MAX_HEALTH_RETRIES: u32 = 1000;
+/// The smallest pids limit: the workload's process and its threads, a
+/// health check's exec and a few helpers need this many.
+pub const MIN_PIDS_LIMIT: u32 = 16;
+/// The largest pids limit: 2^20, far above what a container needs and
+/// below the kernel's own ceiling (`pid_max`, at most 2^22).
+pub const MAX_PIDS_LIMIT: u32 = 1 << 20;
+/// `user:group` of two names of 32 characters (the usual limit) fits.
+pub const MAX_USER_LEN: usize = 128;
 
 impl TaskSpec {
     /// The memory limit in bytes, as the engine takes it (`None`: no limit).
@@ -454,6 +554,49 @@ pub fn validate(spec: &TaskSpec) -> Result<(), SpecError> {
     validate_ports(&spec.ports)?;
     if let Some(health) = &spec.health {
         validate_health(health, spec)?;
+    }
+    if !(MIN_PIDS_LIMIT..=MAX_PIDS_LIMIT).contains(&spec.pids_limit) {
+        return Err(SpecError::field(
+            "pids_limit",
+            format!(
+                "must be between {MIN_PIDS_LIMIT} and {MAX_PIDS_LIMIT} (processes and threads; default {DEFAULT_PIDS_LIMIT})"
+            ),
+        ));
+    }
+    if let Some(user) = &spec.user {
+        validate_user(user)?;
+    }
+    Ok(())
+}
+
+/// `UID`, `UID:GID`, `NAME` or `NAME:GROUP`, as the engine takes it: which
+/// users exist is the image's business, the shape is checked here.
+fn validate_user(user: &str) -> Result<(), SpecError> {
+    if user.is_empty() {
+        return Err(SpecError::field(
+            "user",
+            "must not be empty (leave it out to use the image's user)",
+        ));
+    }
+    if user.len() > MAX_USER_LEN {
+        return Err(SpecError::field(
+            "user",
+            format!("must be at most {MAX_USER_LEN} bytes"),
+        ));
+    }
+    if user.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(SpecError::field(
+            "user",
+            "must not contain whitespace or control characters",
+        ));
+    }
+    let mut parts = user.split(':');
+    let (name, group, rest) = (parts.next(), parts.next(), parts.next());
+    if rest.is_some() || name == Some("") || group == Some("") {
+        return Err(SpecError::field(
+            "user",
+            format!("{user:?} is not USER or USER:GROUP (a name or a number each)"),
+        ));
     }
     Ok(())
 }
@@ -1049,10 +1192,106 @@ mod tests {
         let s = ok(json!({"name": "echo", "image": "cube-demo/echo:latest",
             "cmd": ["/echo"], "env": {"A": "b"}, "cpu": 0.1, "memory_mb": 64, "disk_mb": 5,
             "ports": [7777, "8080:80"], "restart": {"policy": "on-failure", "max_retries": 2},
-            "stop_timeout_s": 3, "health": {"http": "/h", "port": 7777}}));
+            "stop_timeout_s": 3, "health": {"http": "/h", "port": 7777},
+            "pids_limit": 64, "user": "1000:1000", "read_only": true}));
         assert_eq!(ok(serde_json::to_value(&s).unwrap()), s);
         let minimal = ok(json!({"name": "a", "image": "b"}));
         assert_eq!(ok(serde_json::to_value(&minimal).unwrap()), minimal);
+    }
+
+    #[test]
+    fn fields_that_would_give_a_container_the_host_are_refused_by_name() {
+        for (field, value) in [
+            ("privileged", json!(true)),
+            ("network_mode", json!("host")),
+            ("NetworkMode", json!("host")),
+            ("network", json!("host")),
+            ("pid_mode", json!("host")),
+            ("pid", json!("host")),
+            ("ipc", json!("host")),
+            ("ipc_mode", json!("host")),
+            ("uts_mode", json!("host")),
+            ("userns_mode", json!("host")),
+            (
+                "binds",
+                json!(["/var/run/docker.sock:/var/run/docker.sock"]),
+            ),
+            (
+                "volumes",
+                json!(["/var/run/docker.sock:/var/run/docker.sock"]),
+            ),
+            ("mounts", json!([{"source": "/", "target": "/host"}])),
+            ("cap_add", json!(["SYS_ADMIN"])),
+            ("devices", json!(["/dev/sda"])),
+            ("security_opt", json!(["seccomp=unconfined"])),
+        ] {
+            let e = from_value(json!({"name": "a", "image": "b", field: value})).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{field}");
+            assert!(e.message.starts_with("refused: "), "{field}: {e}");
+            // The typed spec refuses them too, whoever deserializes it.
+            let typed =
+                serde_json::from_value::<TaskSpec>(json!({"name": "a", "image": "b", field: true}));
+            assert!(typed.is_err(), "{field}");
+        }
+        // Not every unknown field is a danger: the usual message for the rest.
+        let e = from_value(json!({"name": "a", "image": "b", "colour": "red"})).unwrap_err();
+        assert!(e.message.starts_with("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn pids_limit_defaults_and_is_bounded() {
+        assert_eq!(ok(json!({"name": "a", "image": "b"})).pids_limit, 1024);
+        accepted("pids_limit", json!(MIN_PIDS_LIMIT));
+        accepted("pids_limit", json!(MAX_PIDS_LIMIT));
+        assert_eq!(with("pids_limit", json!(32)).unwrap().pids_limit, 32);
+        for bad in [
+            json!(0),
+            json!(MIN_PIDS_LIMIT - 1),
+            json!(MAX_PIDS_LIMIT + 1),
+            json!(-1),
+            json!(u64::from(u32::MAX) + 1),
+            json!(u64::MAX),
+            json!(1.5),
+            json!("many"),
+        ] {
+            refused("pids_limit", bad);
+        }
+    }
+
+    #[test]
+    fn user_and_read_only() {
+        let s = ok(json!({"name": "a", "image": "b"}));
+        assert_eq!((s.user, s.read_only), (None, false));
+        for good in [
+            "1000",
+            "1000:1000",
+            "app",
+            "app:staff",
+            "u".repeat(MAX_USER_LEN).as_str(),
+        ] {
+            assert_eq!(
+                with("user", json!(good)).unwrap().user.as_deref(),
+                Some(good)
+            );
+        }
+        for bad in [
+            json!(""),
+            json!(" "),
+            json!("a b"),
+            json!("a\u{0}"),
+            json!("a\n"),
+            json!("a\u{7f}"),
+            json!("a:b:c"),
+            json!(":1000"),
+            json!("1000:"),
+            json!("u".repeat(MAX_USER_LEN + 1)),
+            json!(1000),
+        ] {
+            refused("user", bad);
+        }
+        assert!(with("read_only", json!(true)).unwrap().read_only);
+        refused("read_only", json!("yes"));
+        refused("read_only", json!(1));
     }
 
     #[test]

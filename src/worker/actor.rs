@@ -7,6 +7,7 @@
 //! had lost it (then the manager's answer stops the tasks that moved away).
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -71,6 +72,8 @@ pub struct Worker {
     backoff: Backoff,
     /// Before a container no task wants is removed.
     orphan_grace: Duration,
+    /// The host address containers publish their ports on.
+    publish_addr: IpAddr,
     manager: Client,
     /// The manager, with a short timeout for heartbeats.
     beat_client: Client,
@@ -134,6 +137,7 @@ impl Worker {
             heartbeat: config.heartbeat(),
             backoff: config.restart_backoff.backoff(),
             orphan_grace: Duration::from_millis(config.orphan_grace_ms),
+            publish_addr: config.publish_addr,
             manager,
             beat_client: beat,
             registered: false,
@@ -179,7 +183,8 @@ impl Worker {
             engine,
             origin,
             self.backoff,
-        );
+        )
+        .publishing_on(self.publish_addr);
         held.supervisor = Some(supervisor.start());
     }
 

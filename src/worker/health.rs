@@ -1,10 +1,12 @@
 //! The HealthChecker actor: one per running container of a task that has a
 //! health check. It probes on the check's interval (an HTTP GET through the
-//! published host port on loopback, a TCP connect, or a command run in the
+//! published host port, on the worker's publish address or loopback when
+//! that is every address, a TCP connect, or a command run in the
 //! container), keeps the tally, and tells its TaskSupervisor whenever the
 //! health changes; after `retries` failures in a row the task is unhealthy
 //! and the supervisor acts on its restart policy.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -38,11 +40,23 @@ pub enum Target {
     Broken(String),
 }
 
+/// Where the worker reaches a port published on `publish_addr`: loopback
+/// when it is published on every address, that address otherwise.
+pub fn probe_ip(publish_addr: IpAddr) -> IpAddr {
+    match publish_addr {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    }
+}
+
 impl Target {
-    /// The target of `spec` for a container with these published ports.
+    /// The target of `spec` for a container with these ports published on
+    /// `publish_addr`.
     pub fn of(
         spec: &HealthSpec,
         host_ports: &std::collections::BTreeMap<u16, u16>,
+        publish_addr: IpAddr,
         engine: SharedEngine,
         container: String,
     ) -> Target {
@@ -56,18 +70,21 @@ impl Target {
         let port = spec.port.unwrap_or_default();
         match host_ports.get(&port) {
             None => Target::Unpublished(port),
-            Some(host) => match &spec.http {
-                Some(path) => match crate::client::plain_http() {
-                    Ok(client) => Target::Http {
-                        url: format!("http://127.0.0.1:{host}{path}"),
-                        client,
+            Some(&host) => {
+                let addr = SocketAddr::new(probe_ip(publish_addr), host);
+                match &spec.http {
+                    Some(path) => match crate::client::plain_http() {
+                        Ok(client) => Target::Http {
+                            url: format!("http://{addr}{path}"),
+                            client,
+                        },
+                        Err(e) => Target::Broken(e.to_string()),
                     },
-                    Err(e) => Target::Broken(e.to_string()),
-                },
-                None => Target::Tcp {
-                    addr: format!("127.0.0.1:{host}"),
-                },
-            },
+                    None => Target::Tcp {
+                        addr: addr.to_string(),
+                    },
+                }
+            }
         }
     }
 }
@@ -271,20 +288,42 @@ mod tests {
     }
 
     #[test]
-    fn targets_go_through_the_published_port_on_loopback() {
+    fn targets_go_through_the_published_port_on_the_publish_address() {
         let spec: HealthSpec = serde_json::from_value(serde_json::json!(
             {"http": "/health", "port": 7777}
         ))
         .unwrap();
         let ports = std::collections::BTreeMap::from([(7777, 32001)]);
         let engine: SharedEngine = std::sync::Arc::new(crate::runtime::fake::FakeEngine::new());
-        match Target::of(&spec, &ports, engine.clone(), "c".into()) {
-            Target::Http { url, .. } => assert_eq!(url, "http://127.0.0.1:32001/health"),
+        let any = Ipv4Addr::UNSPECIFIED.into();
+        let http = |publish_addr: IpAddr| match Target::of(
+            &spec,
+            &ports,
+            publish_addr,
+            engine.clone(),
+            "c".into(),
+        ) {
+            Target::Http { url, .. } => url,
             _ => panic!("not an HTTP target"),
-        }
+        };
+        assert_eq!(http(any), "http://127.0.0.1:32001/health");
+        assert_eq!(
+            http("10.0.0.5".parse().unwrap()),
+            "http://10.0.0.5:32001/health"
+        );
+        assert_eq!(
+            http(Ipv6Addr::UNSPECIFIED.into()),
+            "http://[::1]:32001/health"
+        );
+        let tcp: HealthSpec =
+            serde_json::from_value(serde_json::json!({"tcp": true, "port": 7777})).unwrap();
+        assert!(matches!(
+            Target::of(&tcp, &ports, "127.0.0.2".parse().unwrap(), engine.clone(), "c".into()),
+            Target::Tcp { addr } if addr == "127.0.0.2:32001"
+        ));
         let none = std::collections::BTreeMap::new();
         assert!(matches!(
-            Target::of(&spec, &none, engine, "c".into()),
+            Target::of(&spec, &none, any, engine, "c".into()),
             Target::Unpublished(7777)
         ));
     }

@@ -6,6 +6,7 @@
 //! removes it on request.
 //! Every change goes to its parent (the Worker) as a `StatusChanged`.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -72,6 +73,8 @@ pub enum Origin {
 
 pub struct TaskSupervisor {
     node: String,
+    /// The host address the container's ports are published on.
+    publish_addr: IpAddr,
     assignment: Assignment,
     parent: Recipient<StatusChanged>,
     /// The engine, once the worker's connection to it is up.
@@ -115,6 +118,7 @@ impl TaskSupervisor {
     ) -> Self {
         TaskSupervisor {
             node,
+            publish_addr: Ipv4Addr::UNSPECIFIED.into(),
             assignment,
             parent,
             engine,
@@ -133,6 +137,13 @@ impl TaskSupervisor {
             oom: false,
             engine_waits: 0,
         }
+    }
+
+    /// Publishes the container's ports on `addr` (the worker's
+    /// `publish_addr`) instead of every IPv4 address of the host.
+    pub fn publishing_on(mut self, addr: IpAddr) -> Self {
+        self.publish_addr = addr;
+        self
     }
 
     fn id(&self) -> uuid::Uuid {
@@ -186,14 +197,18 @@ impl TaskSupervisor {
         self.phase = Phase::Starting;
         // Until the outcome is known, a container may be made.
         self.unsure = true;
-        let assignment = self.assignment.clone();
-        let node = self.node.clone();
+        let id = self.id();
+        let spec = ContainerSpec::for_task(
+            id,
+            self.assignment.attempt,
+            self.status.restart_count,
+            &self.node,
+            self.publish_addr,
+            &self.assignment.spec,
+        );
         let was_running = self.status.state == TaskState::Running;
         let create = !self.stop_on_start;
-        let restart = self.status.restart_count;
-        let work = async move {
-            start_container(&*engine, &node, &assignment, restart, was_running, create).await
-        };
+        let work = async move { start_container(&*engine, id, &spec, was_running, create).await };
         // Wait: a Stop or an event for this task is handled after the start.
         ctx.wait(
             work.into_actor(self)
@@ -414,7 +429,13 @@ impl TaskSupervisor {
             return;
         };
         self.stop_checker();
-        let target = Target::of(&spec, &self.status.host_ports, engine, container);
+        let target = Target::of(
+            &spec,
+            &self.status.host_ports,
+            self.publish_addr,
+            engine,
+            container,
+        );
         let checker = HealthChecker::new(self.id(), &spec, target, ctx.address());
         self.checker = Some(checker.start());
     }
@@ -542,14 +563,11 @@ enum Outcome {
 
 async fn start_container(
     engine: &dyn Engine,
-    node: &str,
-    assignment: &Assignment,
-    restart: u32,
+    id: uuid::Uuid,
+    spec: &ContainerSpec,
     was_running: bool,
     create: bool,
 ) -> Result<Outcome, RuntimeError> {
-    let id = assignment.task_id;
-    let spec = ContainerSpec::for_task(id, assignment.attempt, restart, node, &assignment.spec);
     match engine.inspect(&spec.name).await? {
         Some(view) if view.running => return Ok(Outcome::Running(view)),
         Some(view) if view.started => return Ok(Outcome::Exited(view)),
@@ -563,7 +581,7 @@ async fn start_container(
         None => {}
     }
     engine.ensure_image(&spec.image).await?;
-    let container = match create_or_adopt(engine, &spec).await {
+    let container = match create_or_adopt(engine, spec).await {
         Ok(container) => container,
         Err(e) => {
             discard(engine, id, &spec.name, &e).await;

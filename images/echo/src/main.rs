@@ -8,6 +8,10 @@
 //! - `/echo sleep SECS`: sleeps, then exits 0.
 //! - `/echo exit CODE [AFTER_MS]`: waits AFTER_MS ms, then exits with CODE.
 //! - `/echo eat MB`: allocates and touches MB MiB, then sleeps.
+//! - `/echo spawn N`: starts up to N children (`/echo sleep 600`, one at a
+//!   time, stopping at the first refusal), prints `spawned K of N` (and the
+//!   refusal), then sleeps; the children die with the container. A pids
+//!   limit shows as K below N.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -54,6 +58,10 @@ fn main() {
             Ok(mb) => eat(mb),
             Err(_) => usage(),
         },
+        ["spawn", n] => match n.parse::<usize>() {
+            Ok(n) => spawn(n),
+            Err(_) => usage(),
+        },
         ["exit", code] => exit_with(code, "0"),
         ["exit", code, after_ms] => exit_with(code, after_ms),
         _ => usage(),
@@ -84,8 +92,36 @@ fn eat(mb: usize) {
     std::thread::sleep(Duration::from_secs(600));
 }
 
+/// Starts up to `n` sleeping children of this program, says how many it
+/// could, then sleeps (as PID 1: its children die with the container).
+fn spawn(n: usize) {
+    let program = std::env::current_exe().unwrap_or_else(|_| "/echo".into());
+    let mut children = Vec::new();
+    let mut refusal = None;
+    while children.len() < n {
+        let child = std::process::Command::new(&program)
+            .args(["sleep", "600"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    match refusal {
+        Some(e) => say(&format!("spawned {} of {n}: {e}", children.len())),
+        None => say(&format!("spawned {} of {n}", children.len())),
+    }
+    std::thread::sleep(Duration::from_secs(600));
+}
+
 fn usage() -> ! {
-    eprintln!("usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS] | eat MB");
+    eprintln!("usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS] | eat MB | spawn N");
     std::process::exit(2)
 }
 
