@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::client::{Client, ClientError};
 use crate::config::{ClientFile, default_client_file};
 use crate::core::nodes::NodeView;
+use crate::core::tokens::{NewToken, Role};
 use crate::manager::events::{Event, EventKind};
 use crate::security::tls::{Expect, Trust};
 use crate::task::TaskState;
@@ -176,6 +177,67 @@ pub async fn nodes(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn token_create(
+    client: &Client,
+    name: &str,
+    role: &str,
+    ttl_s: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let role: Role = serde_json::from_value(serde_json::Value::String(role.to_string()))
+        .map_err(|_| anyhow::anyhow!("--role must be read, deploy or admin, not {role:?}"))?;
+    let created = client
+        .create_token(&NewToken {
+            name: name.to_string(),
+            role,
+            ttl_s,
+        })
+        .await
+        .map_err(explain)?;
+    if json {
+        return print_json(&created);
+    }
+    let expires = created
+        .expires_at
+        .map_or("never".to_string(), |at| at.to_rfc3339());
+    println!(
+        "token {} ({}), expires {expires}; its secret, shown only now:\n{}",
+        created.name, created.role, created.secret
+    );
+    Ok(())
+}
+
+pub async fn token_list(client: &Client, json: bool) -> anyhow::Result<()> {
+    let tokens = client.tokens().await.map_err(explain)?;
+    if json {
+        return print_json(&tokens);
+    }
+    let mut out = format!(
+        "{:<24} {:<7} {:<26} {:<26} {}\n",
+        "NAME", "ROLE", "CREATED", "EXPIRES", "BY"
+    );
+    for t in &tokens {
+        out.push_str(&format!(
+            "{:<24} {:<7} {:<26} {:<26} {}\n",
+            t.name,
+            t.role,
+            t.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            t.expires_at.map_or("never".to_string(), |at| at
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()),
+            t.created_by.as_deref().unwrap_or("-")
+        ));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub async fn token_revoke(client: &Client, name: &str) -> anyhow::Result<()> {
+    client.revoke_token(name).await.map_err(explain)?;
+    println!("token {name} revoked");
+    Ok(())
+}
+
 /// Prints a task's container output (stdout and stderr), streamed from its
 /// worker through the manager; with `follow`, until the container stops.
 pub async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<()> {
@@ -233,11 +295,15 @@ pub fn event_line(e: &Event) -> String {
             to,
             error,
             exit_code,
+            by,
         } => {
             let mut text = match from {
                 Some(from) => format!("{from} -> {to}"),
                 None => format!("{to}"),
             };
+            if let Some(by) = by {
+                text.push_str(&format!(" [by {by}]"));
+            }
             // The exit code and error say why a container went; a task that
             // (re)starts keeps the last ones in its record, not news here.
             if *to != TaskState::Running {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::api_error::ApiError;
 use crate::core::TaskPage;
 use crate::core::nodes::NodeView;
+use crate::core::tokens::{CreatedToken, NewToken, TokenView};
 use crate::task::TaskRecord;
 use crate::wire::{
     Assignment, CaCertificate, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, NodeStats,
@@ -215,6 +216,29 @@ impl Client {
             .call(reqwest::Method::GET, "/nodes", None::<&()>)
             .await?
             .1)
+    }
+
+    // --- manager, tokens (admin) ---
+
+    pub async fn create_token(&self, new: &NewToken) -> Result<CreatedToken, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/tokens", Some(new))
+            .await?
+            .1)
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        Ok(self
+            .call(reqwest::Method::GET, "/tokens", None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/tokens/{name}");
+        self.call::<serde_json::Value>(reqwest::Method::DELETE, &path, None::<&()>)
+            .await?;
+        Ok(())
     }
 
     // --- manager, worker-facing ---

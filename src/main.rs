@@ -52,12 +52,35 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Make, list and revoke users' tokens (admin).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Show task events (state changes, restarts, health), oldest first.
     Events {
         /// Keep following: print events as they happen.
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token; its secret is printed once.
+    Create {
+        name: String,
+        /// read | deploy | admin
+        #[arg(long)]
+        role: String,
+        /// Seconds it lives (default: until revoked).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// List the tokens (names, roles, expiry; never secrets).
+    Ls,
+    /// Revoke a token: refused from the next request on.
+    Revoke { name: String },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +110,15 @@ fn main() -> ExitCode {
                     Command::Nodes => cube::cli::nodes(&client, json).await,
                     Command::Events { follow } => cube::cli::events(&client, follow, json).await,
                     Command::Logs { id, follow } => cube::cli::logs(&client, &id, follow).await,
+                    Command::Token { command } => match command {
+                        TokenCommand::Create { name, role, ttl } => {
+                            cube::cli::token_create(&client, &name, &role, ttl, json).await
+                        }
+                        TokenCommand::Ls => cube::cli::token_list(&client, json).await,
+                        TokenCommand::Revoke { name } => {
+                            cube::cli::token_revoke(&client, &name).await
+                        }
+                    },
                     Command::Node { .. } => unreachable!("handled above"),
                 }
             })

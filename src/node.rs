@@ -3,10 +3,12 @@
 
 use actix::prelude::*;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_rt::net::TcpStream;
 use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
+use tokio::sync::watch;
 
 use actix_http::error::DispatchError;
 use actix_http::{HttpService, KeepAlive, Protocol};
@@ -22,14 +24,17 @@ use crate::config::{
 };
 use crate::core::ClusterState;
 use crate::core::nodes::NodeRecord;
+use crate::core::tokens::{Role as TokenRole, TokenRecord};
 use crate::manager::Manager;
+use crate::manager::auth::Tokens;
 use crate::manager::join::JoinAuthority;
 use crate::runtime::docker::DockerEngine;
 use crate::security::files::{load_node_keys, manager_keys, save_node_keys};
 use crate::security::identity::Identity;
 use crate::security::pki::write_file;
+use crate::security::secret::sha256_hex;
 use crate::security::tls::{ClientCerts, Expect, NodeTls};
-use crate::store::{LoadAll, Store};
+use crate::store::{LoadAll, Put, Store};
 use crate::task::TaskRecord;
 use crate::worker::Worker;
 use crate::worker::actor::HEARTBEAT_TIMEOUT;
@@ -58,6 +63,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .send(LoadAll::<NodeRecord>::new())
             .await?
             .context("cannot load nodes")?;
+        let keys = manager_keys(&config.data_dir, &mc.cert_hosts())
+            .context("manager: cannot set up its certificates and tokens")?;
+        log_manager_keys(&config.data_dir, keys.new_cluster);
+        let tokens = tokens_or_first_admin(&store, &keys.admin_secret).await?;
         let state = ClusterState::new(
             tasks,
             nodes,
@@ -65,10 +74,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             mc.down_after(),
             (&mc.retain_ended).into(),
             std::time::Instant::now(),
-        );
-        let keys = manager_keys(&config.data_dir, &mc.cert_hosts())
-            .context("manager: cannot set up its certificates and tokens")?;
-        log_manager_keys(&config.data_dir, keys.new_cluster);
+        )
+        .with_tokens(tokens);
+        let (tokens_tx, tokens_rx) = watch::channel(Arc::new(state.token_table()));
         if let Some(wc) = config.worker.as_ref().filter(|_| config.role == Role::Dev) {
             // A dev node's worker joins its own manager: its certificate
             // comes straight from the CA.
@@ -94,8 +102,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .context("manager: TLS set-up")?;
         let url = format!("https://{}", reachable(mc.listen));
         write_client_file(mc, &config.data_dir, &url, &keys.admin_secret);
-        let manager = Manager::new(store.clone(), state, keys.tls).start();
+        let manager = Manager::new(store.clone(), state, keys.tls, tokens_tx).start();
         let data = web::Data::new(manager);
+        let tokens: web::Data<Tokens> = web::Data::new(tokens_rx);
         let authority = web::Data::new(JoinAuthority {
             ca: keys.ca,
             token: keys.join_token,
@@ -104,8 +113,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let listener = std::net::TcpListener::bind(mc.listen)
             .with_context(|| format!("manager: cannot listen on {}", mc.listen))?;
         let server = serve(listener, server_tls, move |cfg| {
-            cfg.app_data(data.clone()).app_data(authority.clone());
+            cfg.app_data(data.clone())
+                .app_data(authority.clone())
+                .app_data(tokens.clone());
             crate::manager::join::configure(cfg);
+            crate::manager::tokens::configure(cfg);
             crate::manager::routes::configure(cfg);
         })
         .with_context(|| format!("manager: cannot serve on {}", mc.listen))?;
@@ -173,6 +185,36 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
         Some(why) = fatal => Err(anyhow::anyhow!(why)),
     }
+}
+
+/// The users' tokens in the store; on a cluster's first start (none yet),
+/// the first admin token, `admin`, whose secret the manager wrote to
+/// `admin.token`.
+async fn tokens_or_first_admin(
+    store: &Addr<Store>,
+    admin_secret: &str,
+) -> anyhow::Result<Vec<TokenRecord>> {
+    let tokens = store
+        .send(LoadAll::<TokenRecord>::new())
+        .await?
+        .context("cannot load tokens")?;
+    if !tokens.is_empty() {
+        return Ok(tokens);
+    }
+    let admin = TokenRecord {
+        name: "admin".into(),
+        role: TokenRole::Admin,
+        hash: sha256_hex(admin_secret.as_bytes()),
+        created_at: chrono::Utc::now(),
+        expires_at: None,
+        created_by: None,
+    };
+    store
+        .send(Put(admin.clone()))
+        .await?
+        .context("cannot store the first admin token")?;
+    log::info!("manager: the first admin token, admin, is in admin.token");
+    Ok(vec![admin])
 }
 
 /// A worker's certificate: the one it holds, or one it gets by joining.

@@ -11,6 +11,7 @@ use super::nodes::NodeRecord;
 use super::place::{place, place_pending};
 use super::reconcile::reconcile_node;
 use super::state::ClusterState;
+use super::tokens::TokenRecord;
 use crate::task::{ApplyError, DesiredState, TaskRecord, TaskState};
 use crate::wire::{
     Heartbeat, HeartbeatReply, Registration, RegistrationReply, ReportReply, TaskStatus,
@@ -28,8 +29,8 @@ pub fn apply(
     now: Now,
 ) -> Result<(Reply, Vec<Effect>), CoreError> {
     match command {
-        Command::Submit { id, spec } => Ok(submit(state, id, spec, now)),
-        Command::Stop { id } => stop(state, id, now),
+        Command::Submit { id, spec, by } => Ok(submit(state, id, spec, by, now)),
+        Command::Stop { id, by } => stop(state, id, by, now),
         Command::Report { status } => Ok(report(state, &status, now)),
         Command::Refused {
             id,
@@ -46,7 +47,42 @@ pub fn apply(
             Ok((Reply::Done, vec![]))
         }
         Command::Tick => Ok((Reply::Done, tick(state, now))),
+        Command::CreateToken { record } => create_token(state, record),
+        Command::RevokeToken { name } => revoke_token(state, &name),
     }
+}
+
+/// A new token; its name must be free (revoke first to replace one).
+fn create_token(
+    state: &mut ClusterState,
+    record: TokenRecord,
+) -> Result<(Reply, Vec<Effect>), CoreError> {
+    if state.token(&record.name).is_some() {
+        return Err(CoreError::Conflict(format!(
+            "a token named {:?} exists; revoke it first",
+            record.name
+        )));
+    }
+    log::info!(
+        "manager: token {} ({}) created by {}",
+        record.name,
+        record.role,
+        record
+            .created_by
+            .as_deref()
+            .unwrap_or("the cluster's first start")
+    );
+    state.put_token(record.clone());
+    Ok((Reply::Token(record), vec![]))
+}
+
+fn revoke_token(state: &mut ClusterState, name: &str) -> Result<(Reply, Vec<Effect>), CoreError> {
+    if state.token(name).is_none() {
+        return Err(CoreError::NoToken(name.to_string()));
+    }
+    log::info!("manager: token {name} revoked");
+    state.remove_token(name);
+    Ok((Reply::Done, vec![]))
 }
 
 /// Another process registered under this name and is heard from: the
@@ -64,9 +100,11 @@ fn submit(
     state: &mut ClusterState,
     id: Uuid,
     spec: crate::task::TaskSpec,
+    by: Option<String>,
     now: Now,
 ) -> (Reply, Vec<Effect>) {
-    let record = TaskRecord::with_id(id, spec, now.at);
+    let mut record = TaskRecord::with_id(id, spec, now.at);
+    record.submitted_by = by;
     log::debug!(
         "manager: task {id} ({}) accepted, image {}",
         record.name,
@@ -77,10 +115,20 @@ fn submit(
     (Reply::Task(record), effects)
 }
 
-fn stop(state: &mut ClusterState, id: Uuid, now: Now) -> Result<(Reply, Vec<Effect>), CoreError> {
+fn stop(
+    state: &mut ClusterState,
+    id: Uuid,
+    by: Option<String>,
+    now: Now,
+) -> Result<(Reply, Vec<Effect>), CoreError> {
     let mut record = state.task(&id).cloned().ok_or(CoreError::NotFound(id))?;
     if record.request_stop(now.at) {
-        log::info!("manager: task {id} stop requested (state {})", record.state);
+        log::info!(
+            "manager: task {id} stop requested by token {} (state {})",
+            by.as_deref().unwrap_or("-"),
+            record.state
+        );
+        record.stopped_by = by;
         state.put_task(record.clone(), now.at);
     }
     // A down worker may accept the connection and never answer: it is told

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::tokens::TokenRecord;
 use crate::task::{TaskRecord, TaskSpec, TaskState};
 use crate::wire::{
     Assignment, Heartbeat, HeartbeatReply, Registration, RegistrationReply, ReportReply, TaskStatus,
@@ -36,10 +37,14 @@ pub enum Command {
     Submit {
         id: Uuid,
         spec: TaskSpec,
+        /// The submitter's token.
+        by: Option<String>,
     },
     /// A user stops a task.
     Stop {
         id: Uuid,
+        /// The stopper's token.
+        by: Option<String>,
     },
     /// A worker reports a change of one attempt of a task (pushed, or the
     /// answer to an assignment or a stop).
@@ -73,6 +78,14 @@ pub enum Command {
     /// The liveness clock: silent nodes go down and are drained; ended
     /// tasks past their retention are removed.
     Tick,
+    /// An admin makes a token (its secret made and hashed by the caller).
+    CreateToken {
+        record: TokenRecord,
+    },
+    /// An admin revokes a token: refused from the next request on.
+    RevokeToken {
+        name: String,
+    },
 }
 
 /// The answer to the command's sender, given once the command's changes
@@ -92,6 +105,7 @@ pub enum Reply {
     Registered(RegistrationReply),
     Reported(ReportReply),
     Beat(HeartbeatReply),
+    Token(TokenRecord),
     Done,
 }
 
@@ -111,6 +125,8 @@ pub enum Effect {
 pub enum CoreError {
     #[error("no task with id {0}")]
     NotFound(Uuid),
+    #[error("no token named {0:?}")]
+    NoToken(String),
     #[error("{0}")]
     Conflict(String),
 }

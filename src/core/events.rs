@@ -33,6 +33,9 @@ pub enum EventKind {
         to: TaskState,
         error: Option<String>,
         exit_code: Option<i64>,
+        /// The token whose request this is (submitted, or stopped).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// The restart policy restarted (or is about to restart) its container.
     Restart {
@@ -69,11 +72,19 @@ pub fn diff(before: Option<&Seen>, record: &TaskRecord) -> Vec<EventKind> {
     let now = seen(record);
     let mut out = Vec::new();
     if before.map(|b| b.state) != Some(now.state) {
+        // Who asked: the submitter when the task appears, the stopper
+        // when a stopped task ends.
+        let by = match before {
+            None => record.submitted_by.clone(),
+            Some(_) if now.state.is_terminal() => record.stopped_by.clone(),
+            Some(_) => None,
+        };
         out.push(EventKind::State {
             from: before.map(|b| b.state),
             to: now.state,
             error: record.error.clone(),
             exit_code: record.exit_code,
+            by,
         });
     }
     let same_attempt = before.is_some_and(|b| b.attempt == now.attempt);

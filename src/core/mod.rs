@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod place;
 pub mod reconcile;
 pub mod state;
+pub mod tokens;
 
 pub use apply::apply;
 pub use command::{Command, CoreError, Effect, Now, Reply, TaskPage, TaskQuery};

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::events::{self, EventDraft};
 use super::liveness::{Life, NodeState, Watch};
 use super::nodes::{self, Load, NodeRecord, NodeView};
+use super::tokens::{TokenRecord, TokenTable};
 use crate::config::SchedulerKind;
 use crate::scheduler::NodeSnapshot;
 use crate::task::{DesiredState, TaskRecord, TaskState};
@@ -53,6 +54,7 @@ impl From<&crate::config::RetainEnded> for Retention {
 enum Undo {
     Task(Uuid, Option<Box<TaskRecord>>),
     Node(String, Option<NodeRecord>),
+    Token(String, Option<TokenRecord>),
 }
 
 /// What a batch of commands changed, to be committed in one transaction.
@@ -61,12 +63,21 @@ pub struct Staged {
     pub tasks: Vec<TaskRecord>,
     pub removed_tasks: Vec<Uuid>,
     pub nodes: Vec<NodeRecord>,
+    pub tokens: Vec<TokenRecord>,
+    pub removed_tokens: Vec<String>,
     pub events: Vec<EventDraft>,
 }
 
 impl Staged {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.removed_tasks.is_empty() && self.nodes.is_empty()
+        self.tasks.is_empty()
+            && self.removed_tasks.is_empty()
+            && self.nodes.is_empty()
+            && !self.tokens_changed()
+    }
+
+    pub fn tokens_changed(&self) -> bool {
+        !self.tokens.is_empty() || !self.removed_tokens.is_empty()
     }
 }
 
@@ -74,6 +85,8 @@ pub struct ClusterState {
     /// Every task, by id (the order and cursor of `GET /tasks`).
     tasks: BTreeMap<Uuid, TaskRecord>,
     nodes: BTreeMap<String, NodeRecord>,
+    /// Users' tokens, by name.
+    tokens: BTreeMap<String, TokenRecord>,
     /// Liveness of every known node (memory only, never persisted).
     pub(super) lives: BTreeMap<String, Life>,
     pub(super) watch: Watch,
@@ -90,6 +103,8 @@ pub struct ClusterState {
     dirty_tasks: BTreeSet<Uuid>,
     removed_tasks: BTreeSet<Uuid>,
     dirty_nodes: BTreeSet<String>,
+    dirty_tokens: BTreeSet<String>,
+    removed_tokens: BTreeSet<String>,
     events: Vec<EventDraft>,
 }
 
@@ -107,6 +122,7 @@ impl ClusterState {
         let mut state = ClusterState {
             tasks: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             lives: nodes
                 .iter()
                 .map(|n| (n.name.clone(), Life::new(now)))
@@ -122,6 +138,8 @@ impl ClusterState {
             dirty_tasks: BTreeSet::new(),
             removed_tasks: BTreeSet::new(),
             dirty_nodes: BTreeSet::new(),
+            dirty_tokens: BTreeSet::new(),
+            removed_tokens: BTreeSet::new(),
             events: Vec::new(),
         };
         for task in tasks {
@@ -129,6 +147,12 @@ impl ClusterState {
         }
         state.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
         state
+    }
+
+    /// With these tokens (as the Store holds them).
+    pub fn with_tokens(mut self, tokens: Vec<TokenRecord>) -> Self {
+        self.tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
+        self
     }
 
     // ----- reads -----
@@ -161,6 +185,19 @@ impl ClusterState {
 
     pub fn node_names(&self) -> Vec<String> {
         self.nodes.keys().cloned().collect()
+    }
+
+    pub fn token(&self, name: &str) -> Option<&TokenRecord> {
+        self.tokens.get(name)
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.tokens.values()
+    }
+
+    /// What requests are checked against.
+    pub fn token_table(&self) -> TokenTable {
+        TokenTable::new(self.tokens.values())
     }
 
     pub fn life(&self, name: &str) -> Option<&Life> {
@@ -268,6 +305,22 @@ impl ClusterState {
         self.dirty_nodes.insert(name);
     }
 
+    pub fn put_token(&mut self, record: TokenRecord) {
+        let name = record.name.clone();
+        let old = self.tokens.insert(name.clone(), record);
+        self.undo.push(Undo::Token(name.clone(), old));
+        self.removed_tokens.remove(&name);
+        self.dirty_tokens.insert(name);
+    }
+
+    pub fn remove_token(&mut self, name: &str) {
+        if let Some(old) = self.tokens.remove(name) {
+            self.undo.push(Undo::Token(name.to_string(), Some(old)));
+            self.dirty_tokens.remove(name);
+            self.removed_tokens.insert(name.to_string());
+        }
+    }
+
     /// Takes what the commands since the last commit changed.
     pub fn take_staged(&mut self) -> Staged {
         let tasks = std::mem::take(&mut self.dirty_tasks)
@@ -278,12 +331,20 @@ impl ClusterState {
             .into_iter()
             .filter_map(|name| self.nodes.get(&name).cloned())
             .collect();
+        let tokens = std::mem::take(&mut self.dirty_tokens)
+            .into_iter()
+            .filter_map(|name| self.tokens.get(&name).cloned())
+            .collect();
         Staged {
             tasks,
             removed_tasks: std::mem::take(&mut self.removed_tasks)
                 .into_iter()
                 .collect(),
             nodes,
+            tokens,
+            removed_tokens: std::mem::take(&mut self.removed_tokens)
+                .into_iter()
+                .collect(),
             events: std::mem::take(&mut self.events),
         }
     }
@@ -309,11 +370,21 @@ impl ClusterState {
                         self.nodes.remove(&name);
                     }
                 },
+                Undo::Token(name, old) => match old {
+                    Some(token) => {
+                        self.tokens.insert(name, token);
+                    }
+                    None => {
+                        self.tokens.remove(&name);
+                    }
+                },
             }
         }
         self.dirty_tasks.clear();
         self.removed_tasks.clear();
         self.dirty_nodes.clear();
+        self.dirty_tokens.clear();
+        self.removed_tokens.clear();
         self.events.clear();
     }
 

@@ -81,6 +81,7 @@ fn submit(s: &mut ClusterState, id: Uuid, now: Now) {
         Command::Submit {
             id,
             spec: spec("a"),
+            by: None,
         },
         now,
     );
@@ -138,6 +139,7 @@ fn a_submit_without_workers_stays_pending_in_one_write_saying_why() {
         Command::Submit {
             id,
             spec: spec("a"),
+            by: None,
         },
         clock.now(),
     )
@@ -245,7 +247,7 @@ fn a_stop_names_the_worker_that_must_stop_the_container() {
     register(&mut s, "w1", clock.now());
     let id = Uuid::new_v4();
     submit(&mut s, id, clock.now());
-    let (reply, _) = run(&mut s, Command::Stop { id }, clock.now());
+    let (reply, _) = run(&mut s, Command::Stop { id, by: None }, clock.now());
     match reply {
         Reply::Stopping { record, worker, .. } => {
             assert_eq!(worker.as_deref(), Some("w1"));
@@ -254,7 +256,14 @@ fn a_stop_names_the_worker_that_must_stop_the_container() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        apply(&mut s, Command::Stop { id: Uuid::new_v4() }, clock.now()),
+        apply(
+            &mut s,
+            Command::Stop {
+                id: Uuid::new_v4(),
+                by: None
+            },
+            clock.now()
+        ),
         Err(CoreError::NotFound(_))
     ));
 }
@@ -266,7 +275,7 @@ fn a_failed_commit_leaves_memory_as_the_disk_has_it() {
     let id = Uuid::new_v4();
     submit(&mut s, id, clock.now());
     // The stop is applied but its commit fails.
-    apply(&mut s, Command::Stop { id }, clock.now()).unwrap();
+    apply(&mut s, Command::Stop { id, by: None }, clock.now()).unwrap();
     let _ = s.take_staged();
     s.rollback();
     let record = s.task(&id).unwrap();
@@ -283,7 +292,7 @@ fn ended_tasks_beyond_the_retention_are_removed_oldest_first() {
     for id in &ids {
         submit(&mut s, *id, clock.now());
         clock.advance(Duration::from_secs(1));
-        run(&mut s, Command::Stop { id: *id }, clock.now());
+        run(&mut s, Command::Stop { id: *id, by: None }, clock.now());
     }
     apply(&mut s, Command::Tick, clock.now()).unwrap();
     let staged = s.take_staged();
@@ -321,7 +330,14 @@ fn the_same_commands_give_the_same_state() {
             },
             clock.now(),
         );
-        run(&mut s, Command::Stop { id: ids[2] }, clock.now());
+        run(
+            &mut s,
+            Command::Stop {
+                id: ids[2],
+                by: None,
+            },
+            clock.now(),
+        );
         s.tasks().cloned().collect::<Vec<_>>()
     };
     assert_eq!(replay(), replay());
@@ -343,6 +359,7 @@ fn freed_room_retries_only_the_pending_tasks_that_may_fit_in_it() {
             Command::Submit {
                 id,
                 spec: sized(name, cpu),
+                by: None,
             },
             clock.now(),
         );

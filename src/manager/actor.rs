@@ -18,9 +18,14 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::events::{Event, EventLog};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use crate::client::Client;
 use crate::core::apply::namesake;
 use crate::core::nodes::{NodeRecord, NodeView};
+use crate::core::tokens::{TokenRecord, TokenTable, TokenView};
 use crate::core::{
     ClusterState, Command, CoreError, Effect, Now, Reply, Staged, TaskPage, TaskQuery, apply,
 };
@@ -82,12 +87,20 @@ pub struct Manager {
     clients: HashMap<(String, String), Client>,
     /// The manager's certificate: it calls workers with it.
     tls: NodeTls,
+    /// Where the routes read the tokens from; a new table after every
+    /// committed token change.
+    tokens: watch::Sender<Arc<TokenTable>>,
     /// The batch in flight is a relief from a full store.
     relieving: bool,
 }
 
 impl Manager {
-    pub fn new(store: Addr<Store>, state: ClusterState, tls: NodeTls) -> Self {
+    pub fn new(
+        store: Addr<Store>,
+        state: ClusterState,
+        tls: NodeTls,
+        tokens: watch::Sender<Arc<TokenTable>>,
+    ) -> Self {
         Manager {
             store,
             state,
@@ -96,6 +109,7 @@ impl Manager {
             flush_scheduled: false,
             clients: HashMap::new(),
             tls,
+            tokens,
             relieving: false,
         }
     }
@@ -149,10 +163,15 @@ impl Manager {
             return;
         }
         let events = std::mem::take(&mut staged.events);
+        let tokens_changed = staged.tokens_changed();
         let writes = writes(staged);
         let commit = self.store.send(Commit(writes));
         ctx.wait(commit.into_actor(self).map(move |result, act, ctx| {
             let result = result.map_err(StoreError::from).and_then(|r| r);
+            if result.is_ok() && tokens_changed {
+                // Committed: requests see the change from now on.
+                act.tokens.send_replace(Arc::new(act.state.token_table()));
+            }
             act.finish(outcomes, result, events, ctx);
         }));
     }
@@ -339,6 +358,11 @@ fn writes(staged: Staged) -> Vec<Write> {
         table: <TaskRecord as crate::store::Stored>::TABLE,
         key: id.to_string(),
     }));
+    out.extend(staged.tokens.into_iter().map(Write::put));
+    out.extend(staged.removed_tokens.into_iter().map(|name| Write::Delete {
+        table: <TokenRecord as crate::store::Stored>::TABLE,
+        key: name,
+    }));
     out
 }
 
@@ -402,7 +426,11 @@ async fn answered(rx: oneshot::Receiver<Answer>) -> Answer {
 }
 
 /// A user submits a task. Answers after the record is committed.
-pub struct Submit(pub TaskSpec);
+pub struct Submit {
+    pub spec: TaskSpec,
+    /// The submitter's token.
+    pub by: String,
+}
 
 impl Message for Submit {
     type Result = Result<TaskRecord, ManagerError>;
@@ -413,7 +441,14 @@ impl Handler<Submit> for Manager {
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         let id = Uuid::new_v4();
-        let rx = self.enqueue(Command::Submit { id, spec: msg.0 }, ctx);
+        let rx = self.enqueue(
+            Command::Submit {
+                id,
+                spec: msg.spec,
+                by: Some(msg.by),
+            },
+            ctx,
+        );
         Box::pin(async move {
             match answered(rx).await? {
                 Reply::Task(record) => Ok(record),
@@ -504,7 +539,11 @@ impl Handler<ClientFor> for Manager {
 /// A user stops a task. The answer is the record once the worker has stopped
 /// and removed the container, and whether that happened (`false`: the worker
 /// could not be reached, or has not finished; it will be told again).
-pub struct StopTask(pub Uuid);
+pub struct StopTask {
+    pub id: Uuid,
+    /// The stopper's token.
+    pub by: String,
+}
 
 impl Message for StopTask {
     type Result = Result<(TaskRecord, bool), ManagerError>;
@@ -514,8 +553,14 @@ impl Handler<StopTask> for Manager {
     type Result = ResponseFuture<Result<(TaskRecord, bool), ManagerError>>;
 
     fn handle(&mut self, msg: StopTask, ctx: &mut Context<Self>) -> Self::Result {
-        let id = msg.0;
-        let rx = self.enqueue(Command::Stop { id }, ctx);
+        let id = msg.id;
+        let rx = self.enqueue(
+            Command::Stop {
+                id,
+                by: Some(msg.by),
+            },
+            ctx,
+        );
         let me = ctx.address();
         Box::pin(async move {
             let (record, worker, unconfirmed) = match answered(rx).await? {
@@ -734,5 +779,20 @@ impl Handler<LogsAt> for Manager {
         Ok(self
             .client_for(&node)
             .ok_or_else(|| CoreError::Conflict(format!("task {id} is on unknown node {node}")))?)
+    }
+}
+
+/// The tokens, as users may see them (no hashes).
+pub struct ListTokens;
+
+impl Message for ListTokens {
+    type Result = Vec<TokenView>;
+}
+
+impl Handler<ListTokens> for Manager {
+    type Result = MessageResult<ListTokens>;
+
+    fn handle(&mut self, _msg: ListTokens, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.tokens().map(TokenView::from).collect())
     }
 }

@@ -75,6 +75,7 @@ mod tests {
             to: TaskState::Pending,
             error: None,
             exit_code: None,
+            by: None,
         };
         EventDraft::new(&r, kind, Utc::now())
     }

@@ -2,8 +2,10 @@
 //! log and its HTTP routes.
 
 pub mod actor;
+pub mod auth;
 pub mod events;
 pub mod join;
 pub mod routes;
+pub mod tokens;
 
 pub use actor::Manager;

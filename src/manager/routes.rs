@@ -11,6 +11,7 @@ use super::actor::{
     Beat, Events, GetTask, ListNodes, ListTasks, LogsAt, Manager, ManagerError, Register, Report,
     StopTask, Submit,
 };
+use super::auth::{Deployer, Reader};
 use crate::api_error::ApiError;
 use crate::core::{CoreError, TaskQuery};
 use crate::security::peer::WorkerPeer;
@@ -36,7 +37,9 @@ impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         use actix_web::http::StatusCode;
         match &e {
-            ManagerError::Core(CoreError::NotFound(_)) => ApiError::not_found(e.to_string()),
+            ManagerError::Core(CoreError::NotFound(_) | CoreError::NoToken(_)) => {
+                ApiError::not_found(e.to_string())
+            }
             ManagerError::Core(CoreError::Conflict(_)) => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
@@ -124,18 +127,26 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 async fn submit(
+    caller: Deployer,
     manager: web::Data<Addr<Manager>>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("request body is not UTF-8", None))?;
     let spec = spec::parse_json(text)?;
-    let record = manager.send(Submit(spec)).await.map_err(mailbox)??;
+    let record = manager
+        .send(Submit {
+            spec,
+            by: caller.token,
+        })
+        .await
+        .map_err(mailbox)??;
     Ok(HttpResponse::Created().json(record))
 }
 
 /// One page of tasks, in id order: `{"tasks": [...], "next": <id or null>}`.
 async fn list_tasks(
+    _caller: Reader,
     manager: web::Data<Addr<Manager>>,
     query: web::Query<TasksQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -145,6 +156,7 @@ async fn list_tasks(
 }
 
 async fn get_task(
+    _caller: Reader,
     manager: web::Data<Addr<Manager>>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -156,11 +168,18 @@ async fn get_task(
 }
 
 async fn stop_task(
+    caller: Deployer,
     manager: web::Data<Addr<Manager>>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let (record, done) = manager.send(StopTask(id)).await.map_err(mailbox)??;
+    let (record, done) = manager
+        .send(StopTask {
+            id,
+            by: caller.token,
+        })
+        .await
+        .map_err(mailbox)??;
     Ok(if done {
         HttpResponse::Ok().json(record)
     } else {
@@ -168,7 +187,10 @@ async fn stop_task(
     })
 }
 
-async fn list_nodes(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, ApiError> {
+async fn list_nodes(
+    _caller: Reader,
+    manager: web::Data<Addr<Manager>>,
+) -> Result<HttpResponse, ApiError> {
     let nodes = manager.send(ListNodes).await.map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(nodes))
 }
@@ -176,6 +198,7 @@ async fn list_nodes(manager: web::Data<Addr<Manager>>) -> Result<HttpResponse, A
 /// The task container's output, streamed from its worker through the
 /// manager (users only know the manager).
 async fn task_logs(
+    _caller: Reader,
     manager: web::Data<Addr<Manager>>,
     id: web::Path<String>,
     query: web::Query<Follow>,
@@ -197,6 +220,7 @@ async fn task_logs(
 /// event a line, oldest first; with `?follow=true` the stream stays open
 /// and every later event follows as it happens.
 async fn events(
+    _caller: Reader,
     manager: web::Data<Addr<Manager>>,
     query: web::Query<Follow>,
 ) -> Result<HttpResponse, ApiError> {

@@ -92,6 +92,10 @@ struct State {
     missing_images: BTreeSet<String>,
     create_failures: VecDeque<String>,
     start_failures: VecDeque<String>,
+    /// Names another client's create holds: a create of one conflicts, and
+    /// it inspects as absent this many more times before its container
+    /// appears (the engine finishing a dead client's request).
+    in_creation: BTreeMap<String, (u32, ContainerSpec)>,
     /// Every call that changed something, in order: "create NAME",
     /// "start ID", "stop ID", "remove ID".
     calls: Vec<String>,
@@ -173,6 +177,14 @@ impl FakeEngine {
     /// Created, as the engine leaves it.
     pub fn fail_next_start(&self, message: &str) {
         self.lock().start_failures.push_back(message.to_string());
+    }
+
+    /// Another client is creating `spec`'s container: its name is taken,
+    /// yet the container inspects as absent `hidden` more times.
+    pub fn creating_elsewhere(&self, spec: ContainerSpec, hidden: u32) {
+        self.lock()
+            .in_creation
+            .insert(spec.name.clone(), (hidden, spec));
     }
 
     /// `exec` in this container exits with `code` from now on.
@@ -342,7 +354,9 @@ impl Engine for FakeEngine {
     fn create<'a>(&'a self, spec: &'a ContainerSpec) -> EngineFuture<'a, String> {
         let result = self.up().and_then(|mut state| {
             state.calls.push(format!("create {}", spec.name));
-            if Self::find(&state, &spec.name).is_some() {
+            if Self::find(&state, &spec.name).is_some()
+                || state.in_creation.contains_key(&spec.name)
+            {
                 return Err(RuntimeError::Conflict(spec.name.clone()));
             }
             let id = Self::insert(&mut state, spec.clone());
@@ -377,7 +391,14 @@ impl Engine for FakeEngine {
     }
 
     fn inspect<'a>(&'a self, id: &'a str) -> EngineFuture<'a, Option<ContainerView>> {
-        let result = self.up().map(|state| {
+        let result = self.up().map(|mut state| {
+            if let Some((hidden, spec)) = state.in_creation.remove(id) {
+                if hidden > 0 {
+                    state.in_creation.insert(id.to_string(), (hidden - 1, spec));
+                    return None;
+                }
+                Self::insert(&mut state, spec);
+            }
             Self::find(&state, id).and_then(|id| state.containers.get(&id).map(|c| c.view()))
         });
         Box::pin(async move { result })

@@ -234,25 +234,44 @@ pub enum ContainerEventKind {
     OutOfMemory,
 }
 
+/// How often a create whose name is taken, yet not inspectable, is tried
+/// again, and the wait between tries.
+const ADOPT_TRIES: u32 = 20;
+const ADOPT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Creates a container; if one of that name exists already (a worker
 /// restarted mid-way), answers its id instead: there is never a second copy.
+/// A name taken by a create still in progress in the engine (a worker
+/// killed while its create request ran: the engine finishes it) inspects
+/// as absent for a moment; it is tried again until the container appears
+/// (adopted) or the name is free (created), at most [`ADOPT_TRIES`] times.
 pub async fn create_or_adopt(
     engine: &dyn Engine,
     spec: &ContainerSpec,
 ) -> Result<String, RuntimeError> {
-    match engine.create(spec).await {
-        Err(RuntimeError::Conflict(_)) => {
-            log::info!(
-                "runtime: container {} exists already, adopting it",
-                spec.name
-            );
-            match engine.inspect(&spec.name).await? {
-                Some(view) => Ok(view.id),
-                // Removed in between: a fresh one then.
-                None => engine.create(spec).await,
+    let mut tries = 0;
+    loop {
+        match engine.create(spec).await {
+            Err(RuntimeError::Conflict(name)) => {
+                if let Some(view) = engine.inspect(&spec.name).await? {
+                    log::info!(
+                        "runtime: container {} exists already, adopting it",
+                        spec.name
+                    );
+                    return Ok(view.id);
+                }
+                tries += 1;
+                if tries >= ADOPT_TRIES {
+                    return Err(RuntimeError::Conflict(name));
+                }
+                log::info!(
+                    "runtime: the name {} is taken by a container not there yet; trying again",
+                    spec.name
+                );
+                tokio::time::sleep(ADOPT_WAIT).await;
             }
+            other => return other,
         }
-        other => other,
     }
 }
 
@@ -277,6 +296,20 @@ pub async fn stop_and_remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_taken_by_a_create_in_progress_is_adopted_once_it_appears() {
+        let engine = fake::FakeEngine::new();
+        let id = Uuid::new_v4();
+        let task: TaskSpec =
+            serde_json::from_value(serde_json::json!({"name": "web", "image": "img"})).unwrap();
+        let spec = ContainerSpec::for_task(id, 1, 0, "n1", ANY, &task);
+        engine.creating_elsewhere(spec.clone(), 3);
+        let adopted = create_or_adopt(&engine, &spec).await.unwrap();
+        let containers = engine.containers();
+        assert_eq!(containers.len(), 1, "one copy");
+        assert_eq!(containers[0].id, adopted);
+    }
 
     const ANY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 

@@ -53,6 +53,12 @@ pub struct TaskRecord {
     /// The `seq` of the last status applied for the current attempt.
     #[serde(default)]
     pub status_seq: u64,
+    /// The token that submitted the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
+    /// The token that stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     pub spec: TaskSpec,
 }
 
@@ -100,6 +106,8 @@ impl TaskRecord {
             updated_at: now,
             version: 1,
             status_seq: 0,
+            submitted_by: None,
+            stopped_by: None,
             spec,
         }
     }
