@@ -19,6 +19,8 @@ struct Target {
     base: String,
     http: reqwest::Client,
     tls: rustls::ClientConfig,
+    /// A user's token, sent on raw requests too (the worker takes none).
+    token: Option<String>,
 }
 
 impl std::fmt::Display for Target {
@@ -37,11 +39,13 @@ async fn node() -> (Cluster, Target, Target) {
         base: nodes[0].address.clone(),
         http: files.worker_http(&nodes[0].name),
         tls: files.manager_tls(&nodes[0].name),
+        token: None,
     };
     let manager = Target {
         base: cluster.manager_url.clone(),
         http: files.http(),
         tls: files.user_tls(),
+        token: Some(files.admin_token.clone()),
     };
     (cluster, manager, worker)
 }
@@ -137,8 +141,16 @@ fn parse_responses(mut bytes: &[u8]) -> Vec<Raw> {
 /// Sends raw bytes on a new connection, optionally waits, and reads until the
 /// server closes it. A server that closes with some of a too large request
 /// unread resets the connection: what was read until then counts.
-async fn raw(target: &Target, request: Vec<u8>, pause: Duration) -> Vec<Raw> {
+async fn raw(target: &Target, mut request: Vec<u8>, pause: Duration) -> Vec<Raw> {
     let addr = target.base.trim_start_matches("https://").to_string();
+    // The token goes right after the request line.
+    if let (Some(token), Some(end)) = (
+        &target.token,
+        request.windows(2).position(|w| w == b"\r\n"),
+    ) {
+        let header = format!("authorization: Bearer {token}\r\n");
+        request.splice(end + 2..end + 2, header.into_bytes());
+    }
     let tls = std::sync::Arc::new(target.tls.clone());
     tokio::task::spawn_blocking(move || {
         let tcp = TcpStream::connect(&addr).expect("connect");
