@@ -8,6 +8,7 @@
 //! (`connection::JsonErrorHeads`).
 
 pub mod connection;
+pub mod deadline;
 
 use actix_web::dev::ServiceResponse;
 use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};

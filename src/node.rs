@@ -4,20 +4,12 @@
 use actix::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use actix_rt::net::TcpStream;
-use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use tokio::sync::watch;
 
-use actix_http::error::DispatchError;
-use actix_http::{HttpService, KeepAlive, Protocol};
-use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _};
-use actix_web::dev::{AppConfig, Server, ServiceFactory as _, fn_factory, fn_service};
-use actix_web::{App, web};
+use actix_web::web;
 use anyhow::Context as _;
 
-use crate::api_error::connection::JsonErrorHeads;
 use crate::client::Client;
 use crate::config::{
     ClientFile, ManagerConfig, NodeConfig, Role, WorkerConfig, default_client_file, reachable,
@@ -41,9 +33,6 @@ use crate::worker::actor::HEARTBEAT_TIMEOUT;
 use crate::worker::join::join;
 use crate::worker::record::WorkerTaskRecord;
 use crate::worker::stats::{SAMPLE_EVERY, Stats};
-
-/// A client that has not finished its TLS handshake by then is cut off.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a node until it is stopped (Ctrl-C / SIGTERM) or fails.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
@@ -112,7 +101,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         });
         let listener = std::net::TcpListener::bind(mc.listen)
             .with_context(|| format!("manager: cannot listen on {}", mc.listen))?;
-        let server = serve(listener, server_tls, move |cfg| {
+        let server = crate::listener::serve(listener, server_tls, move |cfg| {
             cfg.app_data(data.clone())
                 .app_data(authority.clone())
                 .app_data(tokens.clone());
@@ -162,7 +151,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         )
         .start();
         let data = web::Data::new(worker);
-        let server = serve(listener, server_tls, move |cfg| {
+        let server = crate::listener::serve(listener, server_tls, move |cfg| {
             cfg.app_data(data.clone());
             crate::worker::routes::configure(cfg);
         })
@@ -293,65 +282,4 @@ fn write_client_file(mc: &ManagerConfig, data_dir: &Path, url: &str, admin_secre
         ),
         Err(e) => log::warn!("manager: cannot write the client file: {e}"),
     }
-}
-
-/// Serves one App (its routes and data set by `configure`) on `listener`
-/// over TLS with one worker thread, as actix-web's `HttpServer` would (same
-/// timeouts, signals and graceful shutdown), except that each connection is
-/// wrapped so that the errors actix-http answers before any App runs (request
-/// heads too large, malformed or too slow) are JSON too; the App's own errors
-/// are made JSON by `api_error`. The identity a verified client certificate
-/// names goes into the connection's data (see `security::peer`).
-fn serve<F>(
-    listener: std::net::TcpListener,
-    tls: rustls::ServerConfig,
-    configure: F,
-) -> std::io::Result<Server>
-where
-    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
-{
-    let addr = listener.local_addr()?;
-    let mut acceptor = Acceptor::new(tls);
-    acceptor.set_handshake_timeout(TLS_HANDSHAKE_TIMEOUT);
-    let builder = actix_server::Server::build().workers(1);
-    let shutdown = builder.graceful_shutdown_signal();
-    let builder = builder.listen(format!("cube-https-{addr}"), listener, move || {
-        let configure = configure.clone();
-        let app = fn_factory(move || {
-            App::new()
-                .wrap(crate::api_error::json_errors())
-                .configure(configure.clone())
-                .into_factory()
-                .new_service(AppConfig::default())
-        });
-        let shutdown = shutdown.clone();
-        let http = HttpService::build()
-            .keep_alive(KeepAlive::default())
-            .client_request_timeout(Duration::from_secs(5))
-            .client_disconnect_timeout(Duration::from_secs(1))
-            .local_addr(addr)
-            .graceful_shutdown_signal(move || {
-                let shutdown = shutdown.clone();
-                async move { shutdown.notified().await }
-            })
-            .on_connect_ext(|io: &JsonErrorHeads<TlsStream<TcpStream>>, data| {
-                let (_, session) = io.get_ref().get_ref();
-                if let Some(cert) = session.peer_certificates().and_then(|c| c.first())
-                    && let Ok(identity) = Identity::of_cert(cert)
-                {
-                    data.insert(identity);
-                }
-            })
-            .finish(app);
-        acceptor
-            .clone()
-            .map_err(|e| DispatchError::Io(std::io::Error::other(e.to_string())))
-            .and_then(fn_service(|io: TlsStream<TcpStream>| async move {
-                let peer = io.get_ref().0.peer_addr().ok();
-                let io = JsonErrorHeads::new(io);
-                Ok::<_, DispatchError>((io, Protocol::Http1, peer))
-            }))
-            .and_then(http)
-    })?;
-    Ok(builder.run())
 }

@@ -144,10 +144,8 @@ fn parse_responses(mut bytes: &[u8]) -> Vec<Raw> {
 async fn raw(target: &Target, mut request: Vec<u8>, pause: Duration) -> Vec<Raw> {
     let addr = target.base.trim_start_matches("https://").to_string();
     // The token goes right after the request line.
-    if let (Some(token), Some(end)) = (
-        &target.token,
-        request.windows(2).position(|w| w == b"\r\n"),
-    ) {
+    if let (Some(token), Some(end)) = (&target.token, request.windows(2).position(|w| w == b"\r\n"))
+    {
         let header = format!("authorization: Bearer {token}\r\n");
         request.splice(end + 2..end + 2, header.into_bytes());
     }
