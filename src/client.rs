@@ -14,7 +14,7 @@ use crate::core::tokens::{CreatedToken, NewToken, TokenView};
 use crate::task::TaskRecord;
 use crate::wire::{
     Assignment, CaCertificate, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, NodeStats,
-    Registration, RegistrationReply, ReportReply, TaskStatus,
+    Registration, RegistrationReply, RenewRequest, ReportReply, TaskStatus,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -277,6 +277,14 @@ impl Client {
     pub async fn join(&self, request: &JoinRequest) -> Result<JoinReply, ClientError> {
         Ok(self
             .call(reqwest::Method::POST, "/join", Some(request))
+            .await?
+            .1)
+    }
+
+    /// A new certificate for the calling worker (`POST /workers/renew`).
+    pub async fn renew(&self, request: &RenewRequest) -> Result<JoinReply, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/workers/renew", Some(request))
             .await?
             .1)
     }

@@ -430,10 +430,10 @@ impl NodeConfig {
             for name in &manager.tls_names {
                 validate_host(name).map_err(|m| ConfigError::key("manager.tls_names", m))?;
             }
-            if !(60..=10 * 365 * 24 * 3600).contains(&manager.node_cert_ttl_s) {
+            if !(5..=10 * 365 * 24 * 3600).contains(&manager.node_cert_ttl_s) {
                 return Err(ConfigError::key(
                     "manager.node_cert_ttl_s",
-                    "must be between 60 and 315360000 (seconds)",
+                    "must be between 5 and 315360000 (seconds)",
                 ));
             }
         }

@@ -32,6 +32,7 @@ use crate::worker::Worker;
 use crate::worker::actor::HEARTBEAT_TIMEOUT;
 use crate::worker::join::join;
 use crate::worker::record::WorkerTaskRecord;
+use crate::worker::renewal::Renewal;
 use crate::worker::stats::{SAMPLE_EVERY, Stats};
 
 /// Runs a node until it is stopped (Ctrl-C / SIGTERM) or fails.
@@ -131,6 +132,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let to_manager = tls.client(Expect::Manager).context("worker: TLS set-up")?;
         let manager = Client::new(&manager_url, &to_manager)?;
         let beat = Client::with_timeout(&manager_url, &to_manager, HEARTBEAT_TIMEOUT)?;
+        Renewal::new(
+            tls.clone(),
+            config.data_dir.clone(),
+            wc.name.clone(),
+            vec![wc.advertise_host()],
+            manager.clone(),
+        )
+        .start();
         let server_tls = tls
             .server(ClientCerts::Required)
             .context("worker: TLS set-up")?;

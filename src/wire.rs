@@ -137,6 +137,16 @@ pub struct JoinRequest {
     pub csr: String,
 }
 
+/// A joined worker asks for a new certificate before its own expires
+/// (the caller's certificate says who it is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub hosts: Vec<String>,
+    /// PEM.
+    pub csr: String,
+}
+
 /// The worker's certificate (PEM).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinReply {

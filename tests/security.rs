@@ -201,3 +201,88 @@ async fn a_worker_refuses_a_manager_whose_ca_its_token_does_not_pin() {
     assert!(log.contains("401") && log.contains("join token"), "{log}");
     assert!(cluster.client().nodes().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn certificates_renewed_under_load_disturb_nothing() {
+    ensure_image();
+    // Worker certificates live 6 s: renewed every 3 to 5 s.
+    let cluster = Cluster::split_tuned("round-robin", "node_cert_ttl_s = 6", &["", ""]);
+    cluster.ready().await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let r = cluster
+            .post(&echo_spec(
+                &format!("steady{i}"),
+                &["/echo", "serve", "7777"],
+            ))
+            .await;
+        assert_eq!(r.status(), 201);
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        cluster.wait_state(id, "Running", T).await;
+    }
+    let first: Vec<String> = (0..2)
+        .map(|i| {
+            let name = &cluster.worker_names[i];
+            std::fs::read_to_string(
+                cluster
+                    .dir
+                    .path()
+                    .join(format!("{name}-{}", i + 1))
+                    .join("pki/node.crt"),
+            )
+            .unwrap()
+        })
+        .collect();
+
+    // 20 s: three lifetimes of the first certificates. Nothing moves.
+    let client = cluster.client();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        for node in client.nodes().await.unwrap() {
+            assert_eq!(node.state.as_str(), "ready", "{node:?}\n{}", cluster.logs());
+        }
+        for id in &ids {
+            let t = client.task(id).await.unwrap();
+            assert_eq!((t.state.as_str(), t.attempt), ("Running", 1), "{t:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, old) in first.iter().enumerate() {
+        let name = &cluster.worker_names[i];
+        let now = std::fs::read_to_string(
+            cluster
+                .dir
+                .path()
+                .join(format!("{name}-{}", i + 1))
+                .join("pki/node.crt"),
+        )
+        .unwrap();
+        assert_ne!(&now, old, "worker {name} kept its first certificate");
+        let renewed = cluster.nodes[i + 1]
+            .log_text()
+            .matches("presents its new certificate")
+            .count();
+        assert!(renewed >= 3, "worker {name} renewed {renewed} times");
+    }
+    // Long after the first certificates expired, the manager still reaches
+    // the workers (they serve the new ones) and they it.
+    let r = cluster
+        .post(&echo_spec("late", &["/echo", "serve", "7777"]))
+        .await;
+    assert_eq!(r.status(), 201);
+    let late = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cluster.wait_state(&late, "Running", T).await;
+    for id in ids.iter().chain([&late]) {
+        cluster.client().stop(id).await.unwrap();
+    }
+}

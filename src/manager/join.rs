@@ -13,9 +13,10 @@ use actix_web::{HttpResponse, web};
 use crate::api_error::ApiError;
 use crate::config::{validate_host, validate_node_name};
 use crate::security::identity::Identity;
+use crate::security::peer::WorkerPeer;
 use crate::security::pki::Ca;
 use crate::security::secret::{JoinToken, same_secret};
-use crate::wire::{CaCertificate, JoinReply, JoinRequest};
+use crate::wire::{CaCertificate, JoinReply, JoinRequest, RenewRequest};
 
 /// The most addresses a worker's certificate names.
 const MAX_HOSTS: usize = 8;
@@ -31,7 +32,52 @@ pub struct JoinAuthority {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/join/ca", web::get().to(ca))
-        .route("/join", web::post().to(join));
+        .route("/join", web::post().to(join))
+        .route("/workers/renew", web::post().to(renew));
+}
+
+/// A joined worker's new certificate, for the name its current one gives.
+async fn renew(
+    caller: WorkerPeer,
+    authority: web::Data<JoinAuthority>,
+    request: web::Json<RenewRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = request.into_inner();
+    let certificate = issue(&authority, &caller.0.name, &request.hosts, &request.csr)?;
+    log::info!(
+        "manager: worker {} renewed its certificate, good for {} s",
+        caller.0.name,
+        authority.ttl.as_secs()
+    );
+    Ok(HttpResponse::Ok().json(JoinReply { certificate }))
+}
+
+/// Checks what a worker asks for and issues its certificate.
+fn issue(
+    authority: &JoinAuthority,
+    name: &str,
+    hosts: &[String],
+    csr: &str,
+) -> Result<String, ApiError> {
+    if hosts.is_empty() || hosts.len() > MAX_HOSTS {
+        return Err(ApiError::bad_request(
+            format!("give 1 to {MAX_HOSTS} addresses"),
+            Some("hosts".into()),
+        ));
+    }
+    for host in hosts {
+        validate_host(host).map_err(|m| ApiError::bad_request(m, Some("hosts".into())))?;
+    }
+    if csr.len() > MAX_CSR_BYTES {
+        return Err(ApiError::bad_request(
+            format!("over {MAX_CSR_BYTES} bytes"),
+            Some("csr".into()),
+        ));
+    }
+    authority
+        .ca
+        .sign_request(csr, &Identity::worker(name), hosts, authority.ttl)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("csr".into())))
 }
 
 async fn ca(authority: web::Data<JoinAuthority>) -> HttpResponse {
@@ -56,26 +102,7 @@ async fn join(
         ));
     }
     validate_node_name(&request.name).map_err(|m| ApiError::bad_request(m, Some("name".into())))?;
-    if request.hosts.is_empty() || request.hosts.len() > MAX_HOSTS {
-        return Err(ApiError::bad_request(
-            format!("give 1 to {MAX_HOSTS} addresses"),
-            Some("hosts".into()),
-        ));
-    }
-    for host in &request.hosts {
-        validate_host(host).map_err(|m| ApiError::bad_request(m, Some("hosts".into())))?;
-    }
-    if request.csr.len() > MAX_CSR_BYTES {
-        return Err(ApiError::bad_request(
-            format!("over {MAX_CSR_BYTES} bytes"),
-            Some("csr".into()),
-        ));
-    }
-    let who = Identity::worker(&request.name);
-    let certificate = authority
-        .ca
-        .sign_request(&request.csr, &who, &request.hosts, authority.ttl)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("csr".into())))?;
+    let certificate = issue(&authority, &request.name, &request.hosts, &request.csr)?;
     log::info!(
         "manager: worker {} joined: certificate for {} issued, good for {} s",
         request.name,

@@ -184,7 +184,9 @@ fn node_params(
     ];
     params.serial_number = Some(serial()?);
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    // A short life gets a short backdate: its renewal, at a share of the
+    // whole validity, must come before it ends.
+    params.not_before = now - BACKDATE.min(lifetime / 10);
     params.not_after = now + lifetime;
     params.use_authority_key_identifier_extension = true;
     Ok(params)
@@ -206,15 +208,43 @@ pub fn digest_of_pem(pem: &str) -> Result<String, SecurityError> {
     Ok(sha256_hex(&der))
 }
 
-/// When a PEM certificate stops being valid, and when it started.
+/// When a PEM certificate started being valid, and when it stops.
 pub fn validity_of_pem(pem: &str) -> Result<(OffsetDateTime, OffsetDateTime), SecurityError> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
     let der = CertificateDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| SecurityError::Certificate(format!("not a PEM certificate: {e}")))?;
-    let (_, cert) = X509Certificate::from_der(&der)
+    validity_of_der(&der)
+}
+
+/// When a DER certificate started being valid, and when it stops.
+pub fn validity_of_der(der: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), SecurityError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| SecurityError::Certificate(format!("cannot parse: {e}")))?;
     let v = cert.validity();
     Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
+}
+
+/// How long from `now` until a certificate valid from `from` to `until`
+/// is renewed: at `fraction` of its life (Swarm renews at a random point
+/// between 50% and 80%), at once when that is past.
+pub fn renewal_delay(
+    from: OffsetDateTime,
+    until: OffsetDateTime,
+    now: OffsetDateTime,
+    fraction: f64,
+) -> Duration {
+    let life = (until - from).as_seconds_f64().max(0.0);
+    let at = from + time::Duration::seconds_f64(life * fraction.clamp(0.0, 1.0));
+    Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+}
+
+/// A random point between 50% and 80% of a certificate's life.
+pub fn renewal_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    let random = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map(|_| u32::from_le_bytes(bytes) as f64 / u32::MAX as f64)
+        .unwrap_or(0.5);
+    0.5 + 0.3 * random
 }
 
 pub fn read(path: &Path) -> Result<String, SecurityError> {
@@ -251,6 +281,21 @@ pub fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), Sec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_comes_at_its_fraction_of_the_life_or_at_once() {
+        let from = OffsetDateTime::UNIX_EPOCH;
+        let until = from + time::Duration::seconds(100);
+        let d =
+            |now: i64, f: f64| renewal_delay(from, until, from + time::Duration::seconds(now), f);
+        assert_eq!(d(0, 0.5), Duration::from_secs(50));
+        assert_eq!(d(10, 0.8), Duration::from_secs(70));
+        assert_eq!(d(90, 0.5), Duration::ZERO);
+        for _ in 0..100 {
+            let f = renewal_fraction();
+            assert!((0.5..=0.8).contains(&f), "{f}");
+        }
+    }
 
     #[test]
     fn the_ca_is_kept_and_its_files_are_private() {

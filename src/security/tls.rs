@@ -8,12 +8,15 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -58,13 +61,22 @@ pub enum ClientCerts {
 #[derive(Debug, Clone)]
 pub struct Trust {
     ca: CertificateDer<'static>,
+    pem: String,
 }
 
 impl Trust {
     pub fn from_pem(ca_pem: &str) -> Result<Self, SecurityError> {
         let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
             .map_err(|e| SecurityError::Certificate(format!("the CA is not PEM: {e}")))?;
-        Ok(Trust { ca })
+        Ok(Trust {
+            ca,
+            pem: ca_pem.to_string(),
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, SecurityError> {
@@ -91,47 +103,89 @@ impl Trust {
     }
 }
 
-/// What a node holds: the CA it trusts, its certificate and its key.
-#[derive(Debug)]
+/// What a node holds: the CA it trusts, and its certificate with its key.
+/// Clones share the certificate: [`NodeTls::renew`] swaps it for every
+/// listener and client made from any clone, from their next handshake on
+/// (an atomic swap of an immutable value, as a watch channel publishes).
+#[derive(Debug, Clone)]
 pub struct NodeTls {
     trust: Trust,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    current: Arc<Current>,
 }
 
-impl Clone for NodeTls {
-    fn clone(&self) -> Self {
-        NodeTls {
-            trust: self.trust.clone(),
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
+/// The node's certificate and key now, for rustls to present.
+#[derive(Debug)]
+struct Current(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
     }
+}
+
+impl ResolvesClientCert for Current {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn certified(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, SecurityError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SecurityError::Certificate(format!("the certificate is not PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(SecurityError::Certificate(
+            "no certificate in the PEM".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| SecurityError::Certificate(format!("the key is not PEM: {e}")))?;
+    Ok(CertifiedKey::from_der(chain, key, &provider())?)
 }
 
 impl NodeTls {
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, SecurityError> {
         let trust = Trust::from_pem(ca_pem)?;
-        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SecurityError::Certificate(format!("the certificate is not PEM: {e}")))?;
-        if chain.is_empty() {
-            return Err(SecurityError::Certificate(
-                "no certificate in the PEM".into(),
-            ));
+        let current = certified(cert_pem, key_pem)?;
+        Ok(NodeTls {
+            trust,
+            current: Arc::new(Current(ArcSwap::from_pointee(current))),
+        })
+    }
+
+    /// Presents this certificate and key from now on, everywhere.
+    pub fn renew(&self, cert_pem: &str, key_pem: &str) -> Result<(), SecurityError> {
+        let next = certified(cert_pem, key_pem)?;
+        let (now, then) = (self.identity()?, Identity::of_cert(&next.cert[0])?);
+        if now != then {
+            return Err(SecurityError::Certificate(format!(
+                "the new certificate names {then}, not {now}"
+            )));
         }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| SecurityError::Certificate(format!("the key is not PEM: {e}")))?;
-        Ok(NodeTls { trust, chain, key })
+        self.current.0.store(Arc::new(next));
+        Ok(())
     }
 
     pub fn trust(&self) -> &Trust {
         &self.trust
     }
 
+    /// The certificate presented now (DER).
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        self.current.0.load().cert[0].clone()
+    }
+
     /// Who this node's certificate says it is.
     pub fn identity(&self) -> Result<Identity, SecurityError> {
-        Identity::of_cert(&self.chain[0])
+        Identity::of_cert(&self.certificate())
     }
 
     /// The server side of this node's listener.
@@ -147,7 +201,7 @@ impl NodeTls {
         Ok(ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?)
+            .with_cert_resolver(self.current.clone()))
     }
 
     /// A client that presents this node's certificate.
@@ -157,7 +211,7 @@ impl NodeTls {
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?)
+            .with_client_cert_resolver(self.current.clone()))
     }
 }
 
