@@ -4,6 +4,7 @@
 use actix::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -30,10 +31,13 @@ use crate::store::{LoadAll, Put, Store};
 use crate::task::TaskRecord;
 use crate::worker::Worker;
 use crate::worker::actor::HEARTBEAT_TIMEOUT;
-use crate::worker::join::join;
+use crate::worker::join::{JoinError, join};
 use crate::worker::record::WorkerTaskRecord;
 use crate::worker::renewal::Renewal;
 use crate::worker::stats::{SAMPLE_EVERY, Stats};
+
+/// The longest wait between tries to reach a manager to join.
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs a node until it is stopped (Ctrl-C / SIGTERM) or fails.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
@@ -238,15 +242,29 @@ async fn worker_keys(
         .ok()
         .filter(|t| !t.trim().is_empty())
         .or_else(|| wc.join_token.clone());
-    let tls = join(
-        &config.data_dir,
-        &wc.name,
-        &[wc.advertise_host()],
-        manager_url,
-        token.as_deref(),
-    )
-    .await
-    .with_context(|| format!("worker {} cannot join", wc.name))?;
+    // A manager not up yet is waited for; a refusal ends the process.
+    let mut wait = Duration::from_millis(100);
+    let tls = loop {
+        match join(
+            &config.data_dir,
+            &wc.name,
+            &[wc.advertise_host()],
+            manager_url,
+            token.as_deref(),
+        )
+        .await
+        {
+            Err(JoinError::Manager { source, .. }) if source.is_unreachable() => {
+                log::warn!(
+                    "worker {}: cannot reach the manager at {manager_url} to join ({source}); trying again in {wait:?}",
+                    wc.name
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(JOIN_RETRY_MAX);
+            }
+            joined => break joined.with_context(|| format!("worker {} cannot join", wc.name))?,
+        }
+    };
     log::info!(
         "worker {}: joined the cluster of {manager_url}; certificate saved in {}",
         wc.name,

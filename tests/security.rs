@@ -286,3 +286,22 @@ async fn certificates_renewed_under_load_disturb_nothing() {
         cluster.client().stop(id).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_worker_started_before_its_manager_joins_once_it_is_up() {
+    let mut cluster = Cluster::split(0);
+    cluster.ready().await;
+    cluster.nodes[0].kill9();
+    let i = cluster.add_worker("");
+    wait_for("the worker to wait for its manager", T, || {
+        let log = cluster.nodes[i].log_text();
+        async move { log.contains("to join").then_some(()) }
+    })
+    .await;
+    assert!(cluster.nodes[i].alive(), "{}", cluster.logs());
+    cluster.nodes[0].restart();
+    cluster.ready().await;
+    let nodes = cluster.client().nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].state.as_str(), "ready");
+}
