@@ -22,18 +22,20 @@ use crate::manager::Manager;
 use crate::manager::auth::Tokens;
 use crate::manager::join::JoinAuthority;
 use crate::runtime::docker::DockerEngine;
+use crate::security::files::{MANAGER_CERT_LIFETIME, MANAGER_NAME};
 use crate::security::files::{load_node_keys, manager_keys, save_node_keys};
 use crate::security::identity::Identity;
 use crate::security::pki::write_file;
+use crate::security::renewal::Renewal;
 use crate::security::secret::sha256_hex;
 use crate::security::tls::{ClientCerts, Expect, NodeTls};
 use crate::store::{LoadAll, Put, Store};
 use crate::task::TaskRecord;
+use crate::wire::RenewRequest;
 use crate::worker::Worker;
 use crate::worker::actor::HEARTBEAT_TIMEOUT;
 use crate::worker::join::{JoinError, join};
 use crate::worker::record::WorkerTaskRecord;
-use crate::worker::renewal::Renewal;
 use crate::worker::stats::{SAMPLE_EVERY, Stats};
 
 /// The longest wait between tries to reach a manager to join.
@@ -96,6 +98,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .context("manager: TLS set-up")?;
         let url = format!("https://{}", reachable(mc.listen));
         write_client_file(mc, &config.data_dir, &url, &keys.admin_secret);
+        let own_tls = keys.tls.clone();
         let manager = Manager::new(store.clone(), state, keys.tls, tokens_tx).start();
         let data = web::Data::new(manager);
         let tokens: web::Data<Tokens> = web::Data::new(tokens_rx);
@@ -104,6 +107,27 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             token: keys.join_token,
             ttl: mc.node_cert_ttl(),
         });
+        // The manager renews its own certificate with its CA.
+        let (signer, hosts) = (authority.clone(), mc.cert_hosts());
+        Renewal::new(
+            own_tls,
+            config.data_dir.clone(),
+            "manager",
+            Identity::manager(MANAGER_NAME),
+            Box::new(move |csr| {
+                let signed = signer
+                    .ca
+                    .sign_request(
+                        &csr,
+                        &Identity::manager(MANAGER_NAME),
+                        &hosts,
+                        MANAGER_CERT_LIFETIME,
+                    )
+                    .map_err(|e| e.to_string());
+                Box::pin(async move { signed })
+            }),
+        )
+        .start();
         let listener = std::net::TcpListener::bind(mc.listen)
             .with_context(|| format!("manager: cannot listen on {}", mc.listen))?;
         let server = crate::listener::serve(listener, server_tls, move |cfg| {
@@ -136,12 +160,22 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let to_manager = tls.client(Expect::Manager).context("worker: TLS set-up")?;
         let manager = Client::new(&manager_url, &to_manager)?;
         let beat = Client::with_timeout(&manager_url, &to_manager, HEARTBEAT_TIMEOUT)?;
+        let (renewer, hosts) = (manager.clone(), vec![wc.advertise_host()]);
         Renewal::new(
             tls.clone(),
             config.data_dir.clone(),
-            wc.name.clone(),
-            vec![wc.advertise_host()],
-            manager.clone(),
+            "node",
+            Identity::worker(&wc.name),
+            Box::new(move |csr| {
+                let (renewer, hosts) = (renewer.clone(), hosts.clone());
+                Box::pin(async move {
+                    renewer
+                        .renew(&RenewRequest { hosts, csr })
+                        .await
+                        .map(|reply| reply.certificate)
+                        .map_err(|e| e.to_string())
+                })
+            }),
         )
         .start();
         let server_tls = tls

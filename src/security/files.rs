@@ -22,7 +22,7 @@ use super::tls::NodeTls;
 
 /// The manager's own certificate is issued again at every start, for this
 /// long.
-const MANAGER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+pub const MANAGER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The manager's name in its certificate (one manager per cluster, until
 /// managers are replicated).
@@ -107,6 +107,23 @@ fn save_keyed(pki: &Path, stem: &str, issued: &KeyedCert) -> Result<(), Security
         &pki.join(format!("{stem}.crt")),
         issued.cert_pem.as_bytes(),
         false,
+    )
+}
+
+/// Saves a renewed certificate and its key as `pki/<stem>.crt` / `.key`.
+pub fn save_own_keys(
+    data_dir: &Path,
+    stem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), SecurityError> {
+    save_keyed(
+        &pki_dir(data_dir),
+        stem,
+        &KeyedCert {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        },
     )
 }
 

@@ -6,6 +6,7 @@ pub mod files;
 pub mod identity;
 pub mod peer;
 pub mod pki;
+pub mod renewal;
 pub mod secret;
 pub mod tls;
 

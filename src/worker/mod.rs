@@ -8,7 +8,6 @@ pub mod health;
 pub mod join;
 pub mod orphans;
 pub mod record;
-pub mod renewal;
 pub mod restart;
 pub mod routes;
 pub mod stats;

@@ -1,10 +1,11 @@
-//! The Renewal actor keeps a worker's certificate alive: at a random point
-//! between 50% and 80% of its life it makes a new key and asks the manager
-//! for a certificate (`POST /workers/renew`, with the current certificate),
-//! saves both and swaps them in ([`NodeTls::renew`]): the listener and every
-//! client present the new one from their next handshake on. Nothing is
-//! restarted; connections open stay as they are. A failed try is tried
-//! again soon, while the old certificate lasts.
+//! The Renewal actor keeps a node's certificate alive: at a random point
+//! between 50% and 80% of its life it makes a new key and has a
+//! certificate issued for it (a worker asks the manager, `POST
+//! /workers/renew` with its current certificate; the manager signs its own
+//! with the CA), saves both and swaps them in ([`NodeTls::renew`]): the
+//! listener and every client present the new one from their next handshake
+//! on. Nothing is restarted; connections open stay as they are. A failed
+//! try is tried again soon, while the old certificate lasts.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,12 +13,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use time::OffsetDateTime;
 
-use crate::client::Client;
-use crate::security::files::save_node_keys;
-use crate::security::identity::Identity;
-use crate::security::pki::{new_request, renewal_delay, renewal_fraction, validity_of_der};
-use crate::security::tls::NodeTls;
-use crate::wire::RenewRequest;
+use futures_util::future::LocalBoxFuture;
+
+use super::files::save_own_keys;
+use super::identity::Identity;
+use super::pki::{new_request, renewal_delay, renewal_fraction, validity_of_der};
+use super::tls::NodeTls;
+
+/// Issues a certificate for a certificate signing request (PEM to PEM).
+pub type Issue = Box<dyn Fn(String) -> LocalBoxFuture<'static, Result<String, String>>>;
 
 /// The wait before a failed renewal is tried again (at most).
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -25,26 +29,26 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub struct Renewal {
     tls: NodeTls,
     data_dir: PathBuf,
-    name: String,
-    hosts: Vec<String>,
-    /// The manager, called with this worker's certificate.
-    manager: Client,
+    /// The files' name under `pki/`: `node` or `manager`.
+    stem: &'static str,
+    who: Identity,
+    issue: Issue,
 }
 
 impl Renewal {
     pub fn new(
         tls: NodeTls,
         data_dir: PathBuf,
-        name: String,
-        hosts: Vec<String>,
-        manager: Client,
+        stem: &'static str,
+        who: Identity,
+        issue: Issue,
     ) -> Self {
         Renewal {
             tls,
             data_dir,
-            name,
-            hosts,
-            manager,
+            stem,
+            who,
+            issue,
         }
     }
 
@@ -55,13 +59,16 @@ impl Renewal {
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         let Some((from, until)) = self.validity() else {
-            log::error!("renewal: cannot read this worker's certificate; not renewing it");
+            log::error!(
+                "renewal: cannot read the certificate of {}; not renewing it",
+                self.who
+            );
             return;
         };
         let delay = renewal_delay(from, until, OffsetDateTime::now_utc(), renewal_fraction());
         log::info!(
-            "renewal: worker {}'s certificate (valid until {until}) is renewed in {:.1} s",
-            self.name,
+            "renewal: the certificate of {} (valid until {until}) is renewed in {:.1} s",
+            self.who,
             delay.as_secs_f64()
         );
         ctx.run_later(delay, |act, ctx| act.renew(ctx));
@@ -78,7 +85,7 @@ impl Renewal {
     }
 
     fn renew(&mut self, ctx: &mut Context<Self>) {
-        let (key, csr) = match new_request(&Identity::worker(&self.name)) {
+        let (key, csr) = match new_request(&self.who) {
             Ok(made) => made,
             Err(e) => {
                 log::error!("renewal: cannot make a key: {e}");
@@ -86,19 +93,14 @@ impl Renewal {
             }
         };
         let key_pem = key.serialize_pem();
-        let request = RenewRequest {
-            hosts: self.hosts.clone(),
-            csr,
-        };
-        let manager = self.manager.clone();
-        let ca_pem = self.tls.trust().pem().to_string();
-        let data_dir = self.data_dir.clone();
+        let issued = (self.issue)(csr);
+        let (data_dir, stem) = (self.data_dir.clone(), self.stem);
         let work = async move {
-            let reply = manager.renew(&request).await.map_err(|e| e.to_string())?;
+            let cert = issued.await?;
             // Saved before it is used: a restart finds the newest.
-            let (cert, key) = (reply.certificate, key_pem);
+            let key = key_pem;
             let saved = actix_rt::task::spawn_blocking(move || {
-                save_node_keys(&data_dir, &ca_pem, &cert, &key).map(|_| (cert, key))
+                save_own_keys(&data_dir, stem, &cert, &key).map(|_| (cert, key))
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -107,7 +109,7 @@ impl Renewal {
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| match result {
             Ok((cert, key)) => match act.tls.renew(&cert, &key) {
                 Ok(()) => {
-                    log::info!("renewal: worker {} presents its new certificate", act.name);
+                    log::info!("renewal: {} presents its new certificate", act.who);
                     act.schedule(ctx);
                 }
                 Err(e) => {
@@ -116,10 +118,7 @@ impl Renewal {
                 }
             },
             Err(e) => {
-                log::warn!(
-                    "renewal: worker {} could not renew its certificate: {e}",
-                    act.name
-                );
+                log::warn!("renewal: {} could not renew its certificate: {e}", act.who);
                 act.retry(ctx);
             }
         }));
