@@ -232,6 +232,15 @@ pub async fn token_list(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn join_token(client: &Client, rotate: bool) -> anyhow::Result<()> {
+    let token = client.join_token(rotate).await.map_err(explain)?;
+    if rotate {
+        eprintln!("the worker join token was rotated: the old one is refused from now on");
+    }
+    println!("{token}");
+    Ok(())
+}
+
 pub async fn token_revoke(client: &Client, name: &str) -> anyhow::Result<()> {
     client.revoke_token(name).await.map_err(explain)?;
     println!("token {name} revoked");

@@ -241,6 +241,24 @@ impl Client {
         Ok(())
     }
 
+    /// The worker join token (`GET /join-token/worker`), or a new one
+    /// (`POST /join-token/worker/rotate`).
+    pub async fn join_token(&self, rotate: bool) -> Result<String, ClientError> {
+        let (method, path) = if rotate {
+            (reqwest::Method::POST, "/join-token/worker/rotate")
+        } else {
+            (reqwest::Method::GET, "/join-token/worker")
+        };
+        let value: serde_json::Value = self.call(method, path, None::<&()>).await?.1;
+        value["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Decode {
+                url: format!("{}{path}", self.base),
+                reason: "no token in the answer".into(),
+            })
+    }
+
     // --- manager, worker-facing ---
 
     pub async fn register(&self, reg: &Registration) -> Result<RegistrationReply, ClientError> {

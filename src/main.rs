@@ -52,6 +52,15 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Show (or rotate) the token workers join with (admin).
+    JoinToken {
+        /// Only `worker` (managers come with replication).
+        role: JoinRole,
+        /// Make a new one; the old one is refused from now on (joined
+        /// workers keep their certificates).
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Make, list and revoke users' tokens (admin).
     Token {
         #[command(subcommand)]
@@ -63,6 +72,11 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum JoinRole {
+    Worker,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +124,10 @@ fn main() -> ExitCode {
                     Command::Nodes => cube::cli::nodes(&client, json).await,
                     Command::Events { follow } => cube::cli::events(&client, follow, json).await,
                     Command::Logs { id, follow } => cube::cli::logs(&client, &id, follow).await,
+                    Command::JoinToken {
+                        role: JoinRole::Worker,
+                        rotate,
+                    } => cube::cli::join_token(&client, rotate).await,
                     Command::Token { command } => match command {
                         TokenCommand::Create { name, role, ttl } => {
                             cube::cli::token_create(&client, &name, &role, ttl, json).await

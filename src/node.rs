@@ -21,6 +21,7 @@ use crate::core::tokens::{Role as TokenRole, TokenRecord};
 use crate::manager::Manager;
 use crate::manager::auth::Tokens;
 use crate::manager::join::JoinAuthority;
+use crate::manager::join_tokens::JoinTokens;
 use crate::runtime::docker::DockerEngine;
 use crate::security::files::{MANAGER_CERT_LIFETIME, MANAGER_NAME};
 use crate::security::files::{load_node_keys, manager_keys, save_node_keys};
@@ -104,7 +105,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let tokens: web::Data<Tokens> = web::Data::new(tokens_rx);
         let authority = web::Data::new(JoinAuthority {
             ca: keys.ca,
-            token: keys.join_token,
+            tokens: JoinTokens::new(
+                keys.join_token,
+                crate::security::files::worker_token_path(&config.data_dir),
+            )
+            .start(),
             ttl: mc.node_cert_ttl(),
         });
         // The manager renews its own certificate with its CA.

@@ -305,3 +305,71 @@ async fn a_worker_started_before_its_manager_joins_once_it_is_up() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].state.as_str(), "ready");
 }
+
+#[tokio::test]
+async fn a_rotated_join_token_is_refused_and_joined_workers_stay() {
+    let mut cluster = Cluster::split(1);
+    cluster.ready().await;
+    let old = cluster.files().worker_token;
+    let out = cluster
+        .cli()
+        .args(["join-token", "worker"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), old);
+    let out = cluster
+        .cli()
+        .args(["join-token", "worker", "--rotate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(new, old);
+    // The file says the same (a restart keeps it).
+    let saved = std::fs::read_to_string(cluster.manager_dir.join("worker.token")).unwrap();
+    assert_eq!(saved.trim(), new);
+    // A worker with the old token is refused; one with the new joins.
+    let token = |t: &str| vec![("CUBE_JOIN_TOKEN".to_string(), t.to_string())];
+    let i = cluster.add_worker_with_env("", token(&old));
+    let status = cluster.nodes[i].wait_exit(T).await.expect("it stops");
+    assert!(!status.success());
+    assert!(cluster.nodes[i].log_text().contains("401"));
+    cluster.add_worker_with_env("", token(&new));
+    wait_for("the new worker and the old one ready", T, || {
+        let client = cluster.client();
+        async move {
+            let nodes = client.nodes().await.ok()?;
+            (nodes.len() == 2 && nodes.iter().all(|n| n.state.as_str() == "ready")).then_some(())
+        }
+    })
+    .await;
+    // Not for a deploy token.
+    let r = cluster
+        .http()
+        .post(format!("{}/tokens", cluster.manager_url))
+        .json(&json!({"name": "ci", "role": "deploy"}))
+        .send()
+        .await
+        .unwrap();
+    let ci: serde_json::Value = r.json().await.unwrap();
+    let out = cluster
+        .cli()
+        .args([
+            "--token",
+            ci["secret"].as_str().unwrap(),
+            "join-token",
+            "worker",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

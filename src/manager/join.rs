@@ -10,13 +10,15 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
+use super::auth::Admin;
+use super::join_tokens::{CheckSecret, JoinTokens, Rotate, ShowToken};
 use crate::api_error::ApiError;
 use crate::config::{validate_host, validate_node_name};
 use crate::security::identity::Identity;
 use crate::security::peer::WorkerPeer;
 use crate::security::pki::Ca;
-use crate::security::secret::{JoinToken, same_secret};
 use crate::wire::{CaCertificate, JoinReply, JoinRequest, RenewRequest};
+use actix::Addr;
 
 /// The most addresses a worker's certificate names.
 const MAX_HOSTS: usize = 8;
@@ -26,14 +28,44 @@ const MAX_CSR_BYTES: usize = 16 * 1024;
 /// What issues worker certificates.
 pub struct JoinAuthority {
     pub ca: Ca,
-    pub token: JoinToken,
+    pub tokens: Addr<JoinTokens>,
     pub ttl: Duration,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/join/ca", web::get().to(ca))
         .route("/join", web::post().to(join))
-        .route("/workers/renew", web::post().to(renew));
+        .route("/workers/renew", web::post().to(renew))
+        .route("/join-token/worker", web::get().to(show_token))
+        .route("/join-token/worker/rotate", web::post().to(rotate_token));
+}
+
+fn mailbox(e: actix::MailboxError) -> ApiError {
+    ApiError::unavailable(format!("the manager is not available: {e}"))
+}
+
+/// `{"token": ...}`: the worker join token (admin).
+async fn show_token(
+    _admin: Admin,
+    authority: web::Data<JoinAuthority>,
+) -> Result<HttpResponse, ApiError> {
+    let token = authority.tokens.send(ShowToken).await.map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
+}
+
+/// A new worker join token; the old one is refused from now on (admin).
+async fn rotate_token(
+    admin: Admin,
+    authority: web::Data<JoinAuthority>,
+) -> Result<HttpResponse, ApiError> {
+    let token = authority
+        .tokens
+        .send(Rotate)
+        .await
+        .map_err(mailbox)?
+        .map_err(ApiError::internal)?;
+    log::info!("manager: worker join token rotated by {}", admin.token);
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
 }
 
 /// A joined worker's new certificate, for the name its current one gives.
@@ -91,7 +123,12 @@ async fn join(
     request: web::Json<JoinRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = request.into_inner();
-    if !same_secret(&request.secret, &authority.token.secret) {
+    let known = authority
+        .tokens
+        .send(CheckSecret(request.secret.clone()))
+        .await
+        .map_err(mailbox)?;
+    if !known {
         log::warn!(
             "manager: refused a join as {:?}: wrong join token",
             request.name

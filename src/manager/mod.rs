@@ -5,6 +5,7 @@ pub mod actor;
 pub mod auth;
 pub mod events;
 pub mod join;
+pub mod join_tokens;
 pub mod routes;
 pub mod tokens;
 
