@@ -453,6 +453,18 @@ async fn out_of_memory_is_the_reason_of_the_exit() {
 }
 
 #[actix_rt::test]
+async fn out_of_memory_is_read_from_the_container_when_the_event_is_late() {
+    let mut h = Harness::new_task(serde_json::json!({"memory_mb": 64}));
+    h.next_in(TaskState::Running).await;
+    h.engine.out_of_memory_without_event(&h.running_container());
+    let (_, failed) = h.next_in(TaskState::Failed).await;
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("out of memory: killed at its 64 MB limit (exit code 137)")
+    );
+}
+
+#[actix_rt::test]
 async fn a_container_removed_behind_the_workers_back_is_replaced() {
     let mut h = Harness::new_task(serde_json::json!({"restart": {"policy": "always"}}));
     let (_, first) = h.next_in(TaskState::Running).await;

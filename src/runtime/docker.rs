@@ -332,6 +332,7 @@ fn view(info: ContainerInspectResponse) -> ContainerView {
         started_at: started
             .then(|| state.started_at.as_deref().and_then(parse_time))
             .flatten(),
+        oom_killed: state.oom_killed.unwrap_or(false),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct FakeContainer {
     pub host_ports: BTreeMap<u16, u16>,
     /// What `exec` answers in it.
     pub exec_exit_code: i64,
+    /// Killed for its memory limit.
+    pub oom_killed: bool,
 }
 
 impl FakeContainer {
@@ -68,6 +70,7 @@ impl FakeContainer {
             exit_code: self.exit_code,
             host_ports: self.host_ports.clone(),
             started_at: self.started_at,
+            oom_killed: self.oom_killed,
         }
     }
 }
@@ -202,13 +205,28 @@ impl FakeEngine {
 
     /// The kernel kills the container for its memory limit.
     pub fn out_of_memory(&self, id: &str) {
+        self.oom_kill(id, true);
+    }
+
+    /// As `out_of_memory`, but the engine's `oom` event is lost (or comes
+    /// too late): only the container's record says so.
+    pub fn out_of_memory_without_event(&self, id: &str) {
+        self.oom_kill(id, false);
+    }
+
+    fn oom_kill(&self, id: &str, event: bool) {
         let mut state = self.lock();
         let running = state
             .containers
             .get(id)
             .is_some_and(|c| c.state == FakeState::Running);
         if running {
-            self.emit(&mut state, id, ContainerEventKind::OutOfMemory);
+            if let Some(c) = state.containers.get_mut(id) {
+                c.oom_killed = true;
+            }
+            if event {
+                self.emit(&mut state, id, ContainerEventKind::OutOfMemory);
+            }
             self.die(&mut state, id, KILLED);
         }
     }
@@ -252,6 +270,7 @@ impl FakeEngine {
             started_at: None,
             host_ports,
             exec_exit_code: 0,
+            oom_killed: false,
         };
         state.containers.insert(id.clone(), container);
         id

@@ -199,6 +199,8 @@ pub struct ContainerView {
     pub host_ports: BTreeMap<u16, u16>,
     /// When it (last) started.
     pub started_at: Option<DateTime<Utc>>,
+    /// The kernel killed it for its memory limit (last run).
+    pub oom_killed: bool,
 }
 
 /// A container labelled with a node, and the task attempt it runs.

@@ -330,39 +330,46 @@ impl TaskSupervisor {
                 self.status.restart_count,
             )
         };
-        let reason = if std::mem::take(&mut self.oom) {
-            format!(
-                "out of memory: killed at its {} MB limit (exit code {exit_code})",
-                self.assignment.spec.memory_mb
-            )
-        } else {
-            format!("exited with code {exit_code}")
+        // The engine's `oom` event may come after its `die`: the
+        // container's own record says it too, read before it is removed.
+        let oom_event = std::mem::take(&mut self.oom);
+        let memory_mb = self.assignment.spec.memory_mb;
+        let reason = move |oom: bool| {
+            if oom {
+                format!("out of memory: killed at its {memory_mb} MB limit (exit code {exit_code})")
+            } else {
+                format!("exited with code {exit_code}")
+            }
         };
         let Some(engine) = self.engine.clone() else {
-            self.follow(decision, Some(exit_code), reason, ctx);
+            self.follow(decision, Some(exit_code), reason(oom_event), ctx);
             return;
         };
-        let remove = async move { engine.remove(&container_id).await };
-        let remove = remove.into_actor(self).map(move |result, _act, _ctx| {
-            if let Err(e) = result {
-                log::warn!("supervisor: task {id}: could not remove its container: {e}");
-            }
-        });
+        let remove = async move {
+            let oom = oom_event
+                || matches!(engine.inspect(&container_id).await, Ok(Some(view)) if view.oom_killed);
+            (oom, engine.remove(&container_id).await)
+        };
         match decision {
             // An ended task is reported once its container is gone.
             AfterExit::End(_) => {
-                ctx.wait(
-                    remove.map(move |(), act, ctx| {
-                        act.follow(decision, Some(exit_code), reason, ctx)
-                    }),
-                );
+                ctx.wait(remove.into_actor(self).map(move |(oom, result), act, ctx| {
+                    if let Err(e) = result {
+                        log::warn!("supervisor: task {id}: could not remove its container: {e}");
+                    }
+                    act.follow(decision, Some(exit_code), reason(oom), ctx)
+                }));
             }
             // A restart's back-off runs while the container is removed; the
             // restart itself cannot begin before the removal is done
             // (`ctx.wait` holds the actor's other work back).
             AfterExit::Restart => {
-                self.follow(decision, Some(exit_code), reason, ctx);
-                ctx.wait(remove);
+                self.follow(decision, Some(exit_code), reason(oom_event), ctx);
+                ctx.wait(remove.into_actor(self).map(move |(_, result), _act, _ctx| {
+                    if let Err(e) = result {
+                        log::warn!("supervisor: task {id}: could not remove its container: {e}");
+                    }
+                }));
             }
         }
     }
