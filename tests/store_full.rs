@@ -46,6 +46,24 @@ async fn manager(top: &str) -> (tempfile::TempDir, NodeProc, String, reqwest::Cl
     (dir, node, base, http)
 }
 
+/// Waits until a big submission is accepted again (room was made).
+async fn accepted_again(http: &reqwest::Client, base: &str) {
+    wait_for(
+        "a submission accepted again",
+        Duration::from_secs(20),
+        || async move {
+            let r = http
+                .post(format!("{base}/tasks"))
+                .json(&big_spec(999))
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == 201).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn page(http: &reqwest::Client, base: &str, query: &str) -> Value {
     http.get(format!("{base}/tasks?{query}"))
         .send()
@@ -116,24 +134,7 @@ async fn a_full_store_answers_507_stays_up_and_frees_room_by_removing_ended_task
     }
     let completed_before = stopped;
     assert!(completed_before > 0);
-    wait_for(
-        "a submission accepted again",
-        Duration::from_secs(20),
-        || {
-            let http = http.clone();
-            let base = base.clone();
-            async move {
-                let r = http
-                    .post(format!("{base}/tasks"))
-                    .json(&big_spec(999))
-                    .send()
-                    .await
-                    .ok()?;
-                (r.status().as_u16() == 201).then_some(())
-            }
-        },
-    )
-    .await;
+    accepted_again(&http, &base).await;
     let completed_after = page(&http, &base, "state=Completed&limit=10000").await["tasks"]
         .as_array()
         .unwrap()
@@ -195,24 +196,7 @@ async fn a_store_full_of_live_tasks_still_stops_them_and_then_takes_more() {
         .unwrap();
     assert_eq!(task["state"], "Completed", "{task}");
     // The ended task makes room: a submission is accepted again.
-    wait_for(
-        "a submission accepted again",
-        Duration::from_secs(20),
-        || {
-            let http = http.clone();
-            let base = base.clone();
-            async move {
-                let r = http
-                    .post(format!("{base}/tasks"))
-                    .json(&big_spec(999))
-                    .send()
-                    .await
-                    .ok()?;
-                (r.status().as_u16() == 201).then_some(())
-            }
-        },
-    )
-    .await;
+    accepted_again(&http, &base).await;
 }
 
 #[tokio::test]
