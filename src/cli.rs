@@ -220,7 +220,7 @@ pub async fn token_list(client: &Client, json: bool) -> anyhow::Result<()> {
         out.push_str(&format!(
             "{:<24} {:<7} {:<26} {:<26} {}\n",
             t.name,
-            t.role,
+            t.role.as_str(),
             t.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
             t.expires_at.map_or("never".to_string(), |at| at
                 .format("%Y-%m-%d %H:%M:%S UTC")
