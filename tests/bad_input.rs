@@ -314,15 +314,12 @@ async fn every_error_of_manager_and_worker_is_json_with_a_fitting_status() {
 
     // The manager's worker-facing routes (called with the worker's
     // certificate): wrong content type, missing field.
-    let as_worker = reqwest::Client::builder()
-        .tls_backend_preconfigured(
-            cluster
-                .dev_worker_tls()
-                .client(cube::security::tls::Expect::Manager)
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let as_worker = https(
+        cluster
+            .dev_worker_tls()
+            .client(cube::security::tls::Expect::Manager)
+            .unwrap(),
+    );
     let r = as_worker
         .post(format!("{manager}/workers/heartbeat"))
         .header("content-type", "text/plain")

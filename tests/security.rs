@@ -19,10 +19,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// A reqwest client presenting `tls`'s certificate to the manager.
 fn as_node(tls: &NodeTls) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls.client(Expect::Manager).unwrap())
-        .build()
-        .unwrap()
+    https(tls.client(Expect::Manager).unwrap())
 }
 
 /// The certificate a split cluster's worker `index` (in `nodes`) got by
@@ -78,10 +75,7 @@ async fn nodes_prove_who_they_are_and_speak_only_for_themselves() {
     // A worker without the manager's certificate: the handshake fails.
     let nodes = cluster.client().nodes().await.unwrap();
     let w1_address = &nodes.iter().find(|n| n.name == w1).unwrap().address;
-    let no_cert = reqwest::Client::builder()
-        .tls_backend_preconfigured(files.user_tls_for_worker(&w1))
-        .build()
-        .unwrap();
+    let no_cert = https(files.user_tls_for_worker(&w1));
     assert!(
         no_cert
             .get(format!("{w1_address}/tasks"))
@@ -92,10 +86,7 @@ async fn nodes_prove_who_they_are_and_speak_only_for_themselves() {
     );
     // ...and another worker's certificate is not the manager's: 403.
     let w2_cert = worker_tls(&cluster, &w2, 2);
-    let r = reqwest::Client::builder()
-        .tls_backend_preconfigured(w2_cert.client(Expect::Worker(w1.clone())).unwrap())
-        .build()
-        .unwrap()
+    let r = https(w2_cert.client(Expect::Worker(w1.clone())).unwrap())
         .get(format!("{w1_address}/tasks"))
         .send()
         .await

@@ -74,14 +74,6 @@ async fn call(
     (status, body)
 }
 
-/// An HTTP client trusting the manager's CA, with no token of its own.
-fn anonymous(cluster: &Cluster) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(cluster.files().user_tls())
-        .build()
-        .unwrap()
-}
-
 async fn make_token(cluster: &Cluster, name: &str, role: &str, ttl_s: Option<u64>) -> String {
     let mut body = json!({"name": name, "role": role});
     if let Some(ttl) = ttl_s {
@@ -105,7 +97,7 @@ async fn make_token(cluster: &Cluster, name: &str, role: &str, ttl_s: Option<u64
 async fn every_user_route_asks_for_a_token_with_a_role_that_reaches() {
     let cluster = Cluster::split(0);
     cluster.ready().await;
-    let http = anonymous(&cluster);
+    let http = cluster.files().anonymous();
     let base = cluster.manager_url.clone();
     // A task to read and stop (Pending: there is no worker).
     let r = cluster.post(&json!({"name": "held", "image": IMAGE})).await;
@@ -231,10 +223,7 @@ async fn an_admin_makes_lists_and_revokes_tokens_and_events_name_them() {
     assert!(!text.contains("hash"), "{text}");
 
     // The deploy token submits and stops; the events say so.
-    let as_ci = reqwest::Client::builder()
-        .tls_backend_preconfigured(cluster.files().user_tls())
-        .build()
-        .unwrap();
+    let as_ci = cluster.files().anonymous();
     let r = as_ci
         .post(format!("{base}/tasks"))
         .bearer_auth(&ci)
@@ -344,10 +333,7 @@ async fn an_admin_makes_lists_and_revokes_tokens_and_events_name_them() {
     // A restart keeps the tokens (and the revocation).
     let mut cluster = cluster;
     cluster.nodes[0].restart();
-    let viewer = reqwest::Client::builder()
-        .tls_backend_preconfigured(cluster.files().user_tls())
-        .build()
-        .unwrap();
+    let viewer = cluster.files().anonymous();
     let status = wait_for("the manager back", Duration::from_secs(30), || {
         let viewer = viewer.clone();
         let url = format!("{base}/nodes");

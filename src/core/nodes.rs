@@ -54,12 +54,17 @@ pub fn request(task: &TaskRecord) -> TaskRequest {
     TaskRequest {
         id: task.id,
         name: task.name.clone(),
-        resources: Resources {
-            cpu: task.spec.cpu,
-            memory_mb: task.spec.memory_mb,
-            disk_mb: task.spec.disk_mb,
-        },
+        resources: demand(task),
         host_ports: task.spec.host_ports(),
+    }
+}
+
+/// What a task asks of its node's CPU, memory and disk.
+pub fn demand(task: &TaskRecord) -> Resources {
+    Resources {
+        cpu: task.spec.cpu,
+        memory_mb: task.spec.memory_mb,
+        disk_mb: task.spec.disk_mb,
     }
 }
 

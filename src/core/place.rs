@@ -7,7 +7,7 @@ use super::command::{Effect, Now};
 use super::nodes;
 use super::state::ClusterState;
 use crate::scheduler::filter::Room;
-use crate::scheduler::{Resources, place_batch};
+use crate::scheduler::place_batch;
 use crate::task::{DesiredState, TaskState};
 use crate::wire::Assignment;
 
@@ -82,14 +82,9 @@ pub fn place_pending(state: &mut ClusterState, now: Now) -> Vec<Effect> {
         .pending()
         .into_iter()
         .filter(|id| {
-            state.task(id).is_some_and(|t| {
-                t.error.is_none()
-                    || room.may_hold(&Resources {
-                        cpu: t.spec.cpu,
-                        memory_mb: t.spec.memory_mb,
-                        disk_mb: t.spec.disk_mb,
-                    })
-            })
+            state
+                .task(id)
+                .is_some_and(|t| t.error.is_none() || room.may_hold(&nodes::demand(t)))
         })
         .collect();
     place(state, &ids, now)

@@ -12,6 +12,7 @@ use actix_web::{HttpResponse, web};
 
 use super::auth::Admin;
 use super::join_tokens::{CheckSecret, JoinTokens, Rotate, ShowToken};
+use super::routes::mailbox;
 use crate::api_error::ApiError;
 use crate::config::{validate_host, validate_node_name};
 use crate::security::identity::Identity;
@@ -38,10 +39,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/workers/renew", web::post().to(renew))
         .route("/join-token/worker", web::get().to(show_token))
         .route("/join-token/worker/rotate", web::post().to(rotate_token));
-}
-
-fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::unavailable(format!("the manager is not available: {e}"))
 }
 
 /// `{"token": ...}`: the worker join token (admin).

@@ -113,7 +113,7 @@ fn task_query(q: TasksQuery) -> Result<TaskQuery, ApiError> {
     })
 }
 
-fn mailbox(e: actix::MailboxError) -> ApiError {
+pub(super) fn mailbox(e: actix::MailboxError) -> ApiError {
     ApiError::unavailable(format!("the manager is not available: {e}"))
 }
 

@@ -9,6 +9,7 @@ use chrono::Utc;
 
 use super::actor::{Apply, ListTokens, Manager, ManagerError};
 use super::auth::Admin;
+use super::routes::mailbox;
 use crate::api_error::ApiError;
 use crate::core::tokens::{CreatedToken, NewToken, TokenRecord, validate_token_name};
 use crate::core::{Command, Reply};
@@ -21,10 +22,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/tokens", web::post().to(create))
         .route("/tokens", web::get().to(list))
         .route("/tokens/{name}", web::delete().to(revoke));
-}
-
-fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::unavailable(format!("the manager is not available: {e}"))
 }
 
 async fn create(

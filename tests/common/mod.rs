@@ -285,33 +285,38 @@ pub fn manager_files(data_dir: &Path) -> ManagerFiles {
     }
 }
 
+/// An HTTP client over this TLS configuration.
+pub fn https(tls: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
 impl ManagerFiles {
     /// An HTTP client of the manager as its admin: the CA trusted, only a
     /// manager accepted, the admin token sent.
     pub fn http(&self) -> reqwest::Client {
-        let tls = Trust::from_pem(&self.ca_pem)
-            .unwrap()
-            .client(Expect::Manager)
-            .unwrap();
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
             format!("Bearer {}", self.admin_token).parse().unwrap(),
         );
         reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
+            .tls_backend_preconfigured(self.user_tls())
             .default_headers(headers)
             .build()
             .unwrap()
     }
 
+    /// An HTTP client of the manager with no token.
+    pub fn anonymous(&self) -> reqwest::Client {
+        https(self.user_tls())
+    }
+
     /// Cube's client of the manager, as its admin.
     pub fn client(&self, url: &str) -> Client {
-        let tls = Trust::from_pem(&self.ca_pem)
-            .unwrap()
-            .client(Expect::Manager)
-            .unwrap();
-        Client::new(url, &tls)
+        Client::new(url, &self.user_tls())
             .unwrap()
             .with_token(&self.admin_token)
     }
@@ -340,10 +345,7 @@ impl ManagerFiles {
     /// An HTTP client of the worker `name`, presenting the manager's
     /// certificate.
     pub fn worker_http(&self, name: &str) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(self.manager_tls(name))
-            .build()
-            .unwrap()
+        https(self.manager_tls(name))
     }
 
     /// A client of a worker, presenting the manager's certificate (what
