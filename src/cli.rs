@@ -177,6 +177,12 @@ pub async fn nodes(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn node_remove(client: &Client, name: &str) -> anyhow::Result<()> {
+    client.remove_node(name).await.map_err(explain)?;
+    println!("worker {name} removed: its certificate is refused from now on, and its tasks move");
+    Ok(())
+}
+
 pub async fn token_create(
     client: &Client,
     name: &str,

@@ -241,6 +241,14 @@ impl Client {
         Ok(())
     }
 
+    /// Removes a worker from the cluster (`DELETE /nodes/{name}`).
+    pub async fn remove_node(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/nodes/{name}");
+        self.call::<serde_json::Value>(reqwest::Method::DELETE, &path, None::<&()>)
+            .await?;
+        Ok(())
+    }
+
     /// The worker join token (`GET /join-token/worker`), or a new one
     /// (`POST /join-token/worker/rotate`).
     pub async fn join_token(&self, rotate: bool) -> Result<String, ClientError> {

@@ -89,7 +89,8 @@ pub struct ManagerConfig {
     /// Where the manager writes the CLI's client file (its URL, the CA, the
     /// admin token); default `~/.cube/client.toml`.
     pub client_file: Option<PathBuf>,
-    /// How long a worker's certificate is good for (default 90 days).
+    /// How long a node's certificate (a worker's, and the manager's own)
+    /// is good for (default 90 days); each renews at 50-80% of it.
     #[serde(default = "default_node_cert_ttl_s")]
     pub node_cert_ttl_s: u64,
 }

@@ -32,10 +32,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node (manager, worker or dev) as its TOML config says.
+    /// Run a node (manager, worker or dev) as its TOML config says
+    /// (`--config`), or list (`ls`) or remove (`rm`) the cluster's workers.
+    #[command(args_conflicts_with_subcommands = true)]
     Node {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<NodeCommand>,
     },
     /// Submit a task spec (JSON, or TOML when the file ends in .toml).
     Run { spec: PathBuf },
@@ -74,6 +78,16 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List the worker nodes (as `cube nodes`).
+    Ls,
+    /// Remove a worker from the cluster (admin): its certificate is
+    /// refused from now on and its tasks move to other nodes. It may join
+    /// again later with a join token.
+    Rm { name: String },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum JoinRole {
     Worker,
@@ -100,7 +114,17 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Node { config } => run_node(config),
+        Command::Node {
+            config: Some(config),
+            ..
+        } => run_node(config),
+        Command::Node {
+            config: None,
+            command: None,
+        } => {
+            eprintln!("cube node: give --config FILE to run a node, or `ls` or `rm NAME`");
+            return ExitCode::FAILURE;
+        }
         command => {
             let connect = cube::cli::Connect {
                 manager: cli.manager,
@@ -137,6 +161,14 @@ fn main() -> ExitCode {
                             cube::cli::token_revoke(&client, &name).await
                         }
                     },
+                    Command::Node {
+                        command: Some(NodeCommand::Ls),
+                        ..
+                    } => cube::cli::nodes(&client, json).await,
+                    Command::Node {
+                        command: Some(NodeCommand::Rm { name }),
+                        ..
+                    } => cube::cli::node_remove(&client, &name).await,
                     Command::Node { .. } => unreachable!("handled above"),
                 }
             })

@@ -19,11 +19,13 @@ use crate::core::ClusterState;
 use crate::core::nodes::NodeRecord;
 use crate::core::tokens::{Role as TokenRole, TokenRecord};
 use crate::manager::Manager;
+use crate::manager::actor::Published;
 use crate::manager::auth::Tokens;
 use crate::manager::join::JoinAuthority;
 use crate::manager::join_tokens::JoinTokens;
+use crate::manager::members::GenerationTable;
 use crate::runtime::docker::DockerEngine;
-use crate::security::files::{MANAGER_CERT_LIFETIME, MANAGER_NAME};
+use crate::security::files::MANAGER_NAME;
 use crate::security::files::{load_node_keys, manager_keys, save_node_keys};
 use crate::security::identity::Identity;
 use crate::security::pki::write_file;
@@ -60,7 +62,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .send(LoadAll::<NodeRecord>::new())
             .await?
             .context("cannot load nodes")?;
-        let keys = manager_keys(&config.data_dir, &mc.cert_hosts())
+        let keys = manager_keys(&config.data_dir, &mc.cert_hosts(), mc.node_cert_ttl())
             .context("manager: cannot set up its certificates and tokens")?;
         log_manager_keys(&config.data_dir, keys.new_cluster);
         let tokens = tokens_or_first_admin(&store, &keys.admin_secret).await?;
@@ -74,13 +76,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         )
         .with_tokens(tokens);
         let (tokens_tx, tokens_rx) = watch::channel(Arc::new(state.token_table()));
+        let (generations_tx, generations_rx) = watch::channel(Arc::new(state.generations()));
         if let Some(wc) = config.worker.as_ref().filter(|_| config.role == Role::Dev) {
             // A dev node's worker joins its own manager: its certificate
-            // comes straight from the CA.
+            // comes straight from the CA (for its name's generation: a dev
+            // worker removed comes back when the node restarts).
+            let generation = state.node(&wc.name).map_or(0, |n| n.generation);
             let issued = keys
                 .ca
                 .issue(
                     &Identity::worker(&wc.name),
+                    generation,
                     &[wc.advertise_host()],
                     mc.node_cert_ttl(),
                 )
@@ -100,9 +106,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let url = format!("https://{}", reachable(mc.listen));
         write_client_file(mc, &config.data_dir, &url, &keys.admin_secret);
         let own_tls = keys.tls.clone();
-        let manager = Manager::new(store.clone(), state, keys.tls, tokens_tx).start();
+        let published = Published {
+            tokens: tokens_tx,
+            generations: generations_tx,
+        };
+        let manager = Manager::new(store.clone(), state, keys.tls, published).start();
         let data = web::Data::new(manager);
         let tokens: web::Data<Tokens> = web::Data::new(tokens_rx);
+        let generations: web::Data<GenerationTable> = web::Data::new(generations_rx);
         let authority = web::Data::new(JoinAuthority {
             ca: keys.ca,
             tokens: JoinTokens::new(
@@ -113,7 +124,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             ttl: mc.node_cert_ttl(),
         });
         // The manager renews its own certificate with its CA.
-        let (signer, hosts) = (authority.clone(), mc.cert_hosts());
+        let (signer, hosts, lifetime) = (authority.clone(), mc.cert_hosts(), mc.node_cert_ttl());
         Renewal::new(
             own_tls,
             config.data_dir.clone(),
@@ -122,12 +133,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             Box::new(move |csr| {
                 let signed = signer
                     .ca
-                    .sign_request(
-                        &csr,
-                        &Identity::manager(MANAGER_NAME),
-                        &hosts,
-                        MANAGER_CERT_LIFETIME,
-                    )
+                    .sign_request(&csr, &Identity::manager(MANAGER_NAME), 0, &hosts, lifetime)
                     .map_err(|e| e.to_string());
                 Box::pin(async move { signed })
             }),
@@ -138,7 +144,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let server = crate::listener::serve(listener, server_tls, move |cfg| {
             cfg.app_data(data.clone())
                 .app_data(authority.clone())
-                .app_data(tokens.clone());
+                .app_data(tokens.clone())
+                .app_data(generations.clone());
             crate::manager::join::configure(cfg);
             crate::manager::tokens::configure(cfg);
             crate::manager::routes::configure(cfg);
@@ -201,6 +208,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             fatal_tx.clone(),
             std::sync::Arc::new(DockerEngine::local()),
         )
+        .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir))
         .start();
         let data = web::Data::new(worker);
         let server = crate::listener::serve(listener, server_tls, move |cfg| {

@@ -6,6 +6,10 @@
 //! - A worker's certificate speaks for that worker only.
 //! - A join token pinning another CA: the worker refuses to join, saying
 //!   why; a token with the right CA but a wrong secret is refused.
+//! - Node certificates (the workers' and the manager's) renewed under load
+//!   disturb nothing.
+//! - A worker removed (`cube node rm`) is refused from then on, its tasks
+//!   move, and it may join again; nobody joins under a live worker's name.
 
 mod common;
 
@@ -32,6 +36,26 @@ fn worker_tls(cluster: &Cluster, name: &str, index: usize) -> NodeTls {
         .join("pki");
     let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
     NodeTls::from_pem(&read("ca.crt"), &read("node.crt"), &read("node.key")).unwrap()
+}
+
+/// The certificate a TLS server presents (DER), from a handshake with `tls`.
+fn served_certificate(url: &str, tls: rustls::ClientConfig) -> Vec<u8> {
+    let addr = url.trim_start_matches("https://");
+    let host = addr.rsplit_once(':').unwrap().0.to_string();
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(tls), name).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut socket).unwrap();
+    }
+    tls.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
 }
 
 #[tokio::test]
@@ -196,8 +220,10 @@ async fn a_worker_refuses_a_manager_whose_ca_its_token_does_not_pin() {
 #[tokio::test]
 async fn certificates_renewed_under_load_disturb_nothing() {
     ensure_image();
-    // Worker certificates live 6 s: renewed every 3 to 5 s.
+    // Node certificates (the workers' and the manager's) live 6 s: renewed
+    // every 3 to 5 s.
     let cluster = Cluster::split_tuned("round-robin", "node_cert_ttl_s = 6", &["", ""]);
+    let manager_cert = || std::fs::read_to_string(cluster.manager_dir.join("pki/manager.crt"));
     cluster.ready().await;
     let mut ids = Vec::new();
     for i in 0..2 {
@@ -231,6 +257,7 @@ async fn certificates_renewed_under_load_disturb_nothing() {
             .unwrap()
         })
         .collect();
+    let manager_first = manager_cert().unwrap();
 
     // 20 s: three lifetimes of the first certificates. Nothing moves.
     let client = cluster.client();
@@ -262,6 +289,19 @@ async fn certificates_renewed_under_load_disturb_nothing() {
             .count();
         assert!(renewed >= 3, "worker {name} renewed {renewed} times");
     }
+    // The manager renewed its own, as often, and serves it.
+    assert_ne!(manager_cert().unwrap(), manager_first);
+    let renewed = cluster.nodes[0]
+        .log_text()
+        .matches("manager presents its new certificate")
+        .count();
+    assert!(renewed >= 3, "the manager renewed {renewed} times");
+    let served = served_certificate(&cluster.manager_url, cluster.files().user_tls());
+    assert_ne!(
+        served,
+        der_of(&manager_first),
+        "the manager still serves its first certificate"
+    );
     // Long after the first certificates expired, the manager still reaches
     // the workers (they serve the new ones) and they it.
     let r = cluster
@@ -363,4 +403,148 @@ async fn a_rotated_join_token_is_refused_and_joined_workers_stay() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// `cube node rm`: the worker's certificate is refused from then on, its
+/// task moves, its container goes, and nothing of it is listed; a restart
+/// of the worker joins again, under a new generation of its name. A second
+/// worker cannot join under a live worker's name.
+#[tokio::test]
+async fn a_removed_worker_is_refused_its_tasks_move_and_it_may_join_again() {
+    ensure_image();
+    let mut cluster = Cluster::split(2);
+    cluster.ready().await;
+    let base = cluster.manager_url.clone();
+    let r = cluster
+        .post(&echo_spec("moving", &["/echo", "serve", "7777"]))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first = cluster.wait_state(&id, "Running", T).await;
+    let victim = first.node.clone().unwrap();
+    let index = if victim == cluster.worker_names[0] {
+        1
+    } else {
+        2
+    };
+    let other = cluster.worker_names[2 - index].clone();
+    let old_cert = worker_tls(&cluster, &victim, index);
+
+    let out = cluster
+        .cli()
+        .args(["node", "rm", &victim])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The task runs on the other worker, as a new attempt, and the removed
+    // worker's container is gone.
+    let moved = wait_for("the task to run on the other worker", T, || {
+        let client = cluster.client();
+        let (id, other) = (id.clone(), other.clone());
+        async move {
+            let t = client.task(&id).await.ok()?;
+            (t.state.as_str() == "Running" && t.node.as_deref() == Some(&other)).then_some(t)
+        }
+    })
+    .await;
+    assert!(moved.attempt > first.attempt);
+    wait_for("the removed worker's container to go", T, || {
+        let victim = victim.clone();
+        async move { containers_of_node(&victim).is_empty().then_some(()) }
+    })
+    .await;
+    assert_eq!(containers_of_task(&id).len(), 1);
+    // Not listed; its certificate refused on every worker route.
+    let nodes = cluster.client().nodes().await.unwrap();
+    assert_eq!(
+        nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        vec![other.as_str()]
+    );
+    let beat = cube::wire::Heartbeat {
+        name: victim.clone(),
+        instance: uuid::Uuid::new_v4(),
+        stats: Default::default(),
+    };
+    let r = as_node(&old_cert)
+        .post(format!("{base}/workers/heartbeat"))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("removed"),
+        "{body}"
+    );
+    let r = as_node(&old_cert)
+        .post(format!("{base}/workers/renew"))
+        .json(&json!({"hosts": ["127.0.0.1"], "csr": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a removed worker cannot renew");
+    // The worker knows, and forgot its certificate.
+    wait_for("the removed worker to say so", T, || {
+        let log = cluster.nodes[index].log_text();
+        async move { log.contains("refuses this worker").then_some(()) }
+    })
+    .await;
+    let pki = cluster
+        .dir
+        .path()
+        .join(format!("{victim}-{index}"))
+        .join("pki");
+    assert!(!pki.join("node.crt").exists());
+    // Removing it again, or a name never seen: 404.
+    for name in [victim.as_str(), "nobody"] {
+        let r = cluster
+            .http()
+            .delete(format!("{base}/nodes/{name}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{name}");
+    }
+
+    // Restarted, it joins again (a new certificate) and is a member.
+    cluster.nodes[index].restart();
+    wait_for("the removed worker to join again", T, || {
+        let client = cluster.client();
+        let victim = victim.clone();
+        async move {
+            let nodes = client.nodes().await.ok()?;
+            nodes
+                .iter()
+                .any(|n| n.name == victim && n.state.as_str() == "ready")
+                .then_some(())
+        }
+    })
+    .await;
+    let new_cert = worker_tls(&cluster, &victim, index);
+    assert_ne!(new_cert.certificate(), old_cert.certificate());
+
+    // A second worker cannot join under a live worker's name.
+    let impostor = cluster.add_named_worker(&other, "");
+    let status = cluster.nodes[impostor]
+        .wait_exit(T)
+        .await
+        .expect("it stops");
+    assert!(!status.success());
+    let log = cluster.nodes[impostor].log_text();
+    assert!(
+        log.contains("409") && log.contains("cannot share a name"),
+        "{log}"
+    );
+    let task = cluster.client().task(&id).await.unwrap();
+    assert_eq!(task.node.as_deref(), Some(other.as_str()));
+    assert_eq!(task.attempt, moved.attempt, "nothing moved again");
+    cluster.client().stop(&id).await.unwrap();
 }

@@ -43,6 +43,14 @@ fn routes(task: &str) -> Vec<Route> {
             "admin",
         ),
         r(Method::DELETE, "/tokens/nobody".into(), None, "admin"),
+        r(Method::DELETE, "/nodes/nobody".into(), None, "admin"),
+        r(Method::GET, "/join-token/worker".into(), None, "admin"),
+        r(
+            Method::POST,
+            "/join-token/worker/rotate".into(),
+            None,
+            "admin",
+        ),
     ]
 }
 
@@ -70,6 +78,14 @@ async fn call(
     }
     let response = request.send().await.expect("the manager answers");
     let status = response.status().as_u16();
+    if status == 401 {
+        let challenge = response.headers().get("www-authenticate");
+        assert_eq!(
+            challenge.and_then(|v| v.to_str().ok()),
+            Some("Bearer realm=\"cube\""),
+            "a 401 says how to authenticate"
+        );
+    }
     let body = response.json().await.unwrap_or(Value::Null);
     (status, body)
 }

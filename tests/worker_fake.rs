@@ -56,7 +56,7 @@ fn certificates() -> (NodeTls, NodeTls) {
     let hour = Duration::from_secs(3600);
     let local = ["127.0.0.1".to_string()];
     let tls = |who: &Identity| {
-        let issued = ca.issue(who, &local, hour).unwrap();
+        let issued = ca.issue(who, 0, &local, hour).unwrap();
         NodeTls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
     };
     (

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::command::{Command, CoreError, Effect, Now, Reply};
-use super::drain::drain_node;
+use super::drain::{Lost, drain_node};
 use super::liveness::{Life, NodeState};
-use super::nodes::NodeRecord;
+use super::nodes::{NodeRecord, Removal};
 use super::place::{place, place_pending};
 use super::reconcile::reconcile_node;
 use super::state::ClusterState;
@@ -38,7 +38,11 @@ pub fn apply(
             node,
             error,
         } => Ok(refused(state, id, attempt, node, error, now)),
-        Command::Register { registration } => Ok(register(state, registration, now)),
+        Command::Register {
+            registration,
+            generation,
+        } => register(state, registration, generation, now),
+        Command::RemoveNode { name, by } => remove_node(state, &name, by, now),
         Command::Heartbeat { beat } => Ok((Reply::Beat(heartbeat(state, beat, now)), vec![])),
         Command::Sync { node, statuses } => Ok(sync(state, &node, &statuses, now)),
         Command::Retry => Ok((Reply::Done, place_pending(state, now))),
@@ -222,13 +226,27 @@ fn refused(
     (Reply::Done, effects)
 }
 
-fn register(state: &mut ClusterState, reg: Registration, now: Now) -> (Reply, Vec<Effect>) {
+/// A worker registers with a certificate of its name's `generation`; one
+/// older than the name's current generation was issued before the name was
+/// removed, and is refused.
+fn register(
+    state: &mut ClusterState,
+    reg: Registration,
+    generation: u64,
+    now: Now,
+) -> Result<(Reply, Vec<Effect>), CoreError> {
+    let current = state.node(&reg.name).map_or(0, |n| n.generation);
+    if generation < current {
+        return Err(CoreError::Revoked(reg.name));
+    }
     let node = NodeRecord {
         name: reg.name.clone(),
         address: reg.address.clone(),
         instance: reg.instance,
         capacity: reg.capacity.clone(),
         registered_at: now.at,
+        generation,
+        removed: None,
     };
     log::info!(
         "manager: worker {} registered from {} ({} cpus, {} MB memory, {} MB disk) holding {} tasks",
@@ -247,7 +265,47 @@ fn register(state: &mut ClusterState, reg: Registration, now: Now) -> (Reply, Ve
         .seen(now.mono, now.at, reg.stats.clone());
     let reply = reconcile(state, &reg.name, &reg.tasks, now);
     let effects = place_pending(state, now);
-    (Reply::Registered(reply), effects)
+    Ok((Reply::Registered(reply), effects))
+}
+
+/// An admin removes a worker from the cluster: every certificate of its
+/// name is refused from now on (the name's generation moves on), it is told
+/// to stop its tasks, and they move to other nodes. The record stays,
+/// marked removed, to remember the generation: the name may join again
+/// later with a new certificate.
+fn remove_node(
+    state: &mut ClusterState,
+    name: &str,
+    by: Option<String>,
+    now: Now,
+) -> Result<(Reply, Vec<Effect>), CoreError> {
+    let Some(mut node) = state.member(name).cloned() else {
+        return Err(CoreError::NoNode(name.to_string()));
+    };
+    node.generation = node.generation.saturating_add(1);
+    node.removed = Some(Removal {
+        at: now.at,
+        by: by.clone(),
+    });
+    log::warn!(
+        "manager: worker {name} removed by token {}: its certificates are refused from now on",
+        by.as_deref().unwrap_or("-")
+    );
+    // Told while its certificate is still the one it holds; if it cannot be
+    // reached, it stops them itself when the manager refuses it.
+    let mut effects: Vec<Effect> = state
+        .active_on(name)
+        .into_iter()
+        .map(|task| Effect::StopOn {
+            node: name.to_string(),
+            task,
+        })
+        .collect();
+    state.put_node(node);
+    state.lives.remove(name);
+    drain(state, name, Lost::Removed, now);
+    effects.extend(place_pending(state, now));
+    Ok((Reply::Done, effects))
 }
 
 fn heartbeat(state: &mut ClusterState, beat: Heartbeat, now: Now) -> HeartbeatReply {
@@ -334,8 +392,9 @@ fn tick(state: &mut ClusterState, now: Now) -> Vec<Effect> {
     }
     let mut effects = Vec::new();
     if !tick.drain.is_empty() {
+        let silent = Lost::Silent(state.watch.down_after());
         for name in &tick.drain {
-            drain(state, name, now);
+            drain(state, name, silent, now);
         }
         effects.extend(place_pending(state, now));
     }
@@ -343,20 +402,17 @@ fn tick(state: &mut ClusterState, now: Now) -> Vec<Effect> {
     effects
 }
 
-/// Moves the tasks of a down node: each gets a new attempt on a live node
-/// that fits (or stays Pending, saying why). A task the user was stopping
-/// ends: its container goes when the node comes back.
-fn drain(state: &mut ClusterState, node: &str, now: Now) {
+/// Moves the tasks of a lost node (down, or removed): each gets a new
+/// attempt on a live node that fits (or stays Pending, saying why). A task
+/// the user was stopping ends: its container goes when the node comes back.
+fn drain(state: &mut ClusterState, node: &str, why: Lost, now: Now) {
     let mut working: HashMap<Uuid, TaskRecord> = state
         .active_on(node)
         .into_iter()
         .filter_map(|id| state.task(&id).cloned().map(|t| (id, t)))
         .collect();
-    let changed = drain_node(&mut working, node, state.watch.down_after(), now.at);
-    log::warn!(
-        "manager: moving {} tasks off down worker {node}",
-        changed.len()
-    );
+    let changed = drain_node(&mut working, node, why, now.at);
+    log::warn!("manager: moving {} tasks off worker {node}", changed.len());
     for (id, before) in changed {
         if let Some(record) = working.remove(&id) {
             log_change(&record, before);

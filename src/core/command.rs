@@ -58,9 +58,17 @@ pub enum Command {
         node: String,
         error: String,
     },
-    /// A worker (re)registers (its namesake, if any, was found gone).
+    /// A worker (re)registers (its namesake, if any, was found gone), with
+    /// a certificate of its name's `generation`.
     Register {
         registration: Registration,
+        generation: u64,
+    },
+    /// An admin removes a worker: its certificates are refused from now
+    /// on, and its tasks move.
+    RemoveNode {
+        name: String,
+        by: Option<String>,
     },
     Heartbeat {
         beat: Heartbeat,
@@ -127,6 +135,12 @@ pub enum CoreError {
     NotFound(Uuid),
     #[error("no token named {0:?}")]
     NoToken(String),
+    #[error("no worker named {0:?} in the cluster")]
+    NoNode(String),
+    #[error(
+        "worker {0} was removed from the cluster: its certificate is no longer accepted (join again to come back)"
+    )]
+    Revoked(String),
     #[error("{0}")]
     Conflict(String),
 }

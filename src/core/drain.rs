@@ -10,19 +10,39 @@ use uuid::Uuid;
 use super::nodes::holds_resources;
 use crate::task::{DesiredState, TaskRecord, TaskState};
 
+/// Why a node's tasks move.
+#[derive(Debug, Clone, Copy)]
+pub enum Lost {
+    /// No heartbeat for this long.
+    Silent(Duration),
+    /// An admin removed the node from the cluster.
+    Removed,
+}
+
 /// Moves every Scheduled or Running task of `node` back to Pending (the next
 /// placement is a new attempt elsewhere), and ends the ones the user was
 /// stopping. Returns the changed tasks with the state each had before.
 pub fn drain_node(
     tasks: &mut HashMap<Uuid, TaskRecord>,
     node: &str,
-    silent_for: Duration,
+    why: Lost,
     now: DateTime<Utc>,
 ) -> Vec<(Uuid, TaskState)> {
-    let secs = silent_for.as_secs_f64();
-    let moving = format!("worker {node} is down (no heartbeat for {secs:.1} s); moving");
-    let stopped =
-        format!("stopped while worker {node} was down; its container is removed if it comes back");
+    let (moving, stopped) = match why {
+        Lost::Silent(silent_for) => (
+            format!(
+                "worker {node} is down (no heartbeat for {:.1} s); moving",
+                silent_for.as_secs_f64()
+            ),
+            format!(
+                "stopped while worker {node} was down; its container is removed if it comes back"
+            ),
+        ),
+        Lost::Removed => (
+            format!("worker {node} was removed from the cluster; moving"),
+            format!("stopped as worker {node} was removed from the cluster"),
+        ),
+    };
     let mut changed = Vec::new();
     for record in tasks.values_mut() {
         if record.node.as_deref() != Some(node) || !holds_resources(record) {
@@ -88,7 +108,12 @@ mod tests {
             .into_iter()
             .map(|r| (r.id, r.clone()))
             .collect();
-        let changed = drain_node(&mut tasks, "w1", Duration::from_secs(3), Utc::now());
+        let changed = drain_node(
+            &mut tasks,
+            "w1",
+            Lost::Silent(Duration::from_secs(3)),
+            Utc::now(),
+        );
         let mut expected = vec![
             (running.id, TaskState::Running),
             (scheduled.id, TaskState::Scheduled),

@@ -25,12 +25,48 @@ pub struct NodeRecord {
     pub instance: Uuid,
     pub capacity: Capacity,
     pub registered_at: DateTime<Utc>,
+    /// The generation of the name whose certificates are accepted; one
+    /// more after every removal.
+    #[serde(default)]
+    pub generation: u64,
+    /// Set while the name is removed from the cluster: not a member, its
+    /// older certificates refused.
+    #[serde(default)]
+    pub removed: Option<Removal>,
+}
+
+/// When and by whom a node was removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Removal {
+    pub at: DateTime<Utc>,
+    /// The token that removed it.
+    pub by: Option<String>,
+}
+
+impl NodeRecord {
+    /// A member of the cluster (not removed).
+    pub fn is_member(&self) -> bool {
+        self.removed.is_none()
+    }
 }
 
 impl Stored for NodeRecord {
     const TABLE: &'static str = "nodes";
     fn key(&self) -> String {
         self.name.clone()
+    }
+}
+
+/// The oldest generation of each once-removed name whose certificates are
+/// accepted: what the manager checks a worker's certificate against (the
+/// Manager publishes it after every committed change of a node).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generations(pub HashMap<String, u64>);
+
+impl Generations {
+    /// Whether a certificate of `name`'s `generation` is still good.
+    pub fn accepts(&self, name: &str, generation: u64) -> bool {
+        self.0.get(name).is_none_or(|oldest| generation >= *oldest)
     }
 }
 
@@ -201,6 +237,8 @@ mod tests {
                 disk_mb: 10,
             },
             registered_at: Utc::now(),
+            generation: 0,
+            removed: None,
         };
         let stats = MachineStats {
             capacity: node.capacity.clone(),

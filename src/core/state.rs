@@ -16,9 +16,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::command::CoreError;
 use super::events::{self, EventDraft};
 use super::liveness::{Life, NodeState, Watch};
-use super::nodes::{self, Load, NodeRecord, NodeView};
+use super::nodes::{self, Generations, Load, NodeRecord, NodeView};
 use super::tokens::{TokenRecord, TokenTable};
 use crate::config::SchedulerKind;
 use crate::scheduler::NodeSnapshot;
@@ -125,6 +126,7 @@ impl ClusterState {
             tokens: BTreeMap::new(),
             lives: nodes
                 .iter()
+                .filter(|n| n.is_member())
                 .map(|n| (n.name.clone(), Life::new(now)))
                 .collect(),
             watch: Watch::new(down_after),
@@ -179,12 +181,46 @@ impl ClusterState {
         self.tasks.len()
     }
 
+    /// A node's record, also of a removed one.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.get(name)
     }
 
+    /// A node that is a member of the cluster (not removed).
+    pub fn member(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.get(name).filter(|n| n.is_member())
+    }
+
+    fn members(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values().filter(|n| n.is_member())
+    }
+
+    /// The names of the cluster's members.
     pub fn node_names(&self) -> Vec<String> {
-        self.nodes.keys().cloned().collect()
+        self.members().map(|n| n.name.clone()).collect()
+    }
+
+    /// The oldest generation of each name whose certificates are accepted
+    /// (names never removed are left out: every generation is).
+    pub fn generations(&self) -> Generations {
+        Generations(
+            self.nodes
+                .values()
+                .filter(|n| n.generation > 0)
+                .map(|n| (n.name.clone(), n.generation))
+                .collect(),
+        )
+    }
+
+    /// The generation a worker joining as `name` gets its certificate for;
+    /// refused while a live member holds the name.
+    pub fn admission(&self, name: &str) -> Result<u64, CoreError> {
+        if self.member(name).is_some() && !self.is_down(name) {
+            return Err(CoreError::Conflict(format!(
+                "a live worker is named {name:?}, and two live workers cannot share a name (remove it first with `cube node rm {name}`, or wait until it is down)"
+            )));
+        }
+        Ok(self.node(name).map_or(0, |n| n.generation))
     }
 
     pub fn token(&self, name: &str) -> Option<&TokenRecord> {
@@ -253,8 +289,7 @@ impl ClusterState {
 
     /// What the scheduler sees of every node.
     pub fn snapshots(&self) -> Vec<NodeSnapshot> {
-        self.nodes
-            .values()
+        self.members()
             .map(|n| {
                 let load = self.load(&n.name);
                 nodes::snapshot(n, self.lives.get(&n.name), Some(&load))
@@ -263,8 +298,7 @@ impl ClusterState {
     }
 
     pub fn node_views(&self) -> Vec<NodeView> {
-        self.nodes
-            .values()
+        self.members()
             .map(|n| {
                 let load = self.load(&n.name);
                 NodeView::new(n, self.lives.get(&n.name), Some(&load))

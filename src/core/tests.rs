@@ -93,6 +93,7 @@ fn register(s: &mut ClusterState, name: &str, now: Now) {
         s,
         Command::Register {
             registration: registration(name, vec![]),
+            generation: 0,
         },
         now,
     );
@@ -165,6 +166,7 @@ fn a_registering_worker_gets_the_pending_tasks_and_reports_run_them() {
         &mut s,
         Command::Register {
             registration: registration("w1", vec![]),
+            generation: 0,
         },
         clock.now(),
     );
@@ -216,11 +218,25 @@ fn a_silent_worker_is_drained_onto_a_live_one() {
     let w1 = registration("w1", vec![]);
     let w2 = registration("w2", vec![]);
     let w2_instance = w2.instance;
-    run(&mut s, Command::Register { registration: w1 }, clock.now());
+    run(
+        &mut s,
+        Command::Register {
+            registration: w1,
+            generation: 0,
+        },
+        clock.now(),
+    );
     let id = Uuid::new_v4();
     submit(&mut s, id, clock.now());
     assert_eq!(s.task(&id).unwrap().node.as_deref(), Some("w1"));
-    run(&mut s, Command::Register { registration: w2 }, clock.now());
+    run(
+        &mut s,
+        Command::Register {
+            registration: w2,
+            generation: 0,
+        },
+        clock.now(),
+    );
     // w2 keeps beating, w1 is silent past down_after.
     for _ in 0..40 {
         clock.advance(Duration::from_millis(100));
@@ -317,6 +333,7 @@ fn the_same_commands_give_the_same_state() {
             &mut s,
             Command::Register {
                 registration: reg.clone(),
+                generation: 0,
             },
             clock.now(),
         );
@@ -395,4 +412,107 @@ fn freed_room_retries_only_the_pending_tasks_that_may_fit_in_it() {
     assert!(written.contains(&small) && written.contains(&mid));
     assert_eq!(s.task(&big[0]).unwrap().error, big_reason);
     assert_eq!(s.pending_count(), 500);
+}
+
+#[test]
+fn a_removed_node_is_no_member_its_tasks_move_and_its_old_certificates_are_refused() {
+    let clock = Clock::new();
+    let mut s = state();
+    register(&mut s, "w1", clock.now());
+    let id = Uuid::new_v4();
+    submit(&mut s, id, clock.now());
+    assert_eq!(s.task(&id).unwrap().node.as_deref(), Some("w1"));
+    // A live name cannot be joined under; an unknown one can, at generation 0.
+    assert!(matches!(s.admission("w1"), Err(CoreError::Conflict(_))));
+    assert_eq!(s.admission("w9"), Ok(0));
+    register(&mut s, "w2", clock.now());
+    let (_, effects) = run(
+        &mut s,
+        Command::RemoveNode {
+            name: "w1".into(),
+            by: Some("admin".into()),
+        },
+        clock.now(),
+    );
+    // w1 is told to stop the task, and it goes to w2 as a new attempt.
+    assert!(effects.contains(&Effect::StopOn {
+        node: "w1".into(),
+        task: id
+    }));
+    assert_eq!(dispatched(&effects), vec![("w2".to_string(), id, 2)]);
+    assert_eq!(s.node_names(), vec!["w2".to_string()]);
+    assert!(s.node_views().iter().all(|n| n.name != "w1"));
+    assert!(s.snapshots().iter().all(|n| n.name != "w1"));
+    // Its certificates of generation 0 are refused, at the routes and here.
+    let generations = s.generations();
+    assert!(!generations.accepts("w1", 0));
+    assert!(generations.accepts("w1", 1));
+    assert!(generations.accepts("w2", 0));
+    let old = apply(
+        &mut s,
+        Command::Register {
+            registration: registration("w1", vec![]),
+            generation: 0,
+        },
+        clock.now(),
+    );
+    assert!(matches!(old, Err(CoreError::Revoked(_))));
+    // Removing it twice, or a name never seen: 404.
+    let again = apply(
+        &mut s,
+        Command::RemoveNode {
+            name: "w1".into(),
+            by: None,
+        },
+        clock.now(),
+    );
+    assert!(matches!(again, Err(CoreError::NoNode(_))));
+    // It may join again, with a certificate of the new generation.
+    assert_eq!(s.admission("w1"), Ok(1));
+    run(
+        &mut s,
+        Command::Register {
+            registration: registration("w1", vec![]),
+            generation: 1,
+        },
+        clock.now(),
+    );
+    assert_eq!(s.node_names(), vec!["w1".to_string(), "w2".to_string()]);
+    assert!(s.node("w1").unwrap().is_member());
+}
+
+#[test]
+fn a_removal_survives_a_restart_of_the_manager() {
+    let clock = Clock::new();
+    let mut s = state();
+    register(&mut s, "w1", clock.now());
+    apply(
+        &mut s,
+        Command::RemoveNode {
+            name: "w1".into(),
+            by: None,
+        },
+        clock.now(),
+    )
+    .unwrap();
+    let staged = s.take_staged();
+    s.commit();
+    // What the store would hold, loaded by a new manager.
+    let restarted = ClusterState::new(
+        vec![],
+        staged.nodes,
+        SchedulerKind::RoundRobin,
+        Duration::from_secs(3),
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_tasks: 2,
+        },
+        Instant::now(),
+    );
+    assert!(restarted.node_names().is_empty());
+    assert!(
+        restarted.life("w1").is_none(),
+        "no liveness for a removed node"
+    );
+    assert!(!restarted.generations().accepts("w1", 0));
 }

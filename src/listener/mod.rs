@@ -17,7 +17,7 @@ use actix_web::dev::{AppConfig, Server, ServiceFactory as _, fn_factory, fn_serv
 use actix_web::{App, web};
 
 use crate::api_error::connection::JsonErrorHeads;
-use crate::security::identity::Identity;
+use crate::security::identity::{Generation, Identity};
 use per_peer::{Counted, PeerCounts};
 
 /// A client that has not finished its TLS handshake by then is cut off.
@@ -99,9 +99,10 @@ where
             .on_connect_ext(|io: &Conn, data| {
                 let (_, session) = io.get_ref().get_ref();
                 if let Some(cert) = session.peer_certificates().and_then(|c| c.first())
-                    && let Ok(identity) = Identity::of_cert(cert)
+                    && let Ok((identity, generation)) = Identity::of_cert_with_generation(cert)
                 {
                     data.insert(identity);
+                    data.insert(Generation(generation));
                 }
             })
             .finish(app);

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::core::apply::namesake;
-use crate::core::nodes::{NodeRecord, NodeView};
+use crate::core::nodes::{Generations, NodeRecord, NodeView};
 use crate::core::tokens::{TokenRecord, TokenTable, TokenView};
 use crate::core::{
     ClusterState, Command, CoreError, Effect, Now, Reply, Staged, TaskPage, TaskQuery, apply,
@@ -76,6 +76,15 @@ struct Queued {
     answer: Option<oneshot::Sender<Answer>>,
 }
 
+/// What the Manager publishes for the routes (watch channels: the routes
+/// read the newest snapshot, the Manager alone writes it).
+pub struct Published {
+    /// Users' tokens.
+    pub tokens: watch::Sender<Arc<TokenTable>>,
+    /// The certificate generations of removed names.
+    pub generations: watch::Sender<Arc<Generations>>,
+}
+
 pub struct Manager {
     store: Addr<Store>,
     state: ClusterState,
@@ -87,9 +96,9 @@ pub struct Manager {
     clients: HashMap<(String, String), Client>,
     /// The manager's certificate: it calls workers with it.
     tls: NodeTls,
-    /// Where the routes read the tokens from; a new table after every
-    /// committed token change.
-    tokens: watch::Sender<Arc<TokenTable>>,
+    /// What the routes check requests against, renewed after every
+    /// committed change of tokens or nodes.
+    published: Published,
     /// The batch in flight is a relief from a full store.
     relieving: bool,
 }
@@ -99,7 +108,7 @@ impl Manager {
         store: Addr<Store>,
         state: ClusterState,
         tls: NodeTls,
-        tokens: watch::Sender<Arc<TokenTable>>,
+        published: Published,
     ) -> Self {
         Manager {
             store,
@@ -109,7 +118,7 @@ impl Manager {
             flush_scheduled: false,
             clients: HashMap::new(),
             tls,
-            tokens,
+            published,
             relieving: false,
         }
     }
@@ -164,13 +173,19 @@ impl Manager {
         }
         let events = std::mem::take(&mut staged.events);
         let tokens_changed = staged.tokens_changed();
+        let nodes_changed = !staged.nodes.is_empty();
         let writes = writes(staged);
         let commit = self.store.send(Commit(writes));
         ctx.wait(commit.into_actor(self).map(move |result, act, ctx| {
             let result = result.map_err(StoreError::from).and_then(|r| r);
+            // Committed: requests see the change from now on.
             if result.is_ok() && tokens_changed {
-                // Committed: requests see the change from now on.
-                act.tokens.send_replace(Arc::new(act.state.token_table()));
+                let table = Arc::new(act.state.token_table());
+                act.published.tokens.send_replace(table);
+            }
+            if result.is_ok() && nodes_changed {
+                let generations = Arc::new(act.state.generations());
+                act.published.generations.send_replace(generations);
             }
             act.finish(outcomes, result, events, ctx);
         }));
@@ -506,6 +521,37 @@ impl Handler<ListTasks> for Manager {
     }
 }
 
+/// The certificate generation a worker joining as this name gets, or the
+/// conflict with a live member of that name.
+pub struct Admission(pub String);
+
+impl Message for Admission {
+    type Result = Result<u64, CoreError>;
+}
+
+impl Handler<Admission> for Manager {
+    type Result = ResponseFuture<Result<u64, CoreError>>;
+
+    fn handle(&mut self, msg: Admission, _ctx: &mut Context<Self>) -> Self::Result {
+        let name = msg.0;
+        let generation = self.state.admission(&name);
+        // Held as live: is it? (A restart under a new data dir comes
+        // before the old process is found down.)
+        let namesake = self
+            .state
+            .member(&name)
+            .filter(|_| generation.is_err())
+            .cloned();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            match namesake {
+                Some(node) if !still_runs(&node, &tls).await.unwrap_or(true) => Ok(node.generation),
+                _ => generation,
+            }
+        })
+    }
+}
+
 /// Lists the worker nodes.
 pub struct ListNodes;
 
@@ -601,9 +647,14 @@ impl Handler<StopTask> for Manager {
     }
 }
 
-/// A worker (re)registers: store the node, reconcile, and tell it what to run
-/// and what to stop. A second live worker under a taken name is refused.
-pub struct Register(pub Registration);
+/// A worker (re)registers with a certificate of its name's `generation`:
+/// store the node, reconcile, and tell it what to run and what to stop. A
+/// second live worker under a taken name is refused, and so is a
+/// certificate from before the name was removed.
+pub struct Register {
+    pub registration: Registration,
+    pub generation: u64,
+}
 
 impl Message for Register {
     type Result = Result<RegistrationReply, ManagerError>;
@@ -613,39 +664,33 @@ impl Handler<Register> for Manager {
     type Result = ResponseFuture<Result<RegistrationReply, ManagerError>>;
 
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
-        let reg = msg.0;
+        let (reg, generation) = (msg.registration, msg.generation);
         // Another process registered under this name and is heard from:
         // ask it who it is. A restarted worker's old process is gone (or
         // is the new process itself, at the same address).
         let namesake: Option<NodeRecord> = namesake(&self.state, &reg).cloned();
-        let probe_tls = self.tls.client(Expect::Worker(reg.name.clone()));
+        let probe_tls = self.tls.clone();
         let me = ctx.address();
         Box::pin(async move {
-            if let Some(namesake) = namesake {
-                let probe = probe_tls
-                    .map_err(|e| e.to_string())
-                    .and_then(|tls| {
-                        Client::with_timeout(&namesake.address, &tls, PROBE_TIMEOUT)
-                            .map_err(|e| e.to_string())
-                    })
-                    .map_err(ManagerError::Gone)?;
-                if let Ok(stats) = probe.stats().await
-                    && stats.instance == namesake.instance
-                {
-                    log::warn!(
-                        "manager: refusing worker {} from {}: a live worker of that name runs at {}",
-                        reg.name,
-                        reg.address,
-                        namesake.address
-                    );
-                    return Err(CoreError::Conflict(format!(
-                        "a live worker named {:?} is registered from {}",
-                        reg.name, namesake.address
-                    ))
-                    .into());
-                }
+            if let Some(namesake) = namesake
+                && still_runs(&namesake, &probe_tls).await?
+            {
+                log::warn!(
+                    "manager: refusing worker {} from {}: a live worker of that name runs at {}",
+                    reg.name,
+                    reg.address,
+                    namesake.address
+                );
+                return Err(CoreError::Conflict(format!(
+                    "a live worker named {:?} is registered from {}",
+                    reg.name, namesake.address
+                ))
+                .into());
             }
-            let command = Command::Register { registration: reg };
+            let command = Command::Register {
+                registration: reg,
+                generation,
+            };
             match me
                 .send(Apply(command))
                 .await
@@ -656,6 +701,22 @@ impl Handler<Register> for Manager {
             }
         })
     }
+}
+
+/// Whether the process a node record names still runs: asked directly
+/// (with a short timeout), not taken from the liveness view, which lags.
+async fn still_runs(node: &NodeRecord, tls: &NodeTls) -> Result<bool, ManagerError> {
+    let probe = tls
+        .client(Expect::Worker(node.name.clone()))
+        .map_err(|e| e.to_string())
+        .and_then(|tls| {
+            Client::with_timeout(&node.address, &tls, PROBE_TIMEOUT).map_err(|e| e.to_string())
+        })
+        .map_err(ManagerError::Gone)?;
+    Ok(probe
+        .stats()
+        .await
+        .is_ok_and(|stats| stats.instance == node.instance))
 }
 
 /// A worker's heartbeat. The answer tells it to register again when the

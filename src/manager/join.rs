@@ -3,20 +3,24 @@
 //! /join` with the token's secret and a certificate signing request
 //! answers a certificate naming the worker, good for `node_cert_ttl`.
 //! The certificate is the worker's identity from then on: the manager
-//! takes its registration, heartbeats and reports only for that name.
+//! takes its registration, heartbeats and reports only for that name. A
+//! name a live worker holds cannot be joined under (409); a removed name
+//! can, with a certificate of the name's new generation.
 
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
+use super::Manager;
+use super::actor::Admission;
 use super::auth::Admin;
 use super::join_tokens::{CheckSecret, JoinTokens, Rotate, ShowToken};
+use super::members::Member;
 use super::routes::mailbox;
 use crate::api_error::ApiError;
 use crate::config::{validate_host, validate_node_name};
 use crate::security::identity::Identity;
-use crate::security::peer::WorkerPeer;
 use crate::security::pki::Ca;
 use crate::wire::{CaCertificate, JoinReply, JoinRequest, RenewRequest};
 use actix::Addr;
@@ -67,15 +71,21 @@ async fn rotate_token(
 
 /// A joined worker's new certificate, for the name its current one gives.
 async fn renew(
-    caller: WorkerPeer,
+    caller: Member,
     authority: web::Data<JoinAuthority>,
     request: web::Json<RenewRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = request.into_inner();
-    let certificate = issue(&authority, &caller.0.name, &request.hosts, &request.csr)?;
+    let certificate = issue(
+        &authority,
+        &caller.name,
+        caller.generation,
+        &request.hosts,
+        &request.csr,
+    )?;
     log::info!(
         "manager: worker {} renewed its certificate, good for {} s",
-        caller.0.name,
+        caller.name,
         authority.ttl.as_secs()
     );
     Ok(HttpResponse::Ok().json(JoinReply { certificate }))
@@ -85,6 +95,7 @@ async fn renew(
 fn issue(
     authority: &JoinAuthority,
     name: &str,
+    generation: u64,
     hosts: &[String],
     csr: &str,
 ) -> Result<String, ApiError> {
@@ -105,7 +116,13 @@ fn issue(
     }
     authority
         .ca
-        .sign_request(csr, &Identity::worker(name), hosts, authority.ttl)
+        .sign_request(
+            csr,
+            &Identity::worker(name),
+            generation,
+            hosts,
+            authority.ttl,
+        )
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("csr".into())))
 }
 
@@ -117,6 +134,7 @@ async fn ca(authority: web::Data<JoinAuthority>) -> HttpResponse {
 
 async fn join(
     authority: web::Data<JoinAuthority>,
+    manager: web::Data<Addr<Manager>>,
     request: web::Json<JoinRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = request.into_inner();
@@ -136,7 +154,21 @@ async fn join(
         ));
     }
     validate_node_name(&request.name).map_err(|m| ApiError::bad_request(m, Some("name".into())))?;
-    let certificate = issue(&authority, &request.name, &request.hosts, &request.csr)?;
+    let generation = manager
+        .send(Admission(request.name.clone()))
+        .await
+        .map_err(mailbox)?
+        .map_err(|e| {
+            log::warn!("manager: refused a join as {:?}: {e}", request.name);
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        })?;
+    let certificate = issue(
+        &authority,
+        &request.name,
+        generation,
+        &request.hosts,
+        &request.csr,
+    )?;
     log::info!(
         "manager: worker {} joined: certificate for {} issued, good for {} s",
         request.name,

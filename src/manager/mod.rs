@@ -6,6 +6,7 @@ pub mod auth;
 pub mod events;
 pub mod join;
 pub mod join_tokens;
+pub mod members;
 pub mod routes;
 pub mod tokens;
 

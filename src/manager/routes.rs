@@ -7,14 +7,16 @@ use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
+use super::actor::Apply;
 use super::actor::{
     Beat, Events, GetTask, ListNodes, ListTasks, LogsAt, Manager, ManagerError, Register, Report,
     StopTask, Submit,
 };
-use super::auth::{Deployer, Reader};
+use super::auth::{Admin, Deployer, Reader};
+use super::members::Member;
 use crate::api_error::ApiError;
+use crate::core::{Command, Reply};
 use crate::core::{CoreError, TaskQuery};
-use crate::security::peer::WorkerPeer;
 use crate::task::spec;
 use crate::wire::Follow;
 use crate::wire::{Heartbeat, Registration, TaskStatus};
@@ -27,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks/{id}", web::delete().to(stop_task))
         .route("/tasks/{id}/logs", web::get().to(task_logs))
         .route("/nodes", web::get().to(list_nodes))
+        .route("/nodes/{name}", web::delete().to(remove_node))
         .route("/events", web::get().to(events))
         .route("/workers/register", web::post().to(register))
         .route("/workers/heartbeat", web::post().to(heartbeat))
@@ -37,8 +40,11 @@ impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         use actix_web::http::StatusCode;
         match &e {
-            ManagerError::Core(CoreError::NotFound(_) | CoreError::NoToken(_)) => {
-                ApiError::not_found(e.to_string())
+            ManagerError::Core(
+                CoreError::NotFound(_) | CoreError::NoToken(_) | CoreError::NoNode(_),
+            ) => ApiError::not_found(e.to_string()),
+            ManagerError::Core(CoreError::Revoked(_)) => {
+                ApiError::new(StatusCode::FORBIDDEN, e.to_string())
             }
             ManagerError::Core(CoreError::Conflict(_)) => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
@@ -195,6 +201,24 @@ async fn list_nodes(
     Ok(HttpResponse::Ok().json(nodes))
 }
 
+/// Removes a worker from the cluster (admin): its certificates are refused
+/// from now on, it is told to stop its tasks, and they move.
+async fn remove_node(
+    caller: Admin,
+    manager: web::Data<Addr<Manager>>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    let command = Command::RemoveNode {
+        name: name.clone(),
+        by: Some(caller.token),
+    };
+    match manager.send(Apply(command)).await.map_err(mailbox)?? {
+        Reply::Done => Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": name }))),
+        other => Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
 /// The task container's output, streamed from its worker through the
 /// manager (users only know the manager).
 async fn task_logs(
@@ -248,7 +272,7 @@ async fn events(
 }
 
 async fn register(
-    caller: WorkerPeer,
+    caller: Member,
     manager: web::Data<Addr<Manager>>,
     reg: web::Json<Registration>,
 ) -> Result<HttpResponse, ApiError> {
@@ -256,14 +280,17 @@ async fn register(
         .map_err(|m| ApiError::bad_request(m, Some("name".into())))?;
     caller.must_be(&reg.name)?;
     let reply = manager
-        .send(Register(reg.into_inner()))
+        .send(Register {
+            registration: reg.into_inner(),
+            generation: caller.generation,
+        })
         .await
         .map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(reply))
 }
 
 async fn heartbeat(
-    caller: WorkerPeer,
+    caller: Member,
     manager: web::Data<Addr<Manager>>,
     beat: web::Json<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
@@ -276,7 +303,7 @@ async fn heartbeat(
 }
 
 async fn report(
-    caller: WorkerPeer,
+    caller: Member,
     manager: web::Data<Addr<Manager>>,
     status: web::Json<TaskStatus>,
 ) -> Result<HttpResponse, ApiError> {

@@ -20,10 +20,6 @@ use super::pki::{Ca, KeyedCert, read, write_file};
 use super::secret::{JoinToken, random_secret};
 use super::tls::NodeTls;
 
-/// The manager's own certificate is issued again at every start, for this
-/// long.
-pub const MANAGER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
-
 /// The manager's name in its certificate (one manager per cluster, until
 /// managers are replicated).
 pub const MANAGER_NAME: &str = "manager";
@@ -55,15 +51,16 @@ pub struct ManagerKeys {
 }
 
 /// The manager's keys: the CA and tokens made on first start and kept,
-/// and a certificate for `hosts` issued now.
-pub fn manager_keys(data_dir: &Path, hosts: &[String]) -> Result<ManagerKeys, SecurityError> {
+/// and a certificate for `hosts` issued now, good for `lifetime` (as long
+/// as the workers' certificates: `[manager] node_cert_ttl_s`).
+pub fn manager_keys(
+    data_dir: &Path,
+    hosts: &[String],
+    lifetime: Duration,
+) -> Result<ManagerKeys, SecurityError> {
     let pki = pki_dir(data_dir);
     let (ca, new_cluster) = Ca::load_or_create(&pki)?;
-    let issued = ca.issue(
-        &Identity::manager(MANAGER_NAME),
-        hosts,
-        MANAGER_CERT_LIFETIME,
-    )?;
+    let issued = ca.issue(&Identity::manager(MANAGER_NAME), 0, hosts, lifetime)?;
     save_keyed(&pki, "manager", &issued)?;
     let tls = NodeTls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem)?;
 
@@ -127,6 +124,13 @@ pub fn save_own_keys(
     )
 }
 
+/// A worker's certificate and key (what it forgets when removed from the
+/// cluster; the CA stays).
+pub fn node_cert_paths(data_dir: &Path) -> Vec<PathBuf> {
+    let pki = pki_dir(data_dir);
+    vec![pki.join("node.crt"), pki.join("node.key")]
+}
+
 /// A worker's certificate, key and CA, as saved by [`save_node_keys`];
 /// `None` when the worker has not joined yet.
 pub fn load_node_keys(data_dir: &Path) -> Result<Option<NodeTls>, SecurityError> {
@@ -171,9 +175,9 @@ mod tests {
     fn a_restarted_manager_keeps_its_ca_and_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let hosts = vec!["127.0.0.1".to_string()];
-        let first = manager_keys(dir.path(), &hosts).unwrap();
+        let first = manager_keys(dir.path(), &hosts, Duration::from_secs(3600)).unwrap();
         assert!(first.new_cluster);
-        let again = manager_keys(dir.path(), &hosts).unwrap();
+        let again = manager_keys(dir.path(), &hosts, Duration::from_secs(3600)).unwrap();
         assert!(!again.new_cluster);
         assert_eq!(first.ca.digest(), again.ca.digest());
         assert_eq!(first.join_token, again.join_token);

@@ -3,6 +3,12 @@
 //! `cube://manager/<name>` or `cube://worker/<name>`; a peer's identity is
 //! read from there (its chain having been verified against the CA by
 //! rustls), never from anything the peer says in a request.
+//!
+//! A worker's name may be removed from the cluster (`cube node rm`) and
+//! join again later: each removal starts a new generation of the name, and
+//! a certificate names the generation it was issued for
+//! (`cube://worker/<name>?g=<generation>`, none written for generation 0),
+//! so the manager refuses every certificate of an older one.
 
 use std::fmt;
 
@@ -34,6 +40,11 @@ pub struct Identity {
     pub name: String,
 }
 
+/// The generation of its name a connection's client certificate was
+/// issued for (beside its [`Identity`] in the connection's data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation(pub u64);
+
 const SCHEME: &str = "cube://";
 
 impl Identity {
@@ -51,14 +62,30 @@ impl Identity {
         }
     }
 
-    /// The URI this identity is written as in a certificate.
-    pub fn uri(&self) -> String {
-        format!("{SCHEME}{}/{}", self.role.as_str(), self.name)
+    /// The URI this identity is written as in a certificate of its name's
+    /// `generation`.
+    pub fn uri(&self, generation: u64) -> String {
+        match generation {
+            0 => format!("{SCHEME}{}/{}", self.role.as_str(), self.name),
+            g => format!("{SCHEME}{}/{}?g={g}", self.role.as_str(), self.name),
+        }
     }
 
     /// Reads an identity URI; `None` for anything else.
     pub fn from_uri(uri: &str) -> Option<Self> {
+        Self::from_uri_with_generation(uri).map(|(id, _)| id)
+    }
+
+    /// Reads an identity URI and the generation it names.
+    fn from_uri_with_generation(uri: &str) -> Option<(Self, u64)> {
         let rest = uri.strip_prefix(SCHEME)?;
+        let (rest, generation) = match rest.split_once('?') {
+            None => (rest, 0),
+            Some((rest, query)) => {
+                let g: u64 = query.strip_prefix("g=")?.parse().ok()?;
+                (rest, g)
+            }
+        };
         let (role, name) = rest.split_once('/')?;
         let role = match role {
             "manager" => PeerRole::Manager,
@@ -68,14 +95,21 @@ impl Identity {
         if name.is_empty() || name.contains('/') {
             return None;
         }
-        Some(Identity {
+        let id = Identity {
             role,
             name: name.to_string(),
-        })
+        };
+        Some((id, generation))
     }
 
     /// The identity a DER certificate names (exactly one is required).
     pub fn of_cert(der: &[u8]) -> Result<Self, SecurityError> {
+        Self::of_cert_with_generation(der).map(|(id, _)| id)
+    }
+
+    /// The identity a DER certificate names, and the generation of the
+    /// name it was issued for.
+    pub fn of_cert_with_generation(der: &[u8]) -> Result<(Self, u64), SecurityError> {
         let bad = |why: String| SecurityError::Certificate(why);
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| bad(format!("cannot parse: {e}")))?;
@@ -86,7 +120,7 @@ impl Identity {
             .into_iter()
             .flat_map(|ext| ext.value.general_names.iter())
             .filter_map(|name| match name {
-                GeneralName::URI(uri) => Identity::from_uri(uri),
+                GeneralName::URI(uri) => Identity::from_uri_with_generation(uri),
                 _ => None,
             });
         match (found.next(), found.next()) {
@@ -110,9 +144,18 @@ mod tests {
     #[test]
     fn uris_round_trip_and_others_are_not_identities() {
         for id in [Identity::manager("m1"), Identity::worker("w-1")] {
-            assert_eq!(Identity::from_uri(&id.uri()), Some(id));
+            assert_eq!(Identity::from_uri(&id.uri(0)), Some(id.clone()));
+            assert_eq!(
+                Identity::from_uri_with_generation(&id.uri(7)),
+                Some((id, 7))
+            );
         }
+        assert_eq!(Identity::worker("w1").uri(0), "cube://worker/w1");
+        assert_eq!(Identity::worker("w1").uri(3), "cube://worker/w1?g=3");
         for uri in [
+            "cube://worker/w1?g=",
+            "cube://worker/w1?g=-1",
+            "cube://worker/w1?x=1",
             "cube://admin/x",
             "cube://worker/",
             "cube://worker/a/b",

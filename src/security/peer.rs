@@ -9,7 +9,7 @@ use std::future::{Ready, ready};
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, dev::Payload};
 
-use super::identity::{Identity, PeerRole};
+use super::identity::{Generation, Identity, PeerRole};
 use crate::api_error::ApiError;
 
 fn peer(req: &HttpRequest, role: PeerRole) -> Result<Identity, ApiError> {
@@ -40,28 +40,16 @@ impl FromRequest for ManagerPeer {
     }
 }
 
-/// The caller is a worker; `.0.name` is the name its certificate gives.
-pub struct WorkerPeer(pub Identity);
-
-impl WorkerPeer {
-    /// Refuses a request that speaks for another worker than the caller.
-    pub fn must_be(&self, name: &str) -> Result<(), ApiError> {
-        if self.0.name == name {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("worker {} cannot speak for worker {name}", self.0.name),
-            ))
-        }
-    }
-}
+/// The caller is a worker; `.0.name` is the name its certificate gives,
+/// `.1` the generation of the name it was issued for.
+pub struct WorkerPeer(pub Identity, pub u64);
 
 impl FromRequest for WorkerPeer {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(peer(req, PeerRole::Worker).map(WorkerPeer))
+        let generation = req.conn_data::<Generation>().map_or(0, |g| g.0);
+        ready(peer(req, PeerRole::Worker).map(|id| WorkerPeer(id, generation)))
     }
 }

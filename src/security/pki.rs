@@ -110,35 +110,39 @@ impl Ca {
         Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
     }
 
-    /// A certificate with a new key for `who`, serving on `hosts`.
+    /// A certificate with a new key for `who` (the `generation` of its
+    /// name), serving on `hosts`.
     pub fn issue(
         &self,
         who: &Identity,
+        generation: u64,
         hosts: &[String],
         lifetime: Duration,
     ) -> Result<KeyedCert, SecurityError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let cert = node_params(who, hosts, lifetime)?.signed_by(&key, &self.issuer()?)?;
+        let cert =
+            node_params(who, generation, hosts, lifetime)?.signed_by(&key, &self.issuer()?)?;
         Ok(KeyedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
 
-    /// A certificate for `who`, serving on `hosts`, for the key of a
-    /// certificate signing request (PEM). Only the request's key is taken
-    /// (its signature proves the requester holds it): the names are the
-    /// CA's to decide.
+    /// A certificate for `who` (the `generation` of its name), serving on
+    /// `hosts`, for the key of a certificate signing request (PEM). Only
+    /// the request's key is taken (its signature proves the requester
+    /// holds it): the names are the CA's to decide.
     pub fn sign_request(
         &self,
         csr_pem: &str,
         who: &Identity,
+        generation: u64,
         hosts: &[String],
         lifetime: Duration,
     ) -> Result<String, SecurityError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| SecurityError::Request(e.to_string()))?;
-        csr.params = node_params(who, hosts, lifetime)?;
+        csr.params = node_params(who, generation, hosts, lifetime)?;
         Ok(csr.signed_by(&self.issuer()?)?.pem())
     }
 }
@@ -156,6 +160,7 @@ pub fn new_request(who: &Identity) -> Result<(KeyPair, String), SecurityError> {
 
 fn node_params(
     who: &Identity,
+    generation: u64,
     hosts: &[String],
     lifetime: Duration,
 ) -> Result<CertificateParams, SecurityError> {
@@ -163,9 +168,9 @@ fn node_params(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, who.name.as_str());
     params.distinguished_name = dn;
-    let mut sans = vec![SanType::URI(who.uri().try_into().map_err(|_| {
-        SecurityError::Certificate(format!("bad node name {:?}", who.name))
-    })?)];
+    let mut sans = vec![SanType::URI(who.uri(generation).try_into().map_err(
+        |_| SecurityError::Certificate(format!("bad node name {:?}", who.name)),
+    )?)];
     for host in hosts {
         sans.push(match host.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
@@ -323,6 +328,7 @@ mod tests {
         let issued = ca
             .issue(
                 &Identity::manager("m1"),
+                0,
                 &["127.0.0.1".into(), "localhost".into()],
                 Duration::from_secs(3600),
             )
@@ -332,10 +338,19 @@ mod tests {
         // A request that asks to be a manager gets what the CA decides.
         let (_key, csr) = new_request(&Identity::manager("evil")).unwrap();
         let pem = ca
-            .sign_request(&csr, &Identity::worker("w1"), &[], Duration::from_secs(60))
+            .sign_request(
+                &csr,
+                &Identity::worker("w1"),
+                2,
+                &[],
+                Duration::from_secs(60),
+            )
             .unwrap();
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        assert_eq!(Identity::of_cert(&der).unwrap(), Identity::worker("w1"));
+        assert_eq!(
+            Identity::of_cert_with_generation(&der).unwrap(),
+            (Identity::worker("w1"), 2)
+        );
         let (from, until) = validity_of_pem(&pem).unwrap();
         let life = until - from;
         assert!(life >= time::Duration::seconds(60), "{life}");
@@ -343,6 +358,7 @@ mod tests {
             ca.sign_request(
                 "junk",
                 &Identity::worker("w1"),
+                0,
                 &[],
                 Duration::from_secs(60)
             )

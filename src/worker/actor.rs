@@ -83,6 +83,12 @@ pub struct Worker {
     beat_in_flight: bool,
     /// Said once when the manager stops answering heartbeats.
     beat_failing: bool,
+    /// The manager refuses this worker's certificate (`cube node rm`):
+    /// its tasks are stopped and it no longer registers.
+    removed: bool,
+    /// This worker's certificate and key, forgotten when it is removed
+    /// (so that a restart joins again, with a join token).
+    certificate_files: Vec<std::path::PathBuf>,
     fatal: Fatal,
     store: Addr<Store>,
     stats: Addr<Stats>,
@@ -144,6 +150,8 @@ impl Worker {
             registering: false,
             beat_in_flight: false,
             beat_failing: false,
+            removed: false,
+            certificate_files: Vec::new(),
             fatal,
             store,
             stats,
@@ -163,6 +171,13 @@ impl Worker {
             retry_scheduled: false,
             register_retry: RETRY_FIRST,
         }
+    }
+
+    /// The files of this worker's certificate, deleted if the cluster
+    /// removes the worker.
+    pub fn with_certificate_files(mut self, files: Vec<std::path::PathBuf>) -> Self {
+        self.certificate_files = files;
+        self
     }
 
     /// The engine, while the connection to it is up.
@@ -255,7 +270,7 @@ impl Worker {
     }
 
     fn register(&mut self, ctx: &mut Context<Self>) {
-        if self.registering {
+        if self.registering || self.removed {
             return;
         }
         self.registering = true;
@@ -312,6 +327,12 @@ impl Worker {
                 );
                 log::error!("{why}");
                 let _ = act.fatal.send(why);
+            }
+            Err(ClientError::Api {
+                status: 403, error, ..
+            }) => {
+                act.registering = false;
+                act.removed_from_cluster(&error.error, ctx);
             }
             Err(e) => {
                 act.registering = false;
@@ -382,6 +403,13 @@ impl Worker {
             self.name,
             status.attempt
         );
+        self.give_up(id, ctx);
+    }
+
+    /// Stops a held task for good: retired, and its record kept with the
+    /// stop requested, so that a restart finishes the stop instead of
+    /// reviving it.
+    fn give_up(&mut self, id: Uuid, ctx: &mut Context<Self>) {
         let Some(mut record) = self.retire(id, ctx) else {
             return;
         };
@@ -396,6 +424,39 @@ impl Worker {
             }
             .into_actor(self),
         );
+    }
+
+    /// The manager refuses this worker's certificate: an admin removed it
+    /// from the cluster, and its tasks run elsewhere now. It stops them all,
+    /// stops registering and heartbeating, and forgets its certificate, so
+    /// that a restart joins the cluster again (given a join token).
+    fn removed_from_cluster(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if self.removed {
+            return;
+        }
+        self.removed = true;
+        self.registered = false;
+        log::error!(
+            "worker {}: the manager refuses this worker: {why}; stopping its {} tasks. Restart it with a join token to join again.",
+            self.name,
+            self.tasks.len()
+        );
+        self.outbox.clear();
+        let ids: Vec<Uuid> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.give_up(id, ctx);
+        }
+        for file in &self.certificate_files {
+            if let Err(e) = std::fs::remove_file(file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                log::warn!(
+                    "worker {}: cannot remove {}: {e}",
+                    self.name,
+                    file.display()
+                );
+            }
+        }
     }
 
     /// Tells the manager this worker is alive, with its latest stats; one
@@ -435,6 +496,9 @@ impl Worker {
                         act.register(ctx);
                     }
                 }
+                Err(ClientError::Api {
+                    status: 403, error, ..
+                }) => act.removed_from_cluster(&error.error, ctx),
                 Err(e) => {
                     if !act.beat_failing {
                         log::warn!("worker {}: heartbeat not taken: {e}", act.name);
