@@ -118,6 +118,7 @@ fn nodes(count: usize, rng: &mut XorShift) -> Vec<NodeSnapshot> {
                 tasks,
                 names,
                 host_ports,
+                groups: Default::default(),
             }
         })
         .collect()
@@ -139,6 +140,7 @@ fn tasks(count: usize, rng: &mut XorShift) -> Vec<TaskRequest> {
             } else {
                 Vec::new()
             },
+            group: None,
         })
         .collect()
 }

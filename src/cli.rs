@@ -1,6 +1,8 @@
 //! The user-facing commands: they talk to the manager's API and print tables
 //! for people or JSON (`--json`) for scripts.
 
+pub mod service;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -81,7 +83,7 @@ impl Connect {
     }
 }
 
-fn explain(e: ClientError) -> anyhow::Error {
+pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Unreachable { url, reason } => anyhow::anyhow!(
             "cannot reach the manager ({url}): {reason}\n\
@@ -95,7 +97,7 @@ fn explain(e: ClientError) -> anyhow::Error {
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -343,6 +345,7 @@ pub fn event_line(e: &Event) -> String {
             format!("{state:?}").to_lowercase(),
             last_probe.as_deref().unwrap_or("-")
         ),
+        EventKind::Service { message } => format!("service: {message}"),
     };
     format!(
         "{}  {}  {}  {}  {what}",
@@ -354,7 +357,7 @@ pub fn event_line(e: &Event) -> String {
 }
 
 /// Formats rows as left-aligned columns.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

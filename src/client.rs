@@ -11,6 +11,7 @@ use crate::api_error::ApiError;
 use crate::core::TaskPage;
 use crate::core::nodes::NodeView;
 use crate::core::tokens::{CreatedToken, NewToken, TokenView};
+use crate::service::ServiceView;
 use crate::task::TaskRecord;
 use crate::wire::{
     Assignment, CaCertificate, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, NodeStats,
@@ -139,12 +140,19 @@ impl Client {
 
     /// Every task, oldest first: pages through `GET /tasks` (in id order).
     pub async fn tasks(&self) -> Result<Vec<TaskRecord>, ClientError> {
+        self.tasks_where("").await
+    }
+
+    /// Every task the query (`state=...&node=...&service=...`) selects, all
+    /// pages, oldest first.
+    pub async fn tasks_where(&self, query: &str) -> Result<Vec<TaskRecord>, ClientError> {
         let mut out = Vec::new();
         let mut after: Option<Uuid> = None;
+        let sep = if query.is_empty() { "" } else { "&" };
         loop {
             let path = match after {
-                Some(id) => format!("/tasks?after={id}"),
-                None => "/tasks".to_string(),
+                Some(id) => format!("/tasks?after={id}{sep}{query}"),
+                None => format!("/tasks?{query}"),
             };
             let page: TaskPage = self.call(reqwest::Method::GET, &path, None::<&()>).await?.1;
             out.extend(page.tasks);
@@ -236,6 +244,67 @@ impl Client {
 
     pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
         let path = format!("/tokens/{name}");
+        self.call::<serde_json::Value>(reqwest::Method::DELETE, &path, None::<&()>)
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /services`: creates a service (its spec as JSON).
+    pub async fn create_service(
+        &self,
+        spec: &serde_json::Value,
+    ) -> Result<ServiceView, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/services", Some(spec))
+            .await?
+            .1)
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
+        Ok(self
+            .call(reqwest::Method::GET, "/services", None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn service(&self, name: &str) -> Result<ServiceView, ClientError> {
+        let path = format!("/services/{name}");
+        Ok(self.call(reqwest::Method::GET, &path, None::<&()>).await?.1)
+    }
+
+    pub async fn scale_service(
+        &self,
+        name: &str,
+        replicas: u32,
+    ) -> Result<ServiceView, ClientError> {
+        let path = format!("/services/{name}");
+        let body = serde_json::json!({ "replicas": replicas });
+        Ok(self
+            .call(reqwest::Method::PATCH, &path, Some(&body))
+            .await?
+            .1)
+    }
+
+    /// `PUT /services/{name}`: a new spec, rolled out.
+    pub async fn update_service(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+    ) -> Result<ServiceView, ClientError> {
+        let path = format!("/services/{name}");
+        Ok(self.call(reqwest::Method::PUT, &path, Some(spec)).await?.1)
+    }
+
+    pub async fn rollback_service(&self, name: &str) -> Result<ServiceView, ClientError> {
+        let path = format!("/services/{name}/rollback");
+        Ok(self
+            .call(reqwest::Method::POST, &path, None::<&()>)
+            .await?
+            .1)
+    }
+
+    pub async fn remove_service(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/services/{name}");
         self.call::<serde_json::Value>(reqwest::Method::DELETE, &path, None::<&()>)
             .await?;
         Ok(())

@@ -26,6 +26,7 @@ pub mod node;
 pub mod runtime;
 pub mod scheduler;
 pub mod security;
+pub mod service;
 pub mod store;
 pub mod task;
 pub mod wire;

@@ -65,6 +65,11 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Services: replicas kept running, scaled, updated and rolled back.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Make, list and revoke users' tokens (admin).
     Token {
         #[command(subcommand)]
@@ -76,6 +81,24 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Create a service from its spec (JSON, or TOML when the file ends in .toml).
+    Create { spec: PathBuf },
+    /// List the services: version, healthy/desired replicas, update state.
+    Ls,
+    /// A service and its replicas, slot by slot.
+    Ps { name: String },
+    /// Set the number of replicas: `cube service scale web=5`.
+    Scale { target: String },
+    /// Roll out a new spec, slot by slot.
+    Update { name: String, spec: PathBuf },
+    /// Go back to the previous version.
+    Rollback { name: String },
+    /// Stop every replica and remove the service.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +175,27 @@ fn main() -> ExitCode {
                         role: JoinRole::Worker,
                         rotate,
                     } => cube::cli::join_token(&client, rotate).await,
+                    Command::Service { command } => match command {
+                        ServiceCommand::Create { spec } => {
+                            cube::cli::service::create(&client, &spec, json).await
+                        }
+                        ServiceCommand::Ls => cube::cli::service::list(&client, json).await,
+                        ServiceCommand::Ps { name } => {
+                            cube::cli::service::ps(&client, &name, json).await
+                        }
+                        ServiceCommand::Scale { target } => {
+                            cube::cli::service::scale(&client, &target, json).await
+                        }
+                        ServiceCommand::Update { name, spec } => {
+                            cube::cli::service::update(&client, &name, &spec, json).await
+                        }
+                        ServiceCommand::Rollback { name } => {
+                            cube::cli::service::rollback(&client, &name, json).await
+                        }
+                        ServiceCommand::Rm { name } => {
+                            cube::cli::service::remove(&client, &name).await
+                        }
+                    },
                     Command::Token { command } => match command {
                         TokenCommand::Create { name, role, ttl } => {
                             cube::cli::token_create(&client, &name, &role, ttl, json).await

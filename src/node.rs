@@ -32,6 +32,7 @@ use crate::security::pki::write_file;
 use crate::security::renewal::Renewal;
 use crate::security::secret::sha256_hex;
 use crate::security::tls::{ClientCerts, Expect, NodeTls};
+use crate::service::ServiceRecord;
 use crate::store::{LoadAll, Put, Store};
 use crate::task::TaskRecord;
 use crate::wire::RenewRequest;
@@ -62,6 +63,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .send(LoadAll::<NodeRecord>::new())
             .await?
             .context("cannot load nodes")?;
+        let services = store
+            .send(LoadAll::<ServiceRecord>::new())
+            .await?
+            .context("cannot load services")?;
         let keys = manager_keys(&config.data_dir, &mc.cert_hosts(), mc.node_cert_ttl())
             .context("manager: cannot set up its certificates and tokens")?;
         log_manager_keys(&config.data_dir, keys.new_cluster);
@@ -74,7 +79,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             (&mc.retain_ended).into(),
             std::time::Instant::now(),
         )
-        .with_tokens(tokens);
+        .with_tokens(tokens)
+        .with_services(services);
         let (tokens_tx, tokens_rx) = watch::channel(Arc::new(state.token_table()));
         let (generations_tx, generations_rx) = watch::channel(Arc::new(state.generations()));
         if let Some(wc) = config.worker.as_ref().filter(|_| config.role == Role::Dev) {
@@ -148,6 +154,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 .app_data(generations.clone());
             crate::manager::join::configure(cfg);
             crate::manager::tokens::configure(cfg);
+            crate::manager::services::configure(cfg);
             crate::manager::routes::configure(cfg);
         })
         .with_context(|| format!("manager: cannot serve on {}", mc.listen))?;

@@ -28,7 +28,7 @@ pub const MAP_SIZE_BYTES: usize = 1 << 30;
 const SOFT_LIMIT_PERCENT: u64 = 85;
 
 /// Tables (LMDB named databases) this store holds.
-const TABLES: &[&str] = &["tasks", "nodes", "worker_tasks", "tokens"];
+const TABLES: &[&str] = &["tasks", "nodes", "worker_tasks", "tokens", "services"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

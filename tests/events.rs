@@ -16,6 +16,7 @@ fn describe(e: &Event) -> String {
         EventKind::State { to, .. } => format!("state {to}"),
         EventKind::Restart { restart_count, .. } => format!("restart {restart_count}"),
         EventKind::Health { state, .. } => format!("health {state:?}"),
+        EventKind::Service { message } => format!("service {message}"),
     }
 }
 

@@ -3,7 +3,7 @@
 //! (`crate::x`), never a higher one; `heed` is named only in `store.rs` and
 //! `bollard` only in `runtime/docker.rs`.
 //!
-//! store, api_error → task, security → wire, listener → config → scheduler, runtime →
+//! store, api_error → task, security → wire, service, listener → config → scheduler, runtime →
 //! core → client → manager, worker → node, cli
 
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("task", 1),
     ("security", 1),
     ("wire", 2),
+    ("service", 2),
     ("listener", 2),
     ("config", 3),
     ("scheduler", 4),

@@ -43,6 +43,33 @@ fn routes(task: &str) -> Vec<Route> {
             "admin",
         ),
         r(Method::DELETE, "/tokens/nobody".into(), None, "admin"),
+        r(Method::GET, "/services".into(), None, "read"),
+        r(Method::GET, "/services/nobody".into(), None, "read"),
+        r(
+            Method::POST,
+            "/services".into(),
+            Some(json!({"name": "svc", "replicas": 0, "task": {"image": IMAGE}})),
+            "deploy",
+        ),
+        r(
+            Method::PUT,
+            "/services/nobody".into(),
+            Some(json!({"name": "nobody", "replicas": 0, "task": {"image": IMAGE}})),
+            "deploy",
+        ),
+        r(
+            Method::PATCH,
+            "/services/nobody".into(),
+            Some(json!({"replicas": 1})),
+            "deploy",
+        ),
+        r(
+            Method::POST,
+            "/services/nobody/rollback".into(),
+            None,
+            "deploy",
+        ),
+        r(Method::DELETE, "/services/nobody".into(), None, "deploy"),
         r(Method::DELETE, "/nodes/nobody".into(), None, "admin"),
         r(Method::GET, "/join-token/worker".into(), None, "admin"),
         r(

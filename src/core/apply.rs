@@ -10,6 +10,7 @@ use super::liveness::{Life, NodeState};
 use super::nodes::{NodeRecord, Removal};
 use super::place::{place, place_pending};
 use super::reconcile::reconcile_node;
+use super::services;
 use super::state::ClusterState;
 use super::tokens::TokenRecord;
 use crate::task::{ApplyError, DesiredState, TaskRecord, TaskState};
@@ -28,7 +29,7 @@ pub fn apply(
     command: Command,
     now: Now,
 ) -> Result<(Reply, Vec<Effect>), CoreError> {
-    match command {
+    let outcome = match command {
         Command::Submit { id, spec, by } => Ok(submit(state, id, spec, by, now)),
         Command::Stop { id, by } => stop(state, id, by, now),
         Command::Report { status } => Ok(report(state, &status, now)),
@@ -53,7 +54,18 @@ pub fn apply(
         Command::Tick => Ok((Reply::Done, tick(state, now))),
         Command::CreateToken { record } => create_token(state, record),
         Command::RevokeToken { name } => revoke_token(state, &name),
-    }
+        Command::CreateService { id, spec, by } => services::create(state, id, spec, by, now),
+        Command::UpdateService { spec, by } => services::update(state, spec, by, now),
+        Command::ScaleService { name, replicas, by } => {
+            services::scale(state, &name, replicas, by, now)
+        }
+        Command::RollbackService { name, by } => services::roll_back(state, &name, by, now),
+        Command::RemoveService { name, by } => services::remove(state, &name, by, now),
+    };
+    // Services whose replicas changed (or whose time came) get their look.
+    let (reply, mut effects) = outcome?;
+    effects.extend(services::converge_touched(state, now));
+    Ok((reply, effects))
 }
 
 /// A new token; its name must be free (revoke first to replace one).

@@ -7,6 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::tokens::TokenRecord;
+use crate::service::{ServiceRecord, ServiceSpec};
 use crate::task::{TaskRecord, TaskSpec, TaskState};
 use crate::wire::{
     Assignment, Heartbeat, HeartbeatReply, Registration, RegistrationReply, ReportReply, TaskStatus,
@@ -94,6 +95,32 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+    /// A user creates a service; `id` is chosen by the caller.
+    CreateService {
+        id: Uuid,
+        spec: ServiceSpec,
+        by: Option<String>,
+    },
+    /// A new spec for a service: a rolling update.
+    UpdateService {
+        spec: ServiceSpec,
+        by: Option<String>,
+    },
+    ScaleService {
+        name: String,
+        replicas: u32,
+        by: Option<String>,
+    },
+    /// Back to the service's previous spec.
+    RollbackService {
+        name: String,
+        by: Option<String>,
+    },
+    /// Every replica stops and the service goes.
+    RemoveService {
+        name: String,
+        by: Option<String>,
+    },
 }
 
 /// The answer to the command's sender, given once the command's changes
@@ -114,6 +141,7 @@ pub enum Reply {
     Reported(ReportReply),
     Beat(HeartbeatReply),
     Token(TokenRecord),
+    Service(ServiceRecord),
     Done,
 }
 
@@ -137,6 +165,8 @@ pub enum CoreError {
     NoToken(String),
     #[error("no worker named {0:?} in the cluster")]
     NoNode(String),
+    #[error("no service named {0:?}")]
+    NoService(String),
     #[error(
         "worker {0} was removed from the cluster: its certificate is no longer accepted (join again to come back)"
     )]
@@ -152,6 +182,7 @@ pub struct TaskQuery {
     pub after: Option<Uuid>,
     pub state: Option<TaskState>,
     pub node: Option<String>,
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

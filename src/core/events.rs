@@ -47,6 +47,9 @@ pub enum EventKind {
         state: HealthState,
         last_probe: Option<String>,
     },
+    /// A step of a service (created, scaled, an update's progress); `task`
+    /// is nil and `name` the service's.
+    Service { message: String },
 }
 
 /// What of a record the log compares.
@@ -133,6 +136,18 @@ impl EventDraft {
         }
     }
 
+    /// An event of a service as a whole.
+    pub fn service(name: &str, message: String, at: DateTime<Utc>) -> Self {
+        EventDraft {
+            at,
+            task: Uuid::nil(),
+            name: name.to_string(),
+            node: None,
+            attempt: 0,
+            kind: EventKind::Service { message },
+        }
+    }
+
     pub fn numbered(self, seq: u64) -> Event {
         Event {
             seq,
@@ -186,6 +201,7 @@ mod tests {
                     EventKind::State { to, .. } => format!("state {to}"),
                     EventKind::Restart { restart_count, .. } => format!("restart {restart_count}"),
                     EventKind::Health { state, .. } => format!("health {state:?}"),
+                    EventKind::Service { message } => message,
                 });
             }
             self.0 = Some(seen(r));

@@ -14,8 +14,10 @@ pub mod drain;
 pub mod events;
 pub mod liveness;
 pub mod nodes;
+pub mod orchestrate;
 pub mod place;
 pub mod reconcile;
+pub mod services;
 pub mod state;
 pub mod tokens;
 

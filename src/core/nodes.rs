@@ -78,6 +78,8 @@ pub struct Load {
     pub tasks: usize,
     pub names: BTreeMap<String, usize>,
     pub host_ports: BTreeSet<u16>,
+    /// Replicas per service.
+    pub groups: BTreeMap<String, usize>,
 }
 
 /// Whether a task holds its node's resources: placed, and not ended.
@@ -92,6 +94,7 @@ pub fn request(task: &TaskRecord) -> TaskRequest {
         name: task.name.clone(),
         resources: demand(task),
         host_ports: task.spec.host_ports(),
+        group: task.service.clone(),
     }
 }
 
@@ -116,6 +119,9 @@ pub fn loads<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> HashMap<String,
         load.tasks += 1;
         *load.names.entry(task.name.clone()).or_default() += 1;
         load.host_ports.extend(task.spec.host_ports());
+        if let Some(service) = &task.service {
+            *load.groups.entry(service.clone()).or_default() += 1;
+        }
     }
     out
 }
@@ -146,6 +152,7 @@ pub fn snapshot(node: &NodeRecord, life: Option<&Life>, load: Option<&Load>) -> 
         tasks: load.tasks,
         names: load.names,
         host_ports: load.host_ports,
+        groups: load.groups,
     }
 }
 

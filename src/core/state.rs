@@ -23,6 +23,7 @@ use super::nodes::{self, Generations, Load, NodeRecord, NodeView};
 use super::tokens::{TokenRecord, TokenTable};
 use crate::config::SchedulerKind;
 use crate::scheduler::NodeSnapshot;
+use crate::service::ServiceRecord;
 use crate::task::{DesiredState, TaskRecord, TaskState};
 
 /// How long ended tasks are kept, and how many at most.
@@ -56,6 +57,7 @@ enum Undo {
     Task(Uuid, Option<Box<TaskRecord>>),
     Node(String, Option<NodeRecord>),
     Token(String, Option<TokenRecord>),
+    Service(String, Option<Box<ServiceRecord>>),
 }
 
 /// What a batch of commands changed, to be committed in one transaction.
@@ -66,6 +68,8 @@ pub struct Staged {
     pub nodes: Vec<NodeRecord>,
     pub tokens: Vec<TokenRecord>,
     pub removed_tokens: Vec<String>,
+    pub services: Vec<ServiceRecord>,
+    pub removed_services: Vec<String>,
     pub events: Vec<EventDraft>,
 }
 
@@ -75,6 +79,8 @@ impl Staged {
             && self.removed_tasks.is_empty()
             && self.nodes.is_empty()
             && !self.tokens_changed()
+            && self.services.is_empty()
+            && self.removed_services.is_empty()
     }
 
     pub fn tokens_changed(&self) -> bool {
@@ -88,6 +94,15 @@ pub struct ClusterState {
     nodes: BTreeMap<String, NodeRecord>,
     /// Users' tokens, by name.
     tokens: BTreeMap<String, TokenRecord>,
+    services: BTreeMap<String, ServiceRecord>,
+    /// Index: the tasks of each service (by the task's `service`).
+    service_tasks: HashMap<String, BTreeSet<Uuid>>,
+    /// Services whose tasks changed since they were last converged (memory
+    /// only: a restart converges every service).
+    pub(super) touched: BTreeSet<String>,
+    /// When each service wants another look (memory only).
+    wakes: BTreeMap<String, DateTime<Utc>>,
+    wake_order: BTreeSet<(DateTime<Utc>, String)>,
     /// Liveness of every known node (memory only, never persisted).
     pub(super) lives: BTreeMap<String, Life>,
     pub(super) watch: Watch,
@@ -106,6 +121,8 @@ pub struct ClusterState {
     dirty_nodes: BTreeSet<String>,
     dirty_tokens: BTreeSet<String>,
     removed_tokens: BTreeSet<String>,
+    dirty_services: BTreeSet<String>,
+    removed_services: BTreeSet<String>,
     events: Vec<EventDraft>,
 }
 
@@ -124,6 +141,11 @@ impl ClusterState {
             tasks: BTreeMap::new(),
             nodes: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            services: BTreeMap::new(),
+            service_tasks: HashMap::new(),
+            touched: BTreeSet::new(),
+            wakes: BTreeMap::new(),
+            wake_order: BTreeSet::new(),
             lives: nodes
                 .iter()
                 .filter(|n| n.is_member())
@@ -142,6 +164,8 @@ impl ClusterState {
             dirty_nodes: BTreeSet::new(),
             dirty_tokens: BTreeSet::new(),
             removed_tokens: BTreeSet::new(),
+            dirty_services: BTreeSet::new(),
+            removed_services: BTreeSet::new(),
             events: Vec::new(),
         };
         for task in tasks {
@@ -155,6 +179,62 @@ impl ClusterState {
     pub fn with_tokens(mut self, tokens: Vec<TokenRecord>) -> Self {
         self.tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
         self
+    }
+
+    /// With these services (as the Store holds them); each gets a look at
+    /// the first command.
+    pub fn with_services(mut self, services: Vec<ServiceRecord>) -> Self {
+        self.services = services
+            .into_iter()
+            .map(|s| (s.spec.name.clone(), s))
+            .collect();
+        self.touched = self.services.keys().cloned().collect();
+        self
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceRecord> {
+        self.services.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
+        self.services.values()
+    }
+
+    /// The tasks of a service (of this service: not of an earlier one of
+    /// the same name).
+    pub fn service_tasks(&self, service: &ServiceRecord) -> Vec<&TaskRecord> {
+        self.service_tasks
+            .get(&service.spec.name)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|t| t.service_id == Some(service.id))
+            .collect()
+    }
+
+    /// Services whose wake-up time has come, and forgets those times.
+    pub(super) fn take_due(&mut self, now: DateTime<Utc>) -> Vec<String> {
+        let mut due = Vec::new();
+        while let Some((at, name)) = self.wake_order.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.wake_order.remove(&(at, name.clone()));
+            self.wakes.remove(&name);
+            due.push(name);
+        }
+        due
+    }
+
+    /// When a service wants another look (replacing the time it had).
+    pub(super) fn set_wake(&mut self, name: &str, at: Option<DateTime<Utc>>) {
+        if let Some(old) = self.wakes.remove(name) {
+            self.wake_order.remove(&(old, name.to_string()));
+        }
+        if let Some(at) = at {
+            self.wakes.insert(name.to_string(), at);
+            self.wake_order.insert((at, name.to_string()));
+        }
     }
 
     // ----- reads -----
@@ -355,6 +435,31 @@ impl ClusterState {
         }
     }
 
+    /// An event of a service as a whole, published with the next commit.
+    pub fn service_event(&mut self, name: &str, message: String, at: DateTime<Utc>) {
+        log::info!("manager: service {name}: {message}");
+        self.events.push(EventDraft::service(name, message, at));
+    }
+
+    pub fn put_service(&mut self, record: ServiceRecord) {
+        let name = record.spec.name.clone();
+        let old = self.services.insert(name.clone(), record);
+        self.undo
+            .push(Undo::Service(name.clone(), old.map(Box::new)));
+        self.removed_services.remove(&name);
+        self.dirty_services.insert(name);
+    }
+
+    pub fn remove_service(&mut self, name: &str) {
+        if let Some(old) = self.services.remove(name) {
+            self.undo
+                .push(Undo::Service(name.to_string(), Some(Box::new(old))));
+            self.dirty_services.remove(name);
+            self.removed_services.insert(name.to_string());
+            self.set_wake(name, None);
+        }
+    }
+
     /// Takes what the commands since the last commit changed.
     pub fn take_staged(&mut self) -> Staged {
         let tasks = std::mem::take(&mut self.dirty_tasks)
@@ -369,7 +474,15 @@ impl ClusterState {
             .into_iter()
             .filter_map(|name| self.tokens.get(&name).cloned())
             .collect();
+        let services = std::mem::take(&mut self.dirty_services)
+            .into_iter()
+            .filter_map(|name| self.services.get(&name).cloned())
+            .collect();
         Staged {
+            services,
+            removed_services: std::mem::take(&mut self.removed_services)
+                .into_iter()
+                .collect(),
             tasks,
             removed_tasks: std::mem::take(&mut self.removed_tasks)
                 .into_iter()
@@ -412,8 +525,22 @@ impl ClusterState {
                         self.tokens.remove(&name);
                     }
                 },
+                Undo::Service(name, old) => {
+                    // Its next look sets things right again.
+                    self.touched.insert(name.clone());
+                    match old {
+                        Some(service) => {
+                            self.services.insert(name, *service);
+                        }
+                        None => {
+                            self.services.remove(&name);
+                        }
+                    }
+                }
             }
         }
+        self.dirty_services.clear();
+        self.removed_services.clear();
         self.dirty_tasks.clear();
         self.removed_tasks.clear();
         self.dirty_nodes.clear();
@@ -435,6 +562,9 @@ impl ClusterState {
         if let Some(new) = self.tasks.get(&id) {
             let keys = IndexKeys::of(new);
             let created_at = new.created_at;
+            if let Some(service) = &new.service {
+                self.touched.insert(service.clone());
+            }
             self.index(id, created_at, keys);
         }
         old
@@ -456,6 +586,15 @@ impl ClusterState {
         if let Some(at) = keys.ended_at {
             self.ended.remove(&(at, record.id));
         }
+        if let Some(service) = &keys.service
+            && let Some(ids) = self.service_tasks.get_mut(service)
+        {
+            ids.remove(&record.id);
+            self.touched.insert(service.clone());
+            if ids.is_empty() {
+                self.service_tasks.remove(service);
+            }
+        }
     }
 
     fn index(&mut self, id: Uuid, created_at: DateTime<Utc>, keys: IndexKeys) {
@@ -468,6 +607,9 @@ impl ClusterState {
         if let Some(at) = keys.ended_at {
             self.ended.insert((at, id));
         }
+        if let Some(service) = keys.service {
+            self.service_tasks.entry(service).or_default().insert(id);
+        }
     }
 }
 
@@ -476,6 +618,7 @@ struct IndexKeys {
     active_on: Option<String>,
     pending: bool,
     ended_at: Option<DateTime<Utc>>,
+    service: Option<String>,
 }
 
 impl IndexKeys {
@@ -487,6 +630,7 @@ impl IndexKeys {
             pending: record.state == TaskState::Pending
                 && record.desired_state == DesiredState::Running,
             ended_at: record.state.is_terminal().then_some(record.updated_at),
+            service: record.service.clone(),
         }
     }
 }

@@ -516,3 +516,216 @@ fn a_removal_survives_a_restart_of_the_manager() {
     );
     assert!(!restarted.generations().accepts("w1", 0));
 }
+
+fn service_spec(replicas: u32, image: &str) -> crate::service::ServiceSpec {
+    crate::service::spec::from_value(serde_json::json!({
+        "name": "web", "replicas": replicas, "task": {"image": image},
+        "update": {"monitor_s": 2}
+    }))
+    .unwrap()
+}
+
+/// Every registered node heartbeats (as its registered process).
+fn beat_all(s: &mut ClusterState, clock: &Clock) {
+    for name in s.node_names() {
+        let instance = s.node(&name).unwrap().instance;
+        let beat = Heartbeat {
+            name,
+            instance,
+            stats: MachineStats::default(),
+        };
+        run(s, Command::Heartbeat { beat }, clock.now());
+    }
+}
+
+/// Reports every Scheduled task of the service Running on its node.
+fn run_all(s: &mut ClusterState, clock: &Clock) {
+    let placed: Vec<(Uuid, u32, String)> = s
+        .tasks()
+        .filter(|t| t.service.is_some() && t.state == TaskState::Scheduled)
+        .map(|t| (t.id, t.attempt, t.node.clone().unwrap()))
+        .collect();
+    for (id, attempt, node) in placed {
+        let mut st = status(id, attempt, &node, TaskState::Running, 1);
+        st.started_at = Some(clock.now().at);
+        run(s, Command::Report { status: st }, clock.now());
+    }
+}
+
+fn live_replicas(s: &ClusterState) -> Vec<(u32, u64, Option<String>)> {
+    let mut out: Vec<_> = s
+        .tasks()
+        .filter(|t| t.service.is_some() && !t.state.is_terminal())
+        .filter(|t| t.desired_state == crate::task::DesiredState::Running)
+        .map(|t| (t.slot.unwrap(), t.service_version.unwrap(), t.node.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_service_keeps_one_replica_per_slot_apart_replaces_and_scales() {
+    let mut clock = Clock::new();
+    let mut s = state();
+    for w in ["w1", "w2", "w3"] {
+        register(&mut s, w, clock.now());
+    }
+    let (_, effects) = run(
+        &mut s,
+        Command::CreateService {
+            id: Uuid::new_v4(),
+            spec: service_spec(3, "i"),
+            by: None,
+        },
+        clock.now(),
+    );
+    let mut nodes: Vec<String> = dispatched(&effects).into_iter().map(|d| d.0).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["w1", "w2", "w3"], "one replica per node");
+    let replica = s.tasks().find(|t| t.slot == Some(2)).unwrap().clone();
+    assert_eq!(replica.name, "web.2");
+    assert_eq!(replica.spec.env["CUBE_SLOT"], "2");
+    assert_eq!(replica.spec.env["CUBE_TASK_ID"], replica.id.to_string());
+    run_all(&mut s, &clock);
+
+    // Slot 2's replica fails for good: after the back-off, a new one.
+    let mut failed = status(
+        replica.id,
+        1,
+        replica.node.as_deref().unwrap(),
+        TaskState::Failed,
+        2,
+    );
+    failed.exit_code = Some(1);
+    run(&mut s, Command::Report { status: failed }, clock.now());
+    assert_eq!(live_replicas(&s).len(), 2, "not at once: it backs off");
+    clock.advance(Duration::from_millis(1100));
+    run(&mut s, Command::Tick, clock.now());
+    let live = live_replicas(&s);
+    assert_eq!(live.len(), 3, "{live:?}");
+    assert!(live.iter().any(|(slot, _, _)| *slot == 2));
+
+    // Scale to 5, then to 2: the highest slots go.
+    run(
+        &mut s,
+        Command::ScaleService {
+            name: "web".into(),
+            replicas: 5,
+            by: None,
+        },
+        clock.now(),
+    );
+    assert_eq!(live_replicas(&s).len(), 5);
+    run(
+        &mut s,
+        Command::ScaleService {
+            name: "web".into(),
+            replicas: 2,
+            by: None,
+        },
+        clock.now(),
+    );
+    let slots: Vec<u32> = live_replicas(&s).iter().map(|r| r.0).collect();
+    assert_eq!(slots, vec![1, 2]);
+
+    // Removed: every replica stops.
+    run(
+        &mut s,
+        Command::RemoveService {
+            name: "web".into(),
+            by: None,
+        },
+        clock.now(),
+    );
+    assert!(live_replicas(&s).is_empty());
+    assert!(s.service("web").is_none());
+}
+
+#[test]
+fn a_start_first_update_replaces_slot_by_slot_and_a_failing_one_rolls_back() {
+    let mut clock = Clock::new();
+    let mut s = state();
+    for w in ["w1", "w2", "w3"] {
+        register(&mut s, w, clock.now());
+    }
+    run(
+        &mut s,
+        Command::CreateService {
+            id: Uuid::new_v4(),
+            spec: service_spec(3, "v1"),
+            by: None,
+        },
+        clock.now(),
+    );
+    run_all(&mut s, &clock);
+    run(
+        &mut s,
+        Command::UpdateService {
+            spec: service_spec(3, "v2"),
+            by: None,
+        },
+        clock.now(),
+    );
+    // One slot at a time: a fourth replica (v2) beside the three of v1.
+    let live = live_replicas(&s);
+    assert_eq!(live.len(), 4, "{live:?}");
+    assert_eq!(live.iter().filter(|r| r.1 == 2).count(), 1);
+    // It runs; after monitor_s (no health check) it counts and the old one
+    // of its slot stops; then the next slot.
+    for _ in 0..3 {
+        run_all(&mut s, &clock);
+        clock.advance(Duration::from_millis(2100));
+        beat_all(&mut s, &clock);
+        run(&mut s, Command::Tick, clock.now());
+        let live = live_replicas(&s);
+        assert!(live.len() <= 4 && live.len() >= 3, "{live:?}");
+    }
+    run_all(&mut s, &clock);
+    clock.advance(Duration::from_millis(2100));
+    beat_all(&mut s, &clock);
+    run(&mut s, Command::Tick, clock.now());
+    let live = live_replicas(&s);
+    assert_eq!(
+        live.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{live:?}"
+    );
+    let update = s.service("web").unwrap().update.clone().unwrap();
+    assert_eq!(update.state, crate::service::UpdateState::Completed);
+
+    // v3's first replica exits: the update rolls back to v2, whose
+    // replicas never stopped.
+    run(
+        &mut s,
+        Command::UpdateService {
+            spec: service_spec(3, "v3"),
+            by: None,
+        },
+        clock.now(),
+    );
+    let bad = s
+        .tasks()
+        .find(|t| t.service_version == Some(3))
+        .unwrap()
+        .clone();
+    let mut exited = status(
+        bad.id,
+        bad.attempt,
+        bad.node.as_deref().unwrap(),
+        TaskState::Failed,
+        2,
+    );
+    exited.exit_code = Some(1);
+    run(&mut s, Command::Report { status: exited }, clock.now());
+    let svc = s.service("web").unwrap();
+    assert_eq!(svc.version, 2);
+    let update = svc.update.clone().unwrap();
+    assert_eq!(
+        update.state,
+        crate::service::UpdateState::RolledBack,
+        "{update:?}"
+    );
+    assert!(update.message.unwrap().contains("slot 1"));
+    let live = live_replicas(&s);
+    assert_eq!(live.iter().map(|r| r.1).collect::<Vec<_>>(), vec![2, 2, 2]);
+}

@@ -30,6 +30,7 @@ use crate::core::{
     ClusterState, Command, CoreError, Effect, Now, Reply, Staged, TaskPage, TaskQuery, apply,
 };
 use crate::security::tls::{Expect, NodeTls};
+use crate::service::{ServiceRecord, ServiceView};
 use crate::store::{Commit, Store, StoreError, Write};
 use crate::task::{DesiredState, TaskRecord, TaskSpec, TaskState};
 use crate::wire::{
@@ -373,6 +374,16 @@ fn writes(staged: Staged) -> Vec<Write> {
         table: <TaskRecord as crate::store::Stored>::TABLE,
         key: id.to_string(),
     }));
+    out.extend(staged.services.into_iter().map(Write::put));
+    out.extend(
+        staged
+            .removed_services
+            .into_iter()
+            .map(|name| Write::Delete {
+                table: <ServiceRecord as crate::store::Stored>::TABLE,
+                key: name,
+            }),
+    );
     out.extend(staged.tokens.into_iter().map(Write::put));
     out.extend(staged.removed_tokens.into_iter().map(|name| Write::Delete {
         table: <TokenRecord as crate::store::Stored>::TABLE,
@@ -510,6 +521,10 @@ impl Handler<ListTasks> for Manager {
                     .node
                     .as_deref()
                     .is_none_or(|n| t.node.as_deref() == Some(n))
+                && query
+                    .service
+                    .as_deref()
+                    .is_none_or(|s| t.service.as_deref() == Some(s))
         });
         let tasks: Vec<TaskRecord> = matching.by_ref().take(query.limit).cloned().collect();
         let next = if matching.next().is_some() {
@@ -549,6 +564,47 @@ impl Handler<Admission> for Manager {
                 _ => generation,
             }
         })
+    }
+}
+
+/// The services, as users see them.
+pub struct ListServices;
+
+impl Message for ListServices {
+    type Result = Vec<ServiceView>;
+}
+
+impl Handler<ListServices> for Manager {
+    type Result = MessageResult<ListServices>;
+
+    fn handle(&mut self, _msg: ListServices, _ctx: &mut Context<Self>) -> Self::Result {
+        let now = chrono::Utc::now();
+        MessageResult(
+            self.state
+                .services()
+                .map(|s| crate::core::services::view(&self.state, s, now))
+                .collect(),
+        )
+    }
+}
+
+/// One service, as users see it.
+pub struct GetService(pub String);
+
+impl Message for GetService {
+    type Result = Option<ServiceView>;
+}
+
+impl Handler<GetService> for Manager {
+    type Result = Option<ServiceView>;
+
+    fn handle(&mut self, msg: GetService, _ctx: &mut Context<Self>) -> Self::Result {
+        let service = self.state.service(&msg.0)?;
+        Some(crate::core::services::view(
+            &self.state,
+            service,
+            chrono::Utc::now(),
+        ))
     }
 }
 

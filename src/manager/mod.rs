@@ -8,6 +8,7 @@ pub mod join;
 pub mod join_tokens;
 pub mod members;
 pub mod routes;
+pub mod services;
 pub mod tokens;
 
 pub use actor::Manager;

@@ -41,7 +41,10 @@ impl From<ManagerError> for ApiError {
         use actix_web::http::StatusCode;
         match &e {
             ManagerError::Core(
-                CoreError::NotFound(_) | CoreError::NoToken(_) | CoreError::NoNode(_),
+                CoreError::NotFound(_)
+                | CoreError::NoToken(_)
+                | CoreError::NoNode(_)
+                | CoreError::NoService(_),
             ) => ApiError::not_found(e.to_string()),
             ManagerError::Core(CoreError::Revoked(_)) => {
                 ApiError::new(StatusCode::FORBIDDEN, e.to_string())
@@ -71,6 +74,7 @@ struct TasksQuery {
     after: Option<String>,
     state: Option<String>,
     node: Option<String>,
+    service: Option<String>,
 }
 
 fn task_query(q: TasksQuery) -> Result<TaskQuery, ApiError> {
@@ -116,6 +120,7 @@ fn task_query(q: TasksQuery) -> Result<TaskQuery, ApiError> {
         after,
         state,
         node: q.node,
+        service: q.service,
     })
 }
 

@@ -43,6 +43,9 @@ pub struct TaskRequest {
     pub resources: Resources,
     /// Host ports the task needs on its node.
     pub host_ports: Vec<u16>,
+    /// The service it is a replica of: replicas of one service go to nodes
+    /// holding none of them while such a node fits.
+    pub group: Option<String>,
 }
 
 /// A node's live use of its machine, from its last heartbeat.
@@ -70,6 +73,8 @@ pub struct NodeSnapshot {
     pub names: BTreeMap<String, usize>,
     /// Host ports those tasks hold.
     pub host_ports: BTreeSet<u16>,
+    /// Those tasks counted by service.
+    pub groups: BTreeMap<String, usize>,
 }
 
 /// Why a task could not be placed.
@@ -155,6 +160,9 @@ impl NodeSnapshot {
         self.tasks += 1;
         *self.names.entry(task.name.clone()).or_insert(0) += 1;
         self.host_ports.extend(task.host_ports.iter().copied());
+        if let Some(group) = &task.group {
+            *self.groups.entry(group.clone()).or_insert(0) += 1;
+        }
     }
 }
 
@@ -215,6 +223,7 @@ pub(crate) mod tests {
             tasks: 0,
             names: BTreeMap::new(),
             host_ports: BTreeSet::new(),
+            groups: BTreeMap::new(),
         }
     }
 
@@ -229,6 +238,7 @@ pub(crate) mod tests {
                 disk_mb,
             },
             host_ports: Vec::new(),
+            group: None,
         }
     }
 
@@ -396,6 +406,7 @@ pub(crate) mod tests {
                         tasks: a + b,
                         names: BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]),
                         host_ports: ports,
+                        groups: BTreeMap::new(),
                     }
                 },
             )
@@ -428,6 +439,7 @@ pub(crate) mod tests {
                     disk_mb,
                 },
                 host_ports,
+                group: None,
             })
     }
 

@@ -89,8 +89,32 @@ impl Placer {
     }
 
     /// Places `task` (see the module doc) and adds it to the chosen node.
-    /// Round-robin starts at `cursor` and moves it past the node chosen.
+    /// Round-robin starts at `cursor` and moves it past the node chosen. A
+    /// replica of a service goes to a node holding none of its replicas
+    /// while one fits, else wherever it fits.
     pub fn place(&mut self, task: &TaskRequest, cursor: &mut usize) -> Result<usize, NoFit> {
+        let Some(group) = &task.group else {
+            return self.place_anywhere(task, cursor);
+        };
+        let holding: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].ready && self.nodes[i].groups.get(group).is_some_and(|n| *n > 0)
+            })
+            .collect();
+        if holding.is_empty() {
+            return self.place_anywhere(task, cursor);
+        }
+        for &i in &holding {
+            self.nodes[i].ready = false;
+        }
+        let apart = self.place_anywhere(task, cursor);
+        for &i in &holding {
+            self.nodes[i].ready = true;
+        }
+        apart.or_else(|_| self.place_anywhere(task, cursor))
+    }
+
+    fn place_anywhere(&mut self, task: &TaskRequest, cursor: &mut usize) -> Result<usize, NoFit> {
         let sampled = match &mut self.sampler {
             Some(sampler) => sampler.choose(task, &self.nodes, &mut self.scored),
             None => None,
@@ -259,6 +283,32 @@ mod tests {
         SchedulerKind::BinPack,
         SchedulerKind::Spread,
     ];
+
+    #[test]
+    fn replicas_of_a_service_go_apart_while_a_node_fits_then_anywhere() {
+        for kind in RANKED.into_iter().chain([SchedulerKind::RoundRobin]) {
+            // bin-pack would stack them all on the first node.
+            let mut placer = Placer::new(kind, alike(3), 1);
+            let mut cursor = 0;
+            let mut replica = task("web.1", 0.5, 64, 0);
+            replica.group = Some("web".into());
+            let mut used: Vec<usize> = (0..3)
+                .map(|_| placer.place(&replica, &mut cursor).unwrap())
+                .collect();
+            used.sort();
+            assert_eq!(used, vec![0, 1, 2], "{kind:?}");
+            // A fourth still finds a place.
+            assert!(placer.place(&replica, &mut cursor).is_ok(), "{kind:?}");
+            assert_eq!(
+                placer
+                    .nodes()
+                    .iter()
+                    .map(|n| n.groups["web"])
+                    .sum::<usize>(),
+                4
+            );
+        }
+    }
 
     /// `count` identical empty nodes, named in order.
     fn alike(count: usize) -> Vec<NodeSnapshot> {

@@ -59,6 +59,19 @@ pub struct TaskRecord {
     /// The token that stopped it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// The service this task is a replica of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Its slot in the service (1, 2, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    /// The version of the service's spec it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_version: Option<u64>,
+    /// The id of the service (a service made again under the same name has
+    /// another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<Uuid>,
     pub spec: TaskSpec,
 }
 
@@ -108,6 +121,10 @@ impl TaskRecord {
             status_seq: 0,
             submitted_by: None,
             stopped_by: None,
+            service: None,
+            slot: None,
+            service_version: None,
+            service_id: None,
             spec,
         }
     }

@@ -229,13 +229,13 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn field(field: &str, message: impl Into<String>) -> Self {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
         SpecError {
             field: Some(field.to_string()),
             message: message.into(),
         }
     }
-    fn document(message: impl Into<String>) -> Self {
+    pub fn document(message: impl Into<String>) -> Self {
         SpecError {
             field: None,
             message: message.into(),

@@ -1,0 +1,250 @@
+//! Services on a real cluster (one manager, three worker processes, the
+//! real engine): replicas spread one per node, replaced when their
+//! container is removed behind Cube's back or their worker dies, scaled up
+//! and down, and removed without leaving a container.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use cube::service::ServiceView;
+use cube::task::TaskRecord;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+
+fn web(replicas: u32, greeting: &str) -> Value {
+    json!({
+        "name": "web",
+        "replicas": replicas,
+        "task": {
+            "image": IMAGE,
+            "cmd": ["/echo", "serve", "7777"],
+            "env": {"GREETING": greeting},
+            "memory_mb": 64,
+            "ports": [7777]
+        },
+        "update": {"monitor_s": 2}
+    })
+}
+
+/// The live replicas (desired running, not ended) of the service.
+async fn replicas(cluster: &Cluster) -> Vec<TaskRecord> {
+    let mut tasks: Vec<TaskRecord> = cluster
+        .client()
+        .tasks_where("service=web")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.desired_state == cube::task::DesiredState::Running && !t.state.is_terminal())
+        .collect();
+    tasks.sort_by_key(|t| t.slot);
+    tasks
+}
+
+/// Waits until `n` replicas run, one per slot `1..=n`; returns them and
+/// how long it took.
+async fn running(cluster: &Cluster, n: usize, what: &str) -> (Vec<TaskRecord>, Duration) {
+    let start = Instant::now();
+    let tasks = wait_for(what, T, || async move {
+        let tasks = replicas(cluster).await;
+        let slots: Vec<u32> = tasks.iter().filter_map(|t| t.slot).collect();
+        let all_running = tasks.iter().all(|t| t.state.as_str() == "Running");
+        (all_running && slots == (1..=n as u32).collect::<Vec<_>>()).then_some(tasks)
+    })
+    .await;
+    (tasks, start.elapsed())
+}
+
+#[tokio::test]
+async fn replicas_spread_are_replaced_scaled_and_removed() {
+    ensure_image();
+    let mut cluster = Cluster::split(3);
+    cluster.ready().await;
+    let r = cluster
+        .http()
+        .post(format!("{}/services", cluster.manager_url))
+        .json(&web(3, "v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let view: ServiceView = r.json().await.unwrap();
+    assert_eq!((view.name.as_str(), view.desired), ("web", 3));
+
+    // One replica per node, named after their slots, told who they are.
+    let (tasks, _) = running(&cluster, 3, "three replicas running").await;
+    let mut nodes: Vec<String> = tasks.iter().filter_map(|t| t.node.clone()).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "{tasks:?}");
+    for t in &tasks {
+        let slot = t.slot.unwrap();
+        assert_eq!(t.name, format!("web.{slot}"));
+        assert_eq!(t.service_version, Some(1));
+        let container = inspect(t.container_id.as_deref().unwrap()).unwrap();
+        let env = container["Config"]["Env"].to_string();
+        assert!(env.contains(&format!("CUBE_SLOT={slot}")), "{env}");
+        assert!(env.contains(&format!("CUBE_TASK_ID={}", t.id)), "{env}");
+        assert!(env.contains("CUBE_SERVICE=web"), "{env}");
+    }
+
+    // A replica's container removed behind Cube's back: replaced.
+    let victim = tasks[1].clone();
+    let out = std::process::Command::new("docker")
+        .args(["rm", "-f", victim.container_id.as_deref().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_for("the removed replica to be noticed", T, || {
+        let (client, id) = (cluster.client(), victim.id.to_string());
+        async move { (client.task(&id).await.ok()?.state.is_terminal()).then_some(()) }
+    })
+    .await;
+    let (tasks, took) = running(&cluster, 3, "slot 2 replaced").await;
+    println!("a removed container's slot ran again {took:?} after its end was seen");
+    assert_ne!(tasks[1].id, victim.id, "a new replica in slot 2");
+
+    // A worker killed (its containers removed too): its replica runs elsewhere.
+    let dead = tasks[0].node.clone().unwrap();
+    let index = 1 + cluster
+        .worker_names
+        .iter()
+        .position(|n| *n == dead)
+        .unwrap();
+    cluster.nodes[index].kill9();
+    for id in containers_of_node(&dead) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &id])
+            .output();
+    }
+    let started = Instant::now();
+    let (tasks, _) = wait_for("three replicas, none on the dead worker", T, || async {
+        let tasks = replicas(&cluster).await;
+        let ok = tasks.len() == 3
+            && tasks
+                .iter()
+                .all(|t| t.state.as_str() == "Running" && t.node.as_deref() != Some(&dead));
+        ok.then_some((tasks, ()))
+    })
+    .await;
+    println!(
+        "a dead worker's replica ran elsewhere after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(tasks.len(), 3);
+
+    // Scale 3 -> 5 -> 2: the highest slots go.
+    let client = cluster.client();
+    assert_eq!(client.scale_service("web", 5).await.unwrap().desired, 5);
+    running(&cluster, 5, "five replicas").await;
+    assert_eq!(client.scale_service("web", 2).await.unwrap().desired, 2);
+    let (tasks, _) = running(&cluster, 2, "two replicas").await;
+    assert_eq!(
+        tasks.iter().filter_map(|t| t.slot).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let view = client.service("web").await.unwrap();
+    assert_eq!((view.desired, view.healthy), (2, 2));
+
+    // Removed: no container of it is left.
+    let out = cluster
+        .cli()
+        .args(["service", "rm", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = client
+        .tasks_where("service=web")
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    wait_for("no container of the service left", T, || {
+        let ids = ids.clone();
+        async move {
+            ids.iter()
+                .all(|id| containers_of_task(id).is_empty())
+                .then_some(())
+        }
+    })
+    .await;
+    let r = cluster
+        .http()
+        .get(format!("{}/services/web", cluster.manager_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn bad_service_specs_are_refused_naming_the_field() {
+    let cluster = Cluster::split(0);
+    cluster.ready().await;
+    let http = cluster.http();
+    let url = format!("{}/services", cluster.manager_url);
+    let mut bad_task = web(1, "x");
+    bad_task["task"]["memory_mb"] = json!("lots");
+    let mut too_many = web(1, "x");
+    too_many["replicas"] = json!(1001);
+    let mut named = web(1, "x");
+    named["task"]["name"] = json!("web.1");
+    for (spec, field) in [
+        (bad_task, "task.memory_mb"),
+        (too_many, "replicas"),
+        (named, "task.name"),
+    ] {
+        let r = http.post(&url).json(&spec).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{spec}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["field"], field, "{body}");
+    }
+    // A name is taken once.
+    for status in [201, 409] {
+        let r = http.post(&url).json(&web(0, "x")).send().await.unwrap();
+        assert_eq!(r.status(), status);
+    }
+    // Scaling past the bound, or a service that is not there.
+    let r = http
+        .patch(format!("{url}/web"))
+        .json(&json!({"replicas": 5000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .patch(format!("{url}/nope"))
+        .json(&json!({"replicas": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A read token may look, not change.
+    let r = http
+        .post(format!("{}/tokens", cluster.manager_url))
+        .json(&json!({"name": "ro", "role": "read"}))
+        .send()
+        .await
+        .unwrap();
+    let secret = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ro = cluster.files().anonymous();
+    let r = ro.get(&url).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = ro
+        .delete(format!("{url}/web"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
