@@ -248,3 +248,129 @@ async fn bad_service_specs_are_refused_naming_the_field() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+/// The service as `GET /services/web` shows it.
+async fn service(cluster: &Cluster) -> ServiceView {
+    cluster.client().service("web").await.unwrap()
+}
+
+/// The manager's event log, as text.
+async fn events(cluster: &Cluster) -> String {
+    cluster
+        .http()
+        .get(format!("{}/events", cluster.manager_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until the service's last update is in `state`.
+async fn update_state(cluster: &Cluster, state: &str) -> ServiceView {
+    wait_for(
+        &format!("the update to be {state}"),
+        Duration::from_secs(90),
+        || async {
+            let view = service(cluster).await;
+            let now = view.update.as_ref().map(|u| u.state.as_str());
+            (now == Some(state)).then_some(view)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn updates_roll_out_without_losing_a_replica_roll_back_by_themselves_and_resume_after_a_manager_restart()
+ {
+    ensure_image();
+    let mut cluster = Cluster::split(3);
+    cluster.ready().await;
+    let client = cluster.client();
+    client.create_service(&web(3, "v1")).await.unwrap();
+    running(&cluster, 3, "three replicas of v1").await;
+
+    // start-first: sampled every 100 ms, never fewer than three healthy.
+    let view = client.update_service("web", &web(3, "v2")).await.unwrap();
+    assert_eq!(view.version, 2);
+    let mut least = u32::MAX;
+    let mut samples = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let view = service(&cluster).await;
+        least = least.min(view.healthy);
+        samples += 1;
+        assert!(view.healthy >= 3, "{view:?}");
+        if view
+            .update
+            .as_ref()
+            .is_some_and(|u| u.state.as_str() == "completed")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the update never completed: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("start-first update: {samples} samples, never fewer than {least} healthy");
+    let (tasks, _) = running(&cluster, 3, "three replicas of v2").await;
+    assert!(
+        tasks.iter().all(|t| t.service_version == Some(2)),
+        "{tasks:?}"
+    );
+
+    // v3's containers exit after a second: the update rolls back by itself.
+    let mut broken = web(3, "v3");
+    broken["task"]["cmd"] = json!(["/echo", "exit", "1", "1000"]);
+    client.update_service("web", &broken).await.unwrap();
+    let view = update_state(&cluster, "rolled_back").await;
+    assert_eq!(view.version, 2);
+    let message = view.update.unwrap().message.unwrap();
+    assert!(message.contains("slot"), "{message}");
+    let (tasks, _) = running(&cluster, 3, "three replicas of v2 again").await;
+    assert!(
+        tasks.iter().all(|t| t.service_version == Some(2)),
+        "{tasks:?}"
+    );
+
+    // The event stream told each step.
+    let steps = events(&cluster).await;
+    for step in [
+        "update from version 1 to 2",
+        "update completed",
+        "update failed",
+        "rolling back from version 3 to 2",
+        "update rolled_back",
+    ] {
+        assert!(steps.contains(step), "no {step:?} in the events: {steps}");
+    }
+
+    // kill -9 of the manager in the middle of an update: it resumes.
+    let view = client.update_service("web", &web(3, "v4")).await.unwrap();
+    let target = view.version;
+    wait_for("the first new replica to start", T, || async {
+        let tasks = replicas(&cluster).await;
+        tasks
+            .iter()
+            .any(|t| t.service_version == Some(target))
+            .then_some(())
+    })
+    .await;
+    cluster.nodes[0].kill9();
+    cluster.nodes[0].restart();
+    cluster.ready().await;
+    update_state(&cluster, "completed").await;
+    let (tasks, _) = running(&cluster, 3, "three replicas of v4").await;
+    assert!(
+        tasks.iter().all(|t| t.service_version == Some(target)),
+        "{tasks:?}"
+    );
+
+    // The event stream (of the manager since its restart) told the end.
+    let steps = events(&cluster).await;
+    assert!(steps.contains("update completed"), "{steps}");
+    client.remove_service("web").await.unwrap();
+}
