@@ -342,27 +342,9 @@ async fn a_rotated_join_token_is_refused_and_joined_workers_stay() {
     let mut cluster = Cluster::split(1);
     cluster.ready().await;
     let old = cluster.files().worker_token;
-    let out = cluster
-        .cli()
-        .args(["join-token", "worker"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cluster.cli_ok(&["join-token", "worker"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), old);
-    let out = cluster
-        .cli()
-        .args(["join-token", "worker", "--rotate"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cluster.cli_ok(&["join-token", "worker", "--rotate"]);
     let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(new, old);
     // The file says the same (a restart keeps it).
@@ -433,16 +415,7 @@ async fn a_removed_worker_is_refused_its_tasks_move_and_it_may_join_again() {
     let other = cluster.worker_names[2 - index].clone();
     let old_cert = worker_tls(&cluster, &victim, index);
 
-    let out = cluster
-        .cli()
-        .args(["node", "rm", &victim])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.cli_ok(&["node", "rm", &victim]);
     // The task runs on the other worker, as a new attempt, and the removed
     // worker's container is gone.
     let moved = wait_for("the task to run on the other worker", T, || {

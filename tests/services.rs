@@ -149,16 +149,7 @@ async fn replicas_spread_are_replaced_scaled_and_removed() {
     assert_eq!((view.desired, view.healthy), (2, 2));
 
     // Removed: no container of it is left.
-    let out = cluster
-        .cli()
-        .args(["service", "rm", "web"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.cli_ok(&["service", "rm", "web"]);
     let ids: Vec<String> = client
         .tasks_where("service=web")
         .await

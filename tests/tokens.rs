@@ -303,16 +303,7 @@ async fn an_admin_makes_lists_and_revokes_tokens_and_events_name_them() {
     assert_eq!(mine.last().unwrap()["by"], "ci", "{mine:?}");
 
     // Revoked: refused at once, and the CLI says so.
-    let out = cluster
-        .cli()
-        .args(["token", "revoke", "ci"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.cli_ok(&["token", "revoke", "ci"]);
     let r = as_ci
         .get(format!("{base}/tasks"))
         .bearer_auth(&ci)
@@ -337,16 +328,7 @@ async fn an_admin_makes_lists_and_revokes_tokens_and_events_name_them() {
     assert_eq!(r.status(), 404);
 
     // The CLI makes a token and lists it; the new secret works.
-    let out = cluster
-        .cli()
-        .args(["--json", "token", "create", "viewer", "--role", "read"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cluster.cli_ok(&["--json", "token", "create", "viewer", "--role", "read"]);
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = created["secret"].as_str().unwrap();
     let out = cluster.cli().args(["token", "ls"]).output().unwrap();
@@ -355,16 +337,7 @@ async fn an_admin_makes_lists_and_revokes_tokens_and_events_name_them() {
         table.contains("viewer") && table.contains("read"),
         "{table}"
     );
-    let out = cluster
-        .cli()
-        .args(["--token", secret, "status"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.cli_ok(&["--token", secret, "status"]);
     let out = cluster
         .cli()
         .args(["--token", secret, "token", "ls"])

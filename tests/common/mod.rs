@@ -549,6 +549,17 @@ impl Cluster {
         cmd
     }
 
+    /// Runs the CLI with `args`; it must succeed (else its stderr is shown).
+    pub fn cli_ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.cli().args(args).output().expect("the cube CLI runs");
+        assert!(
+            out.status.success(),
+            "cube {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Waits until the manager answers and every worker has registered.
     pub async fn ready(&self) {
         let client = self.client();
