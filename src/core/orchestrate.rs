@@ -24,12 +24,14 @@ use crate::service::spec::UpdateOrder;
 use crate::task::status::HealthState;
 use crate::task::{DesiredState, TaskRecord, TaskState};
 
-/// Ended replicas kept per slot (the rest are forgotten).
-pub const KEEP_ENDED: usize = 3;
+/// Ended replicas kept per slot (the rest are forgotten); the failures in
+/// a row the back-off counts are among them.
+pub const KEEP_ENDED: usize = 5;
 /// The first wait before a slot whose replica failed gets a new one,
-/// doubled for every failure in a row, up to [`BACKOFF_MAX`].
+/// doubled for every failure in a row, up to [`BACKOFF_MAX`] (reached at
+/// the [`KEEP_ENDED`]th).
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(16);
 
 /// What the service needs now.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -729,3 +729,67 @@ fn a_start_first_update_replaces_slot_by_slot_and_a_failing_one_rolls_back() {
     let live = live_replicas(&s);
     assert_eq!(live.iter().map(|r| r.1).collect::<Vec<_>>(), vec![2, 2, 2]);
 }
+
+#[test]
+fn a_slot_that_keeps_failing_backs_off_longer_and_keeps_only_its_last_ended_replicas() {
+    let mut clock = Clock::new();
+    // Retention far above what the slot keeps.
+    let mut s = ClusterState::new(
+        vec![],
+        vec![],
+        SchedulerKind::RoundRobin,
+        Duration::from_secs(3),
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_tasks: 1000,
+        },
+        Instant::now(),
+    );
+    register(&mut s, "w1", clock.now());
+    run(
+        &mut s,
+        Command::CreateService {
+            id: Uuid::new_v4(),
+            spec: service_spec(1, "i"),
+            by: None,
+        },
+        clock.now(),
+    );
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let t = s
+            .tasks()
+            .find(|t| t.service.is_some() && !t.state.is_terminal())
+            .unwrap()
+            .clone();
+        let mut failed = status(t.id, t.attempt, "w1", TaskState::Failed, 2);
+        failed.exit_code = Some(1);
+        failed.at = clock.now().at;
+        run(&mut s, Command::Report { status: failed }, clock.now());
+        // Waits out the back-off in 100 ms steps, counting them.
+        let mut steps = 0;
+        while !s
+            .tasks()
+            .any(|t| t.service.is_some() && !t.state.is_terminal())
+        {
+            clock.advance(Duration::from_millis(100));
+            beat_all(&mut s, &clock);
+            run(&mut s, Command::Tick, clock.now());
+            steps += 1;
+            assert!(steps < 400, "never replaced");
+        }
+        waits.push(steps);
+    }
+    assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+    // 1 s, 2 s, 4 s, 8 s, 16 s, 16 s (in 100 ms ticks).
+    assert_eq!(waits, vec![10, 20, 40, 80, 160, 160]);
+    let ended = s
+        .tasks()
+        .filter(|t| t.service.is_some() && t.state.is_terminal())
+        .count();
+    assert_eq!(
+        ended,
+        crate::core::orchestrate::KEEP_ENDED,
+        "older ones are forgotten"
+    );
+}
