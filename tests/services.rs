@@ -197,9 +197,17 @@ async fn bad_service_specs_are_refused_naming_the_field() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["field"], field, "{body}");
     }
-    // A name is taken once.
+    // The README's example is a good spec, and a name is taken once.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/web.json")).unwrap();
+    let mut example: Value = serde_json::from_str(&example).unwrap();
+    let v2 =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/web-v2.json")).unwrap();
+    let v2 = cube::service::spec::parse_json(&v2).unwrap();
+    assert_eq!(v2.task.env["GREETING"], "v2");
+    example["replicas"] = json!(0);
     for status in [201, 409] {
-        let r = http.post(&url).json(&web(0, "x")).send().await.unwrap();
+        let r = http.post(&url).json(&example).send().await.unwrap();
         assert_eq!(r.status(), status);
     }
     // Scaling past the bound, or a service that is not there.
