@@ -521,6 +521,17 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 6, "{seen} example specs");
+        // Service specs, in their own folder.
+        let dir = dir.join("services");
+        let mut services = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let value = read_spec(&path).unwrap();
+            crate::service::spec::from_value(value)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            services += 1;
+        }
+        assert!(services >= 2, "{services} example services");
     }
 
     #[test]

@@ -198,11 +198,17 @@ async fn bad_service_specs_are_refused_naming_the_field() {
         assert_eq!(body["field"], field, "{body}");
     }
     // The README's example is a good spec, and a name is taken once.
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/web.json")).unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/services/web.json"
+    ))
+    .unwrap();
     let mut example: Value = serde_json::from_str(&example).unwrap();
-    let v2 =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/web-v2.json")).unwrap();
+    let v2 = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/services/web-v2.json"
+    ))
+    .unwrap();
     let v2 = cube::service::spec::parse_json(&v2).unwrap();
     assert_eq!(v2.task.env["GREETING"], "v2");
     example["replicas"] = json!(0);
