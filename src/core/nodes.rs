@@ -70,16 +70,139 @@ impl Generations {
     }
 }
 
-/// What the tasks placed on one node take of it.
+/// What the tasks placed on one node take of it; kept up to date as tasks
+/// come and go ([`Load::add`], [`Load::remove`]), exactly: CPU is summed
+/// in micro-cores.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Load {
+    cpu_micro: i64,
     /// The sum of their requests.
     pub allocated: Resources,
     pub tasks: usize,
     pub names: BTreeMap<String, usize>,
-    pub host_ports: BTreeSet<u16>,
+    /// Host ports held, with how many tasks hold each (one, but a count
+    /// keeps removal exact).
+    pub host_ports: BTreeMap<u16, usize>,
     /// Replicas per service.
     pub groups: BTreeMap<String, usize>,
+}
+
+/// What one task holding its node's resources adds to the node's load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    pub node: String,
+    cpu_micro: i64,
+    memory_mb: u64,
+    disk_mb: u64,
+    name: String,
+    host_ports: Vec<u16>,
+    group: Option<String>,
+}
+
+impl Share {
+    /// The share of a task that holds its node's resources.
+    pub fn of(task: &TaskRecord) -> Option<Share> {
+        let node = task.node.as_ref().filter(|_| holds_resources(task))?;
+        Some(Share {
+            node: node.clone(),
+            cpu_micro: micro(task.spec.cpu),
+            memory_mb: task.spec.memory_mb,
+            disk_mb: task.spec.disk_mb,
+            name: task.name.clone(),
+            host_ports: task.spec.host_ports(),
+            group: task.service.clone(),
+        })
+    }
+}
+
+/// Cores in micro-cores (a spec's CPU is at least 0.01 and at most 1024).
+fn micro(cpu: f64) -> i64 {
+    if cpu.is_finite() && cpu > 0.0 {
+        (cpu * 1e6).round() as i64
+    } else {
+        0
+    }
+}
+
+fn count_up<K: Ord + Clone>(map: &mut BTreeMap<K, usize>, key: &K) {
+    *map.entry(key.clone()).or_default() += 1;
+}
+
+fn count_down<K: Ord>(map: &mut BTreeMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Load {
+    pub fn add(&mut self, share: &Share) {
+        self.cpu_micro += share.cpu_micro;
+        self.allocated.memory_mb = self.allocated.memory_mb.saturating_add(share.memory_mb);
+        self.allocated.disk_mb = self.allocated.disk_mb.saturating_add(share.disk_mb);
+        self.allocated.cpu = self.cpu_micro as f64 / 1e6;
+        self.tasks += 1;
+        count_up(&mut self.names, &share.name);
+        for port in &share.host_ports {
+            count_up(&mut self.host_ports, port);
+        }
+        if let Some(group) = &share.group {
+            count_up(&mut self.groups, group);
+        }
+    }
+
+    pub fn remove(&mut self, share: &Share) {
+        self.cpu_micro -= share.cpu_micro;
+        self.allocated.memory_mb = self.allocated.memory_mb.saturating_sub(share.memory_mb);
+        self.allocated.disk_mb = self.allocated.disk_mb.saturating_sub(share.disk_mb);
+        self.allocated.cpu = self.cpu_micro as f64 / 1e6;
+        self.tasks = self.tasks.saturating_sub(1);
+        count_down(&mut self.names, &share.name);
+        for port in &share.host_ports {
+            count_down(&mut self.host_ports, port);
+        }
+        if let Some(group) = &share.group {
+            count_down(&mut self.groups, group);
+        }
+    }
+}
+
+/// Which task names and services a snapshot counts: those of the tasks
+/// being placed (a strategy asks only about them); `None`: all.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub names: BTreeSet<String>,
+    pub groups: BTreeSet<String>,
+}
+
+impl Scope {
+    /// The names and services of the tasks of a batch.
+    pub fn of(requests: &[TaskRequest]) -> Self {
+        Scope {
+            names: requests.iter().map(|r| r.name.clone()).collect(),
+            groups: requests.iter().filter_map(|r| r.group.clone()).collect(),
+        }
+    }
+}
+
+fn counts_in(
+    map: &BTreeMap<String, usize>,
+    keys: Option<&BTreeSet<String>>,
+) -> BTreeMap<String, usize> {
+    match keys {
+        None => map.clone(),
+        Some(keys) if keys.len() < map.len() => keys
+            .iter()
+            .filter_map(|k| map.get(k).map(|n| (k.clone(), *n)))
+            .collect(),
+        Some(keys) => map
+            .iter()
+            .filter(|(k, _)| keys.contains(*k))
+            .map(|(k, n)| (k.clone(), *n))
+            .collect(),
+    }
 }
 
 /// Whether a task holds its node's resources: placed, and not ended.
@@ -110,18 +233,8 @@ pub fn demand(task: &TaskRecord) -> Resources {
 /// The load of every node, in one pass over the tasks.
 pub fn loads<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> HashMap<String, Load> {
     let mut out: HashMap<String, Load> = HashMap::new();
-    for task in tasks.filter(|t| holds_resources(t)) {
-        let Some(node) = &task.node else { continue };
-        let load = out.entry(node.clone()).or_default();
-        load.allocated.cpu += task.spec.cpu;
-        load.allocated.memory_mb += task.spec.memory_mb;
-        load.allocated.disk_mb += task.spec.disk_mb;
-        load.tasks += 1;
-        *load.names.entry(task.name.clone()).or_default() += 1;
-        load.host_ports.extend(task.spec.host_ports());
-        if let Some(service) = &task.service {
-            *load.groups.entry(service.clone()).or_default() += 1;
-        }
+    for share in tasks.filter_map(Share::of) {
+        out.entry(share.node.clone()).or_default().add(&share);
     }
     out
 }
@@ -137,9 +250,16 @@ pub fn usage(stats: &MachineStats) -> Usage {
     }
 }
 
-/// What the scheduler sees of a node.
-pub fn snapshot(node: &NodeRecord, life: Option<&Life>, load: Option<&Load>) -> NodeSnapshot {
-    let load = load.cloned().unwrap_or_default();
+/// What the scheduler sees of a node, counting the task names and services
+/// in `scope` (all of them without one).
+pub fn snapshot(
+    node: &NodeRecord,
+    life: Option<&Life>,
+    load: Option<&Load>,
+    scope: Option<&Scope>,
+) -> NodeSnapshot {
+    let empty = Load::default();
+    let load = load.unwrap_or(&empty);
     NodeSnapshot {
         name: node.name.clone(),
         ready: life.is_some_and(|l| l.state == NodeState::Ready),
@@ -150,9 +270,9 @@ pub fn snapshot(node: &NodeRecord, life: Option<&Life>, load: Option<&Load>) -> 
             .map(usage)
             .unwrap_or_default(),
         tasks: load.tasks,
-        names: load.names,
-        host_ports: load.host_ports,
-        groups: load.groups,
+        names: counts_in(&load.names, scope.map(|s| &s.names)),
+        host_ports: load.host_ports.keys().copied().collect(),
+        groups: counts_in(&load.groups, scope.map(|s| &s.groups)),
     }
 }
 
@@ -228,7 +348,7 @@ mod tests {
         assert_eq!(w1.allocated.memory_mb, 200);
         assert_eq!(w1.allocated.disk_mb, 20);
         assert_eq!(w1.names["a"], 2);
-        assert_eq!(w1.host_ports, BTreeSet::from([8080]));
+        assert_eq!(w1.host_ports, BTreeMap::from([(8080, 2)]));
         assert_eq!(loads["w2"].names.get("a"), None);
     }
 
@@ -255,7 +375,7 @@ mod tests {
         };
         let mut life = Life::new(std::time::Instant::now());
         life.seen(std::time::Instant::now(), Utc::now(), stats);
-        let snap = snapshot(&node, Some(&life), None);
+        let snap = snapshot(&node, Some(&life), None, None);
         assert!(snap.ready);
         assert_eq!(snap.usage.cpu, 1.0);
         assert_eq!(snap.usage.memory_mb, 400);
@@ -263,7 +383,7 @@ mod tests {
         assert_eq!(view.state, NodeState::Ready);
         assert!(view.last_heartbeat.is_some());
         life.state = NodeState::Down;
-        assert!(!snapshot(&node, Some(&life), None).ready);
+        assert!(!snapshot(&node, Some(&life), None, None).ready);
         assert_eq!(NodeView::new(&node, None, None).state, NodeState::Down);
     }
 }

@@ -24,7 +24,7 @@ pub fn place(state: &mut ClusterState, ids: &[Uuid], now: Now) -> Vec<Effect> {
     if requests.is_empty() {
         return Vec::new();
     }
-    let snapshots = state.snapshots();
+    let snapshots = state.snapshots(Some(&nodes::Scope::of(&requests)));
     let kind = state.scheduler;
     let mut cursor = state.cursor;
     let choices = place_batch(kind, &requests, snapshots, &mut cursor);
@@ -75,7 +75,7 @@ pub fn place_pending(state: &mut ClusterState, now: Now) -> Vec<Effect> {
     if state.pending_count() == 0 {
         return Vec::new();
     }
-    let Some(room) = Room::of(&state.snapshots()) else {
+    let Some(room) = Room::of(&state.snapshots(Some(&nodes::Scope::default()))) else {
         return Vec::new();
     };
     let ids: Vec<Uuid> = state

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::command::CoreError;
 use super::events::{self, EventDraft};
 use super::liveness::{Life, NodeState, Watch};
-use super::nodes::{self, Generations, Load, NodeRecord, NodeView};
+use super::nodes::{self, Generations, Load, NodeRecord, NodeView, Scope, Share};
 use super::tokens::{TokenRecord, TokenTable};
 use crate::config::SchedulerKind;
 use crate::scheduler::NodeSnapshot;
@@ -111,6 +111,8 @@ pub struct ClusterState {
     pub(super) retention: Retention,
     /// Index: the tasks holding each node's resources (Scheduled or Running there).
     active: HashMap<String, BTreeSet<Uuid>>,
+    /// What those tasks take of each node, kept with the index.
+    loads: HashMap<String, Load>,
     /// Index: Pending tasks that should run, oldest first.
     pending: BTreeSet<(DateTime<Utc>, Uuid)>,
     /// Index: ended tasks by when they ended (for retention).
@@ -156,6 +158,7 @@ impl ClusterState {
             cursor: 0,
             retention,
             active: HashMap::new(),
+            loads: HashMap::new(),
             pending: BTreeSet::new(),
             ended: BTreeSet::new(),
             undo: Vec::new(),
@@ -358,31 +361,21 @@ impl ClusterState {
 
     /// What the tasks on `node` take of it.
     pub fn load(&self, node: &str) -> Load {
-        let tasks = self
-            .active
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.get(id));
-        nodes::loads(tasks).remove(node).unwrap_or_default()
+        self.loads.get(node).cloned().unwrap_or_default()
     }
 
-    /// What the scheduler sees of every node.
-    pub fn snapshots(&self) -> Vec<NodeSnapshot> {
+    /// What the scheduler sees of every node, counting the task names and
+    /// services in `scope` (all without one: a snapshot then costs as much
+    /// as the node's tasks).
+    pub fn snapshots(&self, scope: Option<&Scope>) -> Vec<NodeSnapshot> {
         self.members()
-            .map(|n| {
-                let load = self.load(&n.name);
-                nodes::snapshot(n, self.lives.get(&n.name), Some(&load))
-            })
+            .map(|n| nodes::snapshot(n, self.lives.get(&n.name), self.loads.get(&n.name), scope))
             .collect()
     }
 
     pub fn node_views(&self) -> Vec<NodeView> {
         self.members()
-            .map(|n| {
-                let load = self.load(&n.name);
-                NodeView::new(n, self.lives.get(&n.name), Some(&load))
-            })
+            .map(|n| NodeView::new(n, self.lives.get(&n.name), self.loads.get(&n.name)))
             .collect()
     }
 
@@ -572,12 +565,18 @@ impl ClusterState {
 
     fn unindex(&mut self, record: &TaskRecord) {
         let keys = IndexKeys::of(record);
-        if let Some(node) = keys.active_on
-            && let Some(ids) = self.active.get_mut(&node)
-        {
-            ids.remove(&record.id);
-            if ids.is_empty() {
-                self.active.remove(&node);
+        if let Some(share) = keys.share {
+            if let Some(ids) = self.active.get_mut(&share.node) {
+                ids.remove(&record.id);
+                if ids.is_empty() {
+                    self.active.remove(&share.node);
+                }
+            }
+            if let Some(load) = self.loads.get_mut(&share.node) {
+                load.remove(&share);
+                if load.tasks == 0 {
+                    self.loads.remove(&share.node);
+                }
             }
         }
         if keys.pending {
@@ -598,8 +597,15 @@ impl ClusterState {
     }
 
     fn index(&mut self, id: Uuid, created_at: DateTime<Utc>, keys: IndexKeys) {
-        if let Some(node) = keys.active_on {
-            self.active.entry(node).or_default().insert(id);
+        if let Some(share) = keys.share {
+            self.active
+                .entry(share.node.clone())
+                .or_default()
+                .insert(id);
+            self.loads
+                .entry(share.node.clone())
+                .or_default()
+                .add(&share);
         }
         if keys.pending {
             self.pending.insert((created_at, id));
@@ -615,7 +621,8 @@ impl ClusterState {
 
 /// Where a record belongs in the indexes.
 struct IndexKeys {
-    active_on: Option<String>,
+    /// What it takes of its node, while it holds the node's resources.
+    share: Option<Share>,
     pending: bool,
     ended_at: Option<DateTime<Utc>>,
     service: Option<String>,
@@ -624,9 +631,7 @@ struct IndexKeys {
 impl IndexKeys {
     fn of(record: &TaskRecord) -> Self {
         IndexKeys {
-            active_on: nodes::holds_resources(record)
-                .then(|| record.node.clone())
-                .flatten(),
+            share: Share::of(record),
             pending: record.state == TaskState::Pending
                 && record.desired_state == DesiredState::Running,
             ended_at: record.state.is_terminal().then_some(record.updated_at),

@@ -442,7 +442,7 @@ fn a_removed_node_is_no_member_its_tasks_move_and_its_old_certificates_are_refus
     assert_eq!(dispatched(&effects), vec![("w2".to_string(), id, 2)]);
     assert_eq!(s.node_names(), vec!["w2".to_string()]);
     assert!(s.node_views().iter().all(|n| n.name != "w1"));
-    assert!(s.snapshots().iter().all(|n| n.name != "w1"));
+    assert!(s.snapshots(None).iter().all(|n| n.name != "w1"));
     // Its certificates of generation 0 are refused, at the routes and here.
     let generations = s.generations();
     assert!(!generations.accepts("w1", 0));
@@ -552,6 +552,18 @@ fn run_all(s: &mut ClusterState, clock: &Clock) {
     }
 }
 
+/// The loads kept as tasks change are the loads counted from scratch.
+fn assert_loads_kept(s: &ClusterState) {
+    let counted = super::nodes::loads(s.tasks());
+    for name in s.node_names() {
+        assert_eq!(
+            s.load(&name),
+            counted.get(&name).cloned().unwrap_or_default(),
+            "{name}"
+        );
+    }
+}
+
 fn live_replicas(s: &ClusterState) -> Vec<(u32, u64, Option<String>)> {
     let mut out: Vec<_> = s
         .tasks()
@@ -639,6 +651,7 @@ fn a_service_keeps_one_replica_per_slot_apart_replaces_and_scales() {
     );
     assert!(live_replicas(&s).is_empty());
     assert!(s.service("web").is_none());
+    assert_loads_kept(&s);
 }
 
 #[test]
@@ -728,6 +741,7 @@ fn a_start_first_update_replaces_slot_by_slot_and_a_failing_one_rolls_back() {
     assert!(update.message.unwrap().contains("slot 1"));
     let live = live_replicas(&s);
     assert_eq!(live.iter().map(|r| r.1).collect::<Vec<_>>(), vec![2, 2, 2]);
+    assert_loads_kept(&s);
 }
 
 #[test]
