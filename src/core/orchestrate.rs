@@ -310,6 +310,11 @@ pub fn converge(service: &ServiceRecord, tasks: &[&TaskRecord], now: DateTime<Ut
             }
         }
     }
+    if !plan.start.is_empty() {
+        // The new replicas must run within `monitor` (and may count then):
+        // a look at that time even if none of them ever changes.
+        plan.wake(now + monitor);
+    }
     if update != service.update {
         plan.update = update;
     }

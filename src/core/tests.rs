@@ -807,3 +807,82 @@ fn a_slot_that_keeps_failing_backs_off_longer_and_keeps_only_its_last_ended_repl
         "older ones are forgotten"
     );
 }
+
+/// A service of `replicas` on w1..w3, running, with this update config.
+fn running_service(update: serde_json::Value, clock: &Clock) -> ClusterState {
+    let mut s = state();
+    for w in ["w1", "w2", "w3"] {
+        register(&mut s, w, clock.now());
+    }
+    let spec = crate::service::spec::from_value(serde_json::json!({
+        "name": "web", "replicas": 3, "task": {"image": "v1"}, "update": update
+    }))
+    .unwrap();
+    run(
+        &mut s,
+        Command::CreateService {
+            id: Uuid::new_v4(),
+            spec,
+            by: None,
+        },
+        clock.now(),
+    );
+    run_all(&mut s, clock);
+    s
+}
+
+fn update_to(s: &mut ClusterState, image: &str, update: serde_json::Value, clock: &Clock) {
+    let spec = crate::service::spec::from_value(serde_json::json!({
+        "name": "web", "replicas": 3, "task": {"image": image}, "update": update
+    }))
+    .unwrap();
+    run(s, Command::UpdateService { spec, by: None }, clock.now());
+}
+
+#[test]
+fn stop_first_stops_the_old_replica_before_its_slot_gets_the_new_one() {
+    let clock = Clock::new();
+    let update = serde_json::json!({"order": "stop-first", "parallelism": 2, "monitor_s": 2});
+    let mut s = running_service(update.clone(), &clock);
+    update_to(&mut s, "v2", update, &clock);
+    let live = live_replicas(&s);
+    // Two slots at a time: their old replicas asked to stop, new ones placed.
+    assert_eq!(live.iter().filter(|r| r.1 == 1).count(), 1, "{live:?}");
+    assert_eq!(live.iter().filter(|r| r.1 == 2).count(), 2, "{live:?}");
+    assert_eq!(live.len(), 3, "never more than the replicas: {live:?}");
+}
+
+#[test]
+fn pause_stops_a_failing_update_where_it_is_and_delay_spaces_the_slots() {
+    let mut clock = Clock::new();
+    let update = serde_json::json!({"failure_action": "pause", "monitor_s": 1, "delay_s": 5});
+    let mut s = running_service(update.clone(), &clock);
+    update_to(&mut s, "v2", update.clone(), &clock);
+    // Slot 1's new replica counts after 1 s; slot 2 waits 5 s more.
+    run_all(&mut s, &clock);
+    clock.advance(Duration::from_millis(1100));
+    beat_all(&mut s, &clock);
+    run(&mut s, Command::Tick, clock.now());
+    let v2 = |s: &ClusterState| live_replicas(s).iter().filter(|r| r.1 == 2).count();
+    assert_eq!(v2(&s), 1, "{:?}", live_replicas(&s));
+    clock.advance(Duration::from_millis(2000));
+    beat_all(&mut s, &clock);
+    run(&mut s, Command::Tick, clock.now());
+    assert_eq!(v2(&s), 1, "the delay holds slot 2 back");
+    clock.advance(Duration::from_millis(3100));
+    beat_all(&mut s, &clock);
+    run(&mut s, Command::Tick, clock.now());
+    assert_eq!(v2(&s), 2, "{:?}", live_replicas(&s));
+    // Slot 2's new replica never runs (no report comes): once `monitor_s`
+    // has passed the update pauses, and nothing rolls back.
+    clock.advance(Duration::from_millis(1100));
+    beat_all(&mut s, &clock);
+    run(&mut s, Command::Tick, clock.now());
+    let svc = s.service("web").unwrap();
+    let u = svc.update.clone().unwrap();
+    assert_eq!(u.state, crate::service::UpdateState::Paused, "{u:?}");
+    assert!(u.message.unwrap().contains("not running within 1 s"));
+    assert_eq!(svc.version, 2, "paused, not rolled back");
+    // Paused: slot 3 keeps its old replica.
+    assert!(live_replicas(&s).iter().any(|r| r.0 == 3 && r.1 == 1));
+}
