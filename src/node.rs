@@ -24,6 +24,7 @@ use crate::manager::auth::Tokens;
 use crate::manager::join::JoinAuthority;
 use crate::manager::join_tokens::JoinTokens;
 use crate::manager::members::GenerationTable;
+use crate::manager::services::EndpointFeed;
 use crate::runtime::docker::DockerEngine;
 use crate::security::files::MANAGER_NAME;
 use crate::security::files::{load_node_keys, manager_keys, save_node_keys};
@@ -112,10 +113,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let url = format!("https://{}", reachable(mc.listen));
         write_client_file(mc, &config.data_dir, &url, &keys.admin_secret);
         let own_tls = keys.tls.clone();
+        let (endpoints_tx, endpoints_rx) =
+            watch::channel(Arc::new(crate::core::services::endpoint_table(&state)));
         let published = Published {
             tokens: tokens_tx,
             generations: generations_tx,
+            endpoints: endpoints_tx,
         };
+        let endpoints: web::Data<EndpointFeed> = web::Data::new(endpoints_rx);
         let manager = Manager::new(store.clone(), state, keys.tls, published).start();
         let data = web::Data::new(manager);
         let tokens: web::Data<Tokens> = web::Data::new(tokens_rx);
@@ -151,7 +156,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             cfg.app_data(data.clone())
                 .app_data(authority.clone())
                 .app_data(tokens.clone())
-                .app_data(generations.clone());
+                .app_data(generations.clone())
+                .app_data(endpoints.clone());
             crate::manager::join::configure(cfg);
             crate::manager::tokens::configure(cfg);
             crate::manager::services::configure(cfg);

@@ -379,3 +379,117 @@ async fn updates_roll_out_without_losing_a_replica_roll_back_by_themselves_and_r
     assert!(steps.contains("update completed"), "{steps}");
     client.remove_service("web").await.unwrap();
 }
+
+/// The next NDJSON line of a stream (waits for it, with a deadline).
+async fn next_line<S>(stream: &mut S, buffer: &mut Vec<u8>) -> Value
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, cube::client::ClientError>>
+        + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            return serde_json::from_slice(&line).expect("a JSON line");
+        }
+        let chunk = tokio::time::timeout(T, stream.next())
+            .await
+            .expect("a line in time")
+            .expect("the stream goes on")
+            .expect("a chunk");
+        buffer.extend_from_slice(&chunk);
+    }
+}
+
+#[tokio::test]
+async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_its_sigterm() {
+    ensure_image();
+    let cluster = Cluster::split(2);
+    cluster.ready().await;
+    let client = cluster.client();
+    let mut spec = web(2, "e");
+    spec["task"]["health"] = json!({"tcp": true, "port": 7777, "interval_s": 0.2, "retries": 1});
+    spec["expose"] = json!([{"port": 7777, "publish": 18080}]);
+    spec["update"]["drain_s"] = json!(3);
+    client.create_service(&spec).await.unwrap();
+    // Another service cannot publish the same port.
+    let mut other = web(1, "o");
+    other["name"] = json!("other");
+    other["expose"] = json!([{"port": 7777, "publish": 18080}]);
+    let r = cluster
+        .http()
+        .post(format!("{}/services", cluster.manager_url))
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
+    let mut stream = Box::pin(
+        client
+            .stream("/services/web/endpoints?watch=true")
+            .await
+            .unwrap(),
+    );
+    let mut buffer = Vec::new();
+    let both = loop {
+        let line = next_line(&mut stream, &mut buffer).await;
+        if line["endpoints"].as_array().unwrap().len() == 2 {
+            break line;
+        }
+    };
+    // Each endpoint answers where it says.
+    for e in both["endpoints"].as_array().unwrap() {
+        let url = format!(
+            "http://{}:{}/",
+            e["address"].as_str().unwrap(),
+            e["ports"]["7777"]
+        );
+        let body = plain_get(&url).await.unwrap().text().await.unwrap();
+        assert!(body.contains("e from"), "{body}");
+    }
+    // Scaled down: slot 2 leaves the endpoints at once, and its container
+    // still runs then (drain_s = 3), to be stopped after.
+    let leaving = both["endpoints"][1]["task"].as_str().unwrap().to_string();
+    let container = client.task(&leaving).await.unwrap().container_id.unwrap();
+    let asked = Instant::now();
+    client.scale_service("web", 1).await.unwrap();
+    let one = next_line(&mut stream, &mut buffer).await;
+    let took = asked.elapsed();
+    println!("a replica left the endpoints {took:?} after the scale-down");
+    assert_eq!(one["endpoints"].as_array().unwrap().len(), 1, "{one}");
+    assert_ne!(one["endpoints"][0]["task"], leaving.as_str());
+    assert_eq!(
+        inspect(&container).unwrap()["State"]["Running"],
+        true,
+        "stopped before it drained"
+    );
+    wait_for("the drained replica to stop", T, || {
+        let container = container.clone();
+        async move { inspect(&container).is_none().then_some(()) }
+    })
+    .await;
+    assert!(
+        asked.elapsed() >= Duration::from_secs(3),
+        "stopped before drain_s"
+    );
+    // Plain GET, and a service that is not there.
+    let now: Value = cluster
+        .http()
+        .get(format!("{}/services/web/endpoints", cluster.manager_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["endpoints"].as_array().unwrap().len(), 1);
+    let r = cluster
+        .http()
+        .get(format!("{}/services/nope/endpoints", cluster.manager_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    client.remove_service("web").await.unwrap();
+}

@@ -155,6 +155,13 @@ pub enum Effect {
     },
     /// Tell a node's worker to stop (and remove) a task's container.
     StopOn { node: String, task: Uuid },
+    /// The same, `after` this long (a replica draining: out of every
+    /// balancer first).
+    StopAfter {
+        node: String,
+        task: Uuid,
+        after: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

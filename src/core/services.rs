@@ -9,7 +9,11 @@ use super::command::{CoreError, Effect, Now, Reply};
 use super::orchestrate::{self, Plan};
 use super::place::place;
 use super::state::ClusterState;
-use crate::service::{ServiceRecord, ServiceSpec, ServiceView, SlotWait};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::service::endpoints::host_of;
+use crate::service::{Endpoint, EndpointTable, ServiceRecord, ServiceSpec, ServiceView, SlotWait};
 use crate::task::{DesiredState, TaskRecord, TaskState};
 
 /// Environment every replica gets (set by Cube; a spec's own value of
@@ -31,6 +35,7 @@ pub fn create(
             spec.name
         )));
     }
+    published_elsewhere(state, &spec)?;
     let name = spec.name.clone();
     let replicas = spec.replicas;
     let record = ServiceRecord::new(id, spec, by.clone(), now.at);
@@ -60,6 +65,7 @@ pub fn update(
     if record.spec == spec {
         return Ok((Reply::Service(record), vec![]));
     }
+    published_elsewhere(state, &spec)?;
     let from = record.version;
     record.update_to(spec, now.at);
     let to = record.version;
@@ -138,7 +144,8 @@ pub fn remove(state: &mut ClusterState, name: &str, by: Option<String>, now: Now
         .filter(|t| !t.state.is_terminal())
         .map(|t| t.id)
         .collect();
-    let effects = stop_all(state, &live, "its service was removed", now);
+    let drain = drain_of(&record);
+    let effects = stop_all(state, &live, "its service was removed", drain, now);
     state.remove_service(name);
     state.service_event(
         name,
@@ -150,6 +157,64 @@ pub fn remove(state: &mut ClusterState, name: &str, by: Option<String>, now: Now
         now.at,
     );
     Ok((Reply::Service(record), effects))
+}
+
+/// The replicas of a service a client may be sent to: desired running,
+/// running, healthy (or without a health check), on a member node.
+pub fn endpoints(state: &ClusterState, record: &ServiceRecord) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = state
+        .service_tasks(record)
+        .into_iter()
+        .filter(|t| t.desired_state == DesiredState::Running && orchestrate::healthy(t))
+        .filter_map(|t| {
+            let node = t.node.as_ref()?;
+            let member = state.member(node)?;
+            Some(Endpoint {
+                task: t.id,
+                slot: t.slot.unwrap_or(0),
+                node: node.clone(),
+                address: host_of(&member.address),
+                ports: t.host_ports.clone(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|e| (e.slot, e.task));
+    out
+}
+
+/// Every service's endpoints.
+pub fn endpoint_table(state: &ClusterState) -> EndpointTable {
+    state
+        .services()
+        .map(|s| (s.spec.name.clone(), Arc::new(endpoints(state, s))))
+        .collect()
+}
+
+/// The table with the endpoints of `names` made again (a service gone is
+/// left out); `None` when none of them changed.
+pub fn refresh(
+    state: &ClusterState,
+    table: &EndpointTable,
+    names: &BTreeSet<String>,
+) -> Option<EndpointTable> {
+    let mut fresh_table: Option<EndpointTable> = None;
+    for name in names {
+        let fresh = state.service(name).map(|record| endpoints(state, record));
+        let same = match (&fresh, table.get(name)) {
+            (Some(fresh), Some(old)) => **old == *fresh,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        let out = fresh_table.get_or_insert_with(|| table.clone());
+        match fresh {
+            Some(fresh) => out.insert(name.clone(), Arc::new(fresh)),
+            None => out.remove(name),
+        };
+    }
+    fresh_table
 }
 
 /// What `GET /services/{name}` shows of a service.
@@ -183,6 +248,21 @@ pub fn view(state: &ClusterState, record: &ServiceRecord, now: DateTime<Utc>) ->
         updated_at: record.updated_at,
         created_by: record.created_by.clone(),
     }
+}
+
+/// A port every node publishes belongs to one service only.
+fn published_elsewhere(state: &ClusterState, spec: &ServiceSpec) -> Result<(), CoreError> {
+    for other in state.services().filter(|s| s.spec.name != spec.name) {
+        for e in &spec.expose {
+            if other.spec.expose.iter().any(|o| o.publish == e.publish) {
+                return Err(CoreError::Conflict(format!(
+                    "port {} is published by service {}",
+                    e.publish, other.spec.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn service(state: &ClusterState, name: &str) -> Result<ServiceRecord, CoreError> {
@@ -252,7 +332,7 @@ pub fn converge(state: &mut ClusterState, name: &str, now: Now) -> Vec<Effect> {
             changed = true;
         }
         for (id, why) in &plan.stop {
-            effects.extend(stop_all(state, &[*id], why, now));
+            effects.extend(stop_all(state, &[*id], why, drain_of(&record), now));
         }
         for id in &plan.forget {
             state.remove_task(*id);
@@ -274,6 +354,10 @@ pub fn converge(state: &mut ClusterState, name: &str, now: Now) -> Vec<Effect> {
     effects
 }
 
+fn drain_of(record: &ServiceRecord) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(record.spec.update.drain_s))
+}
+
 /// A new replica of the service's current version in `slot`.
 fn replica(service: &mut ServiceRecord, slot: u32, now: DateTime<Utc>) -> TaskRecord {
     service.tasks_made = service.tasks_made.saturating_add(1);
@@ -293,9 +377,17 @@ fn replica(service: &mut ServiceRecord, slot: u32, now: DateTime<Utc>) -> TaskRe
     task
 }
 
-/// Stops tasks (the orchestrator's stops): a Pending one ends here, one on
-/// a live node is stopped there, one on a down node when it is back.
-fn stop_all(state: &mut ClusterState, ids: &[Uuid], why: &str, now: Now) -> Vec<Effect> {
+/// Stops replicas (the orchestrator's stops): a Pending one ends here, one
+/// on a live node is stopped there after `drain` (it has left the
+/// endpoints at once, so the balancers stop sending it clients before it
+/// gets SIGTERM), one on a down node when it is back.
+fn stop_all(
+    state: &mut ClusterState,
+    ids: &[Uuid],
+    why: &str,
+    drain: std::time::Duration,
+    now: Now,
+) -> Vec<Effect> {
     let mut effects = Vec::new();
     for id in ids {
         let Some(mut task) = state.task(id).cloned() else {
@@ -308,7 +400,15 @@ fn stop_all(state: &mut ClusterState, ids: &[Uuid], why: &str, now: Now) -> Vec<
         if let Some(node) = task.node.clone().filter(|n| !state.is_down(n))
             && !task.state.is_terminal()
         {
-            effects.push(Effect::StopOn { node, task: *id });
+            effects.push(if drain.is_zero() {
+                Effect::StopOn { node, task: *id }
+            } else {
+                Effect::StopAfter {
+                    node,
+                    task: *id,
+                    after: drain,
+                }
+            });
         }
         state.put_task(task, now.at);
     }

@@ -10,7 +10,7 @@
 //! read sees committed state only; a failed commit rolls the state back and
 //! every command of the batch gets the error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -25,12 +25,13 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::core::apply::namesake;
 use crate::core::nodes::{Generations, NodeRecord, NodeView};
+use crate::core::services::refresh;
 use crate::core::tokens::{TokenRecord, TokenTable, TokenView};
 use crate::core::{
     ClusterState, Command, CoreError, Effect, Now, Reply, Staged, TaskPage, TaskQuery, apply,
 };
 use crate::security::tls::{Expect, NodeTls};
-use crate::service::{ServiceRecord, ServiceView};
+use crate::service::{EndpointTable, ServiceRecord, ServiceView};
 use crate::store::{Commit, Store, StoreError, Write};
 use crate::task::{DesiredState, TaskRecord, TaskSpec, TaskState};
 use crate::wire::{
@@ -84,6 +85,8 @@ pub struct Published {
     pub tokens: watch::Sender<Arc<TokenTable>>,
     /// The certificate generations of removed names.
     pub generations: watch::Sender<Arc<Generations>>,
+    /// Every service's endpoints.
+    pub endpoints: watch::Sender<Arc<EndpointTable>>,
 }
 
 pub struct Manager {
@@ -175,6 +178,13 @@ impl Manager {
         let events = std::mem::take(&mut staged.events);
         let tokens_changed = staged.tokens_changed();
         let nodes_changed = !staged.nodes.is_empty();
+        let services: BTreeSet<String> = staged
+            .tasks
+            .iter()
+            .filter_map(|t| t.service.clone())
+            .chain(staged.services.iter().map(|s| s.spec.name.clone()))
+            .chain(staged.removed_services.iter().cloned())
+            .collect();
         let writes = writes(staged);
         let commit = self.store.send(Commit(writes));
         ctx.wait(commit.into_actor(self).map(move |result, act, ctx| {
@@ -187,6 +197,12 @@ impl Manager {
             if result.is_ok() && nodes_changed {
                 let generations = Arc::new(act.state.generations());
                 act.published.generations.send_replace(generations);
+            }
+            if result.is_ok() && !services.is_empty() {
+                let table = act.published.endpoints.borrow().clone();
+                if let Some(fresh) = refresh(&act.state, &table, &services) {
+                    act.published.endpoints.send_replace(Arc::new(fresh));
+                }
             }
             act.finish(outcomes, result, events, ctx);
         }));
@@ -346,6 +362,11 @@ impl Manager {
                         ),
                     }
                 }));
+            }
+            Effect::StopAfter { node, task, after } => {
+                ctx.run_later(after, move |act, ctx| {
+                    act.execute(Effect::StopOn { node, task }, ctx);
+                });
             }
             Effect::StopOn { node, task } => {
                 let Some(client) = self.client_for(&node) else {

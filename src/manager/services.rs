@@ -15,6 +15,10 @@ use super::routes::mailbox;
 use crate::api_error::ApiError;
 use crate::core::{Command, CoreError, Reply};
 use crate::service::spec::{self, check_replicas};
+use crate::service::{Endpoint, EndpointTable, Endpoints};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/services", web::post().to(create))
@@ -23,7 +27,81 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/services/{name}", web::patch().to(scale))
         .route("/services/{name}", web::put().to(update))
         .route("/services/{name}", web::delete().to(remove))
-        .route("/services/{name}/rollback", web::post().to(rollback));
+        .route("/services/{name}/rollback", web::post().to(rollback))
+        .route("/services/{name}/endpoints", web::get().to(endpoints));
+}
+
+/// What the endpoint routes read: the table the Manager publishes after
+/// every commit that changed a service or its replicas.
+pub type EndpointFeed = watch::Receiver<Arc<EndpointTable>>;
+
+/// `GET /services/{name}/endpoints`: the replicas a client may be sent to;
+/// `?watch=true` streams the list as NDJSON, once now and again at every
+/// change, until the client goes.
+async fn endpoints(
+    _caller: Reader,
+    manager: web::Data<Addr<Manager>>,
+    feed: web::Data<EndpointFeed>,
+    name: web::Path<String>,
+    query: web::Query<Watch>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    if manager
+        .send(GetService(name.clone()))
+        .await
+        .map_err(mailbox)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(CoreError::NoService(name).to_string()));
+    }
+    let mut rx = feed.get_ref().clone();
+    let current = rx.borrow_and_update().get(&name).cloned();
+    let line = |name: &str, list: &Option<Arc<Vec<Endpoint>>>| Endpoints {
+        service: name.to_string(),
+        endpoints: list.as_deref().cloned().unwrap_or_default(),
+    };
+    if !query.watch {
+        return Ok(HttpResponse::Ok().json(line(&name, &current)));
+    }
+    let first = ndjson(&line(&name, &current));
+    let later = futures_util::stream::unfold(
+        (rx, name, current),
+        move |(mut rx, name, mut last)| async move {
+            loop {
+                rx.changed().await.ok()?;
+                let now = rx.borrow_and_update().get(&name).cloned();
+                let same = match (&now, &last) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    let bytes = ndjson(&line(&name, &now));
+                    last = now;
+                    return Some((bytes, (rx, name, last)));
+                }
+            }
+        },
+    );
+    let stream = futures_util::stream::once(async move { first })
+        .chain(later)
+        .map(Ok::<_, actix_web::Error>);
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(stream))
+}
+
+fn ndjson(value: &Endpoints) -> web::Bytes {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    web::Bytes::from(bytes)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Watch {
+    #[serde(default)]
+    watch: bool,
 }
 
 fn text(body: &web::Bytes) -> Result<&str, ApiError> {

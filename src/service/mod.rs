@@ -5,8 +5,10 @@
 //! (its versions and the update in progress). What to do about a service is
 //! decided in `core::orchestrate`.
 
+pub mod endpoints;
 pub mod record;
 pub mod spec;
 
+pub use endpoints::{Endpoint, EndpointTable, Endpoints};
 pub use record::{ServiceRecord, ServiceView, SlotWait, UpdateState, UpdateStatus};
 pub use spec::{FailureAction, ServiceSpec, UpdateConfig, UpdateOrder};

@@ -29,6 +29,47 @@ pub struct ServiceSpec {
     pub task: TaskSpec,
     #[serde(default)]
     pub update: UpdateConfig,
+    /// Ports the service offers through every node's load balancer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<Expose>,
+}
+
+/// A port of the service reached through the cluster: every worker listens
+/// on `publish` and forwards to `port` of a healthy replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expose {
+    /// The container port (one of the task's `ports`).
+    pub port: u16,
+    /// The port every node's balancer listens on.
+    pub publish: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// How an `http` port picks a replica for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// A `tcp` port sends a PROXY protocol v2 header to the replica, so
+    /// that it learns the client's address.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Balanced per request.
+    #[default]
+    Http,
+    /// Balanced per connection.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
 }
 
 /// How an update (and a rollback) replaces the replicas.
@@ -46,6 +87,13 @@ pub struct UpdateConfig {
     /// is not running within this time.
     pub monitor_s: u32,
     pub failure_action: FailureAction,
+    /// Seconds a replica is out of every balancer before it is stopped.
+    #[serde(default = "default_drain_s")]
+    pub drain_s: u32,
+}
+
+fn default_drain_s() -> u32 {
+    2
 }
 
 impl Default for UpdateConfig {
@@ -56,6 +104,7 @@ impl Default for UpdateConfig {
             delay_s: 0,
             monitor_s: 10,
             failure_action: FailureAction::Rollback,
+            drain_s: default_drain_s(),
         }
     }
 }
@@ -79,14 +128,17 @@ pub enum FailureAction {
     Pause,
 }
 
-const FIELDS: &[&str] = &["name", "replicas", "task", "update"];
+const FIELDS: &[&str] = &["name", "replicas", "task", "update", "expose"];
 const UPDATE_FIELDS: &[&str] = &[
     "parallelism",
     "order",
     "delay_s",
     "monitor_s",
     "failure_action",
+    "drain_s",
 ];
+/// Ports one service may expose.
+pub const MAX_EXPOSE: usize = 16;
 
 /// A service name: a DNS label (lowercase letters, digits and '-', starting
 /// with a letter, not ending with '-').
@@ -131,12 +183,62 @@ pub fn from_value(value: Value) -> Result<ServiceSpec, SpecError> {
         None | Some(Value::Null) => UpdateConfig::default(),
         Some(value) => update_of(value)?,
     };
+    let expose = match map.get("expose") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => expose_of(value, &task)?,
+    };
     Ok(ServiceSpec {
         name,
         replicas,
         task,
         update,
+        expose,
     })
+}
+
+fn expose_of(value: &Value, task: &TaskSpec) -> Result<Vec<Expose>, SpecError> {
+    let expose: Vec<Expose> = serde_json::from_value(value.clone()).map_err(|e| {
+        SpecError::field(
+            "expose",
+            format!(
+                "expected [{{\"port\", \"publish\", \"protocol\": \"http\" | \"tcp\", \"balance\": \"round-robin\" | \"least-conn\", \"proxy_protocol\"}}]: {e}"
+            ),
+        )
+    })?;
+    if expose.len() > MAX_EXPOSE {
+        return Err(SpecError::field(
+            "expose",
+            format!("at most {MAX_EXPOSE} ports"),
+        ));
+    }
+    let mut published = std::collections::BTreeSet::new();
+    for (i, e) in expose.iter().enumerate() {
+        if !task.ports.iter().any(|p| p.container == e.port) {
+            return Err(SpecError::field(
+                &format!("expose[{i}].port"),
+                format!("{} is not one of the task's ports", e.port),
+            ));
+        }
+        if e.publish == 0 {
+            return Err(SpecError::field(
+                &format!("expose[{i}].publish"),
+                "must be a port from 1 to 65535",
+            ));
+        }
+        if !published.insert(e.publish) {
+            return Err(SpecError::field(
+                &format!("expose[{i}].publish"),
+                format!("{} is published twice", e.publish),
+            ));
+        }
+        if e.proxy_protocol && e.protocol != Protocol::Tcp {
+            return Err(SpecError::field(
+                &format!("expose[{i}].proxy_protocol"),
+                "only a tcp port sends the PROXY protocol",
+            ));
+        }
+    }
+    Ok(expose)
 }
 
 /// `replicas` within its bound.
@@ -219,6 +321,7 @@ fn update_of(value: &Value) -> Result<UpdateConfig, SpecError> {
             "\"rollback\" or \"pause\"",
         )?
         .unwrap_or(d.failure_action),
+        drain_s: optional(map, "update.drain_s", "drain_s", &seconds)?.unwrap_or(d.drain_s),
     };
     if !(1..=MAX_REPLICAS).contains(&config.parallelism) {
         return Err(SpecError::field(
@@ -229,6 +332,7 @@ fn update_of(value: &Value) -> Result<UpdateConfig, SpecError> {
     for (field, value) in [
         ("update.delay_s", config.delay_s),
         ("update.monitor_s", config.monitor_s),
+        ("update.drain_s", config.drain_s),
     ] {
         if value > MAX_UPDATE_SECONDS {
             return Err(SpecError::field(
@@ -359,6 +463,30 @@ mod tests {
             (
                 json!({"name": "web", "replicas": 1, "task": task, "x": 1}),
                 "x",
+            ),
+            (
+                json!({"name": "web", "replicas": 1, "task": {"image": "i", "ports": [80]},
+                       "expose": [{"port": 81, "publish": 8080}]}),
+                "expose[0].port",
+            ),
+            (
+                json!({"name": "web", "replicas": 1, "task": {"image": "i", "ports": [80]},
+                       "expose": [{"port": 80, "publish": 8080}, {"port": 80, "publish": 8080}]}),
+                "expose[1].publish",
+            ),
+            (
+                json!({"name": "web", "replicas": 1, "task": {"image": "i", "ports": [80]},
+                       "expose": [{"port": 80, "publish": 8080, "proxy_protocol": true}]}),
+                "expose[0].proxy_protocol",
+            ),
+            (
+                json!({"name": "web", "replicas": 1, "task": {"image": "i", "ports": [80]},
+                       "expose": [{"port": 80, "publish": 8080, "protocol": "udp"}]}),
+                "expose",
+            ),
+            (
+                json!({"name": "web", "replicas": 1, "task": task, "update": {"drain_s": 4000}}),
+                "update.drain_s",
             ),
         ] {
             assert_eq!(field_of(doc.clone()).as_deref(), Some(field), "{doc}");
