@@ -39,6 +39,7 @@ use crate::task::TaskRecord;
 use crate::wire::RenewRequest;
 use crate::worker::Worker;
 use crate::worker::actor::HEARTBEAT_TIMEOUT;
+use crate::worker::endpoints::{EndpointFollower, EndpointView};
 use crate::worker::join::{JoinError, join};
 use crate::worker::record::WorkerTaskRecord;
 use crate::worker::stats::{SAMPLE_EVERY, Stats};
@@ -211,6 +212,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let worker_addr = wc.listen;
         let listener = std::net::TcpListener::bind(worker_addr)
             .with_context(|| format!("worker: cannot listen on {worker_addr}"))?;
+        let (follower, endpoint_view) = EndpointFollower::new(&wc.name, manager.clone());
+        follower.start();
+        let endpoint_view: web::Data<EndpointView> = web::Data::new(endpoint_view);
         let worker = Worker::new(
             wc,
             manager,
@@ -225,7 +229,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .start();
         let data = web::Data::new(worker);
         let server = crate::listener::serve(listener, server_tls, move |cfg| {
-            cfg.app_data(data.clone());
+            cfg.app_data(data.clone()).app_data(endpoint_view.clone());
             crate::worker::routes::configure(cfg);
         })
         .with_context(|| format!("worker: cannot serve on {worker_addr}"))?;

@@ -380,6 +380,43 @@ async fn updates_roll_out_without_losing_a_replica_roll_back_by_themselves_and_r
     client.remove_service("web").await.unwrap();
 }
 
+/// How many endpoints of `web` a worker holds now.
+async fn worker_endpoints(cluster: &Cluster, address: &str, name: &str) -> usize {
+    let table: Value = cluster
+        .files()
+        .worker_http(name)
+        .get(format!("{address}/endpoints"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    table
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["service"] == "web")
+        .map_or(0, |e| e["endpoints"].as_array().unwrap().len())
+}
+
+/// Waits until every worker (address, name) holds `n` endpoints of `web`.
+async fn every_worker_sees(cluster: &Cluster, workers: &[(String, String)], n: usize) {
+    wait_for(
+        &format!("every worker to hold {n} endpoints"),
+        T,
+        || async move {
+            for (address, name) in workers {
+                if worker_endpoints(cluster, address, name).await != n {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 /// The next NDJSON line of a stream (waits for it, with a deadline).
 async fn next_line<S>(stream: &mut S, buffer: &mut Vec<u8>) -> Value
 where
@@ -404,7 +441,7 @@ where
 #[tokio::test]
 async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_its_sigterm() {
     ensure_image();
-    let cluster = Cluster::split(2);
+    let mut cluster = Cluster::split(2);
     cluster.ready().await;
     let client = cluster.client();
     let mut spec = web(2, "e");
@@ -473,6 +510,32 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
         asked.elapsed() >= Duration::from_secs(3),
         "stopped before drain_s"
     );
+    // Every worker follows the endpoints from the manager's feed.
+    let workers: Vec<(String, String)> = client
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.address, n.name))
+        .collect();
+    assert_eq!(workers.len(), 2);
+    every_worker_sees(&cluster, &workers, 1).await;
+    // With the manager gone, the workers keep what they knew; once it is
+    // back, they follow again.
+    cluster.nodes[0].kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (address, name) in &workers {
+        assert_eq!(worker_endpoints(&cluster, address, name).await, 1);
+    }
+    cluster.nodes[0].restart();
+    cluster.ready().await;
+    let asked = Instant::now();
+    cluster.client().scale_service("web", 2).await.unwrap();
+    every_worker_sees(&cluster, &workers, 2).await;
+    println!(
+        "after a manager restart, every worker held the new replica {:?} after the scale-up",
+        asked.elapsed()
+    );
     // Plain GET, and a service that is not there.
     let now: Value = cluster
         .http()
@@ -483,7 +546,7 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
         .json()
         .await
         .unwrap();
-    assert_eq!(now["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(now["endpoints"].as_array().unwrap().len(), 2);
     let r = cluster
         .http()
         .get(format!("{}/services/nope/endpoints", cluster.manager_url))

@@ -13,7 +13,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::service::endpoints::host_of;
-use crate::service::{Endpoint, EndpointTable, ServiceRecord, ServiceSpec, ServiceView, SlotWait};
+use crate::service::{
+    Endpoint, EndpointTable, Endpoints, ServiceRecord, ServiceSpec, ServiceView, SlotWait,
+};
 use crate::task::{DesiredState, TaskRecord, TaskState};
 
 /// Environment every replica gets (set by Cube; a spec's own value of
@@ -160,8 +162,9 @@ pub fn remove(state: &mut ClusterState, name: &str, by: Option<String>, now: Now
 }
 
 /// The replicas of a service a client may be sent to: desired running,
-/// running, healthy (or without a health check), on a member node.
-pub fn endpoints(state: &ClusterState, record: &ServiceRecord) -> Vec<Endpoint> {
+/// running, healthy (or without a health check), on a member node; with
+/// the ports the service exposes.
+pub fn endpoints(state: &ClusterState, record: &ServiceRecord) -> Endpoints {
     let mut out: Vec<Endpoint> = state
         .service_tasks(record)
         .into_iter()
@@ -179,7 +182,11 @@ pub fn endpoints(state: &ClusterState, record: &ServiceRecord) -> Vec<Endpoint> 
         })
         .collect();
     out.sort_by_key(|e| (e.slot, e.task));
-    out
+    Endpoints {
+        service: record.spec.name.clone(),
+        expose: record.spec.expose.clone(),
+        endpoints: out,
+    }
 }
 
 /// Every service's endpoints.

@@ -11,11 +11,13 @@ use uuid::Uuid;
 use super::Manager;
 use super::actor::{Apply, GetService, ListServices};
 use super::auth::{Deployer, Reader};
+use super::members::Member;
 use super::routes::mailbox;
 use crate::api_error::ApiError;
 use crate::core::{Command, CoreError, Reply};
+use crate::service::endpoints::FeedLine;
 use crate::service::spec::{self, check_replicas};
-use crate::service::{Endpoint, EndpointTable, Endpoints};
+use crate::service::{EndpointTable, Endpoints};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -28,7 +30,41 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/services/{name}", web::put().to(update))
         .route("/services/{name}", web::delete().to(remove))
         .route("/services/{name}/rollback", web::post().to(rollback))
-        .route("/services/{name}/endpoints", web::get().to(endpoints));
+        .route("/services/{name}/endpoints", web::get().to(endpoints))
+        .route("/workers/endpoints", web::get().to(worker_feed));
+}
+
+/// `GET /workers/endpoints` (workers only): NDJSON, first the whole table
+/// (`{"table": [...]}`), then a line for each service whose entry changes
+/// (a service removed: a line with no endpoints and no ports), until the
+/// worker goes. What every node's balancer and DNS follow.
+async fn worker_feed(_caller: Member, feed: web::Data<EndpointFeed>) -> HttpResponse {
+    let mut rx = feed.get_ref().clone();
+    let first: EndpointTable = (**rx.borrow_and_update()).clone();
+    let table = FeedLine::Table(first.values().map(|e| (**e).clone()).collect());
+    let lines = vec![feed_line(table)];
+    let later = futures_util::stream::unfold((rx, first), |(mut rx, last)| async move {
+        rx.changed().await.ok()?;
+        let now: EndpointTable = (**rx.borrow_and_update()).clone();
+        let mut lines: Vec<web::Bytes> = now
+            .iter()
+            .filter(|(name, entry)| last.get(*name).is_none_or(|old| !Arc::ptr_eq(old, entry)))
+            .map(|(_, entry)| feed_line(FeedLine::Service((**entry).clone())))
+            .collect();
+        lines.extend(
+            last.keys()
+                .filter(|name| !now.contains_key(*name))
+                .map(|name| feed_line(FeedLine::Service(Endpoints::gone(name)))),
+        );
+        Some((futures_util::stream::iter(lines), (rx, now)))
+    })
+    .flatten();
+    let stream = futures_util::stream::iter(lines)
+        .chain(later)
+        .map(Ok::<_, actix_web::Error>);
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(stream)
 }
 
 /// What the endpoint routes read: the table the Manager publishes after
@@ -56,9 +92,9 @@ async fn endpoints(
     }
     let mut rx = feed.get_ref().clone();
     let current = rx.borrow_and_update().get(&name).cloned();
-    let line = |name: &str, list: &Option<Arc<Vec<Endpoint>>>| Endpoints {
-        service: name.to_string(),
-        endpoints: list.as_deref().cloned().unwrap_or_default(),
+    let line = |name: &str, entry: &Option<Arc<Endpoints>>| match entry {
+        Some(entry) => (**entry).clone(),
+        None => Endpoints::gone(name),
     };
     if !query.watch {
         return Ok(HttpResponse::Ok().json(line(&name, &current)));
@@ -89,6 +125,12 @@ async fn endpoints(
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(stream))
+}
+
+fn feed_line(line: FeedLine) -> web::Bytes {
+    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+    bytes.push(b'\n');
+    web::Bytes::from(bytes)
 }
 
 fn ndjson(value: &Endpoints) -> web::Bytes {

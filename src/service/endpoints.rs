@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use super::spec::Expose;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,18 +23,42 @@ pub struct Endpoint {
     pub ports: BTreeMap<u16, u16>,
 }
 
-/// One service's endpoints, as `GET /services/{name}/endpoints` answers
-/// (and each line of its `?watch=true` stream).
+/// One service's endpoints and the ports it exposes through the cluster,
+/// as `GET /services/{name}/endpoints` answers (and each line of the
+/// `?watch=true` streams; a service removed is a line with neither).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub service: String,
+    #[serde(default)]
+    pub expose: Vec<Expose>,
     pub endpoints: Vec<Endpoint>,
 }
 
+impl Endpoints {
+    /// The line of a service that is gone.
+    pub fn gone(service: &str) -> Self {
+        Endpoints {
+            service: service.to_string(),
+            expose: Vec::new(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// A line of the workers' endpoint feed: the whole table when it starts
+/// (`{"table": [...]}`), then one service at a time (`{"service": {...}}`).
+/// Externally tagged: an untagged enum could not read the port maps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedLine {
+    Table(Vec<Endpoints>),
+    Service(Endpoints),
+}
+
 /// Every service's endpoints: what the Manager publishes after each commit
-/// that changed a service or its replicas (each service's list shared, so
-/// that a follower sees which lists changed by pointer).
-pub type EndpointTable = HashMap<String, Arc<Vec<Endpoint>>>;
+/// that changed a service or its replicas (each service's entry shared, so
+/// that a follower sees which changed by pointer).
+pub type EndpointTable = HashMap<String, Arc<Endpoints>>;
 
 /// The host of a node's base URL (`https://10.0.0.5:5556` -> `10.0.0.5`).
 pub fn host_of(url: &str) -> String {

@@ -3,6 +3,7 @@
 //! Stats actor (sysinfo), the worker's own task records, and its routes.
 
 pub mod actor;
+pub mod endpoints;
 pub mod events;
 pub mod health;
 pub mod join;

@@ -15,6 +15,7 @@ use crate::security::peer::ManagerPeer;
 use crate::task::spec;
 use crate::wire::Assignment;
 use crate::wire::Follow;
+use crate::worker::endpoints::EndpointView;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(crate::api_error::configure)
@@ -22,7 +23,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks", web::get().to(list))
         .route("/tasks/{id}", web::delete().to(stop))
         .route("/tasks/{id}/logs", web::get().to(logs))
-        .route("/stats", web::get().to(stats));
+        .route("/stats", web::get().to(stats))
+        .route("/endpoints", web::get().to(endpoints));
+}
+
+/// The endpoints this worker follows from the manager (what its balancer
+/// and DNS use), one entry a service, by name.
+async fn endpoints(_caller: ManagerPeer, view: web::Data<EndpointView>) -> HttpResponse {
+    let table = view.borrow().clone();
+    let mut entries: Vec<&crate::service::Endpoints> = table.values().map(|e| &**e).collect();
+    entries.sort_by(|a, b| a.service.cmp(&b.service));
+    HttpResponse::Ok().json(entries)
 }
 
 impl From<WorkerError> for ApiError {
