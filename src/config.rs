@@ -12,6 +12,7 @@
 //! manager = "https://127.0.0.1:5555"
 //! join_token = "CUBE1-..."          # or CUBE_JOIN_TOKEN; not needed in dev
 //! publish_addr = "0.0.0.0"         # the host address task ports are published on
+//! ingress_addr = "0.0.0.0"         # where the load balancer listens on published ports
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -201,6 +202,21 @@ pub struct WorkerConfig {
     /// checks reach the ports there (on loopback for `0.0.0.0` and `::`).
     #[serde(default = "default_publish_addr", deserialize_with = "publish_addr")]
     pub publish_addr: IpAddr,
+    /// The address this node's load balancer listens on, on each port a
+    /// service publishes (`expose`): `"0.0.0.0"` by default; several
+    /// workers on one machine each take their own (127.0.0.2, ...).
+    #[serde(default = "default_publish_addr", deserialize_with = "ingress_addr")]
+    pub ingress_addr: IpAddr,
+}
+
+/// An IP address, or an error that names the key.
+fn ingress_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "key `worker.ingress_addr`: {text:?} is not an IP address (e.g. \"0.0.0.0\", \"127.0.0.2\")"
+        ))
+    })
 }
 
 fn default_orphan_grace_ms() -> u64 {

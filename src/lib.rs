@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod ingress;
 pub mod listener;
 pub mod manager;
 pub mod node;

@@ -214,6 +214,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("worker: cannot listen on {worker_addr}"))?;
         let (follower, endpoint_view) = EndpointFollower::new(&wc.name, manager.clone());
         follower.start();
+        actix_rt::spawn(crate::ingress::run(wc.ingress_addr, endpoint_view.clone()));
         let endpoint_view: web::Data<EndpointView> = web::Data::new(endpoint_view);
         let worker = Worker::new(
             wc,

@@ -4,7 +4,7 @@
 //! `bollard` only in `runtime/docker.rs`.
 //!
 //! store, api_error → task, security → wire, service, listener → config → scheduler, runtime →
-//! core → client → manager, worker → node, cli
+//! core → client → manager, worker → ingress → node, cli
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,8 +26,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("client", 6),
     ("manager", 7),
     ("worker", 7),
-    ("node", 8),
-    ("cli", 8),
+    ("ingress", 8),
+    ("node", 9),
+    ("cli", 9),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

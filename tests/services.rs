@@ -556,3 +556,64 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
     assert_eq!(r.status(), 404);
     client.remove_service("web").await.unwrap();
 }
+
+/// One HTTP/1.0 request over a plain TCP connection to `addr`; the answer.
+async fn tcp_get(addr: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(T, tokio::net::TcpStream::connect(addr)).await??;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(T, stream.read_to_string(&mut answer)).await??;
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
+    ensure_image();
+    let cluster = Cluster::split_with(
+        "round-robin",
+        &[
+            "ingress_addr = \"127.0.0.2\"",
+            "ingress_addr = \"127.0.0.3\"",
+        ],
+    );
+    cluster.ready().await;
+    let publish = free_port();
+    let mut spec = web(2, "tcp");
+    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "tcp"}]);
+    let client = cluster.client();
+    client.create_service(&spec).await.unwrap();
+    let (tasks, _) = running(&cluster, 2, "two replicas").await;
+    let containers: Vec<String> = tasks
+        .iter()
+        .map(|t| t.container_id.clone().unwrap()[..12].to_string())
+        .collect();
+    for ingress in ["127.0.0.2", "127.0.0.3"] {
+        let addr = format!("{ingress}:{publish}");
+        // The node's listener opens once its copy of the endpoints has them.
+        wait_for(&format!("{addr} to forward"), T, || {
+            let addr = addr.clone();
+            async move { tcp_get(&addr).await.ok().filter(|a| a.contains("tcp from")) }
+        })
+        .await;
+        let mut reached = std::collections::BTreeMap::new();
+        for _ in 0..20 {
+            let answer = tcp_get(&addr).await.unwrap();
+            let from = containers
+                .iter()
+                .find(|c| answer.contains(c.as_str()))
+                .unwrap_or_else(|| panic!("{answer}"));
+            *reached.entry(from.clone()).or_insert(0) += 1;
+        }
+        println!("through {addr}: {reached:?}");
+        assert_eq!(
+            reached.len(),
+            2,
+            "both replicas, from either node: {reached:?}"
+        );
+        assert!(reached.values().all(|n| *n >= 5), "{reached:?}");
+    }
+    client.remove_service("web").await.unwrap();
+}

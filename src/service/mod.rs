@@ -11,4 +11,4 @@ pub mod spec;
 
 pub use endpoints::{Endpoint, EndpointTable, Endpoints};
 pub use record::{ServiceRecord, ServiceView, SlotWait, UpdateState, UpdateStatus};
-pub use spec::{FailureAction, ServiceSpec, UpdateConfig, UpdateOrder};
+pub use spec::{Expose, FailureAction, ServiceSpec, UpdateConfig, UpdateOrder};
