@@ -617,3 +617,123 @@ async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
     }
     client.remove_service("web").await.unwrap();
 }
+
+#[tokio::test]
+async fn every_node_balances_http_per_request_over_the_replicas() {
+    ensure_image();
+    let cluster = Cluster::split_with(
+        "round-robin",
+        &[
+            "ingress_addr = \"127.0.0.2\"",
+            "ingress_addr = \"127.0.0.3\"",
+        ],
+    );
+    cluster.ready().await;
+    let publish = free_port();
+    let mut spec = web(2, "http");
+    spec["expose"] = json!([{"port": 7777, "publish": publish}]);
+    let client = cluster.client();
+    client.create_service(&spec).await.unwrap();
+    let (tasks, _) = running(&cluster, 2, "two replicas").await;
+    let containers: Vec<String> = tasks
+        .iter()
+        .map(|t| t.container_id.clone().unwrap()[..12].to_string())
+        .collect();
+    for ingress in ["127.0.0.2", "127.0.0.3"] {
+        let url = format!("http://{ingress}:{publish}/");
+        wait_for(&format!("{url} to forward"), T, || {
+            let url = url.clone();
+            async move {
+                let r = plain_get(&url).await.ok()?;
+                r.text().await.ok().filter(|b| b.contains("http from"))
+            }
+        })
+        .await;
+        // One client, its connection kept alive: balanced per request.
+        let mut reached = std::collections::BTreeMap::new();
+        for _ in 0..300 {
+            let body = plain_get(&url).await.unwrap().text().await.unwrap();
+            let from = containers
+                .iter()
+                .find(|c| body.contains(c.as_str()))
+                .unwrap_or_else(|| panic!("{body}"));
+            *reached.entry(from.clone()).or_insert(0) += 1;
+        }
+        println!("through {url}: {reached:?}");
+        assert_eq!(reached.len(), 2, "{reached:?}");
+        assert!(reached.values().all(|n| *n >= 60), "{reached:?}");
+        // Unknown paths come back as the replica answered them.
+        let r = plain_get(&format!("{url}nope")).await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    client.remove_service("web").await.unwrap();
+}
+
+/// Requests `url` until `stop` is set; (answered 200, failed).
+async fn request_loop(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u32, Vec<String>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match plain_get(&url).await {
+            Ok(r) if r.status() == 200 => ok += 1,
+            Ok(r) => failed.push(format!("{}", r.status())),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    (ok, failed)
+}
+
+#[tokio::test]
+async fn no_request_fails_when_a_replica_dies_or_the_service_scales_down() {
+    ensure_image();
+    let cluster = Cluster::split_with(
+        "round-robin",
+        &[
+            "ingress_addr = \"127.0.0.2\"",
+            "ingress_addr = \"127.0.0.3\"",
+        ],
+    );
+    cluster.ready().await;
+    let publish = free_port();
+    let mut spec = web(3, "steady");
+    spec["expose"] = json!([{"port": 7777, "publish": publish}]);
+    spec["update"]["drain_s"] = json!(1);
+    let client = cluster.client();
+    client.create_service(&spec).await.unwrap();
+    let (tasks, _) = running(&cluster, 3, "three replicas").await;
+    let url = format!("http://127.0.0.2:{publish}/");
+    wait_for("the balancer to forward", T, || {
+        let url = url.clone();
+        async move { plain_get(&url).await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(request_loop(url.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A replica's container removed behind Cube's back.
+    let out = std::process::Command::new("docker")
+        .args(["rm", "-f", tasks[0].container_id.as_deref().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    running(&cluster, 3, "slot 1 replaced").await;
+    // A scale-down (its replica drains first).
+    client.scale_service("web", 2).await.unwrap();
+    running(&cluster, 2, "two replicas").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for l in loops {
+        let (o, f) = l.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    println!("{ok} requests answered, {} failed", failed.len());
+    assert!(ok > 100, "{ok}");
+    assert!(failed.is_empty(), "{failed:?}");
+    client.remove_service("web").await.unwrap();
+}

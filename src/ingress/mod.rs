@@ -6,9 +6,9 @@
 //!
 //! `tcp.rs` balances per connection (round-robin over the endpoints; a
 //! replica that refuses the connection is skipped; optional PROXY protocol
-//! v2). `http` ports, balanced per request, come next; until then they are
-//! not served.
+//! v2); `http.rs` per request.
 
+pub mod http;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -25,56 +25,92 @@ pub struct Route {
     pub expose: Expose,
 }
 
-/// The ports the table publishes and what each serves (TCP ones only, for
-/// now).
+/// The ports the table publishes and what each serves.
 pub fn routes(table: &EndpointTable) -> HashMap<u16, Route> {
     table
         .values()
         .flat_map(|entry| {
-            entry
-                .expose
-                .iter()
-                .filter(|e| e.protocol == Protocol::Tcp)
-                .map(|e| {
-                    (
-                        e.publish,
-                        Route {
-                            service: entry.service.clone(),
-                            expose: e.clone(),
-                        },
-                    )
-                })
+            entry.expose.iter().map(|e| {
+                (
+                    e.publish,
+                    Route {
+                        service: entry.service.clone(),
+                        expose: e.clone(),
+                    },
+                )
+            })
         })
         .collect()
 }
 
+/// A published port being served.
+enum Listener {
+    Tcp(tokio::task::JoinHandle<()>),
+    Http(actix_web::dev::ServerHandle),
+}
+
+impl Listener {
+    fn open(at: SocketAddr, route: &Route, view: &EndpointView) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(at)?;
+        listener.set_nonblocking(true)?;
+        Ok(match route.expose.protocol {
+            Protocol::Tcp => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                Listener::Tcp(actix_rt::spawn(tcp::serve(
+                    listener,
+                    route.clone(),
+                    view.clone(),
+                )))
+            }
+            Protocol::Http => {
+                let server = http::serve(listener, route.clone(), view.clone())?;
+                let handle = server.handle();
+                actix_rt::spawn(server);
+                Listener::Http(handle)
+            }
+        })
+    }
+
+    fn close(self) {
+        match self {
+            Listener::Tcp(task) => task.abort(),
+            Listener::Http(handle) => {
+                actix_rt::spawn(async move { handle.stop(true).await });
+            }
+        }
+    }
+}
+
 /// Keeps one listener per published port, for as long as the node runs.
 pub async fn run(addr: IpAddr, mut view: EndpointView) {
-    let mut open: HashMap<u16, (Route, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut open: HashMap<u16, (Route, Listener)> = HashMap::new();
     loop {
         let wanted = routes(&view.borrow_and_update());
-        open.retain(|port, (route, task)| {
-            let keep = wanted.get(port) == Some(route);
-            if !keep {
+        let stale: Vec<u16> = open
+            .iter()
+            .filter(|(port, (route, _))| wanted.get(*port) != Some(route))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in stale {
+            if let Some((route, listener)) = open.remove(&port) {
                 log::info!("ingress: port {port} closed ({})", route.service);
-                task.abort();
+                listener.close();
             }
-            keep
-        });
+        }
         for (port, route) in wanted {
             if open.contains_key(&port) {
                 continue;
             }
             let at = SocketAddr::new(addr, port);
-            match tokio::net::TcpListener::bind(at).await {
+            match Listener::open(at, &route, &view) {
                 Ok(listener) => {
                     log::info!(
-                        "ingress: {at} forwards to service {} port {} (tcp)",
+                        "ingress: {at} forwards to service {} port {} ({:?})",
                         route.service,
-                        route.expose.port
+                        route.expose.port,
+                        route.expose.protocol
                     );
-                    let task = actix_rt::spawn(tcp::serve(listener, route.clone(), view.clone()));
-                    open.insert(port, (route, task));
+                    open.insert(port, (route, listener));
                 }
                 Err(e) => log::error!("ingress: cannot listen on {at} for {}: {e}", route.service),
             }

@@ -20,7 +20,7 @@ const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The replicas' addresses for `route`, starting at the `turn`th.
-fn candidates(view: &EndpointView, route: &Route, turn: usize) -> Vec<SocketAddr> {
+pub(super) fn candidates(view: &EndpointView, route: &Route, turn: usize) -> Vec<SocketAddr> {
     let table = view.borrow();
     let Some(entry) = table.get(&route.service) else {
         return Vec::new();
