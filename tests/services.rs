@@ -665,6 +665,16 @@ async fn every_node_balances_http_per_request_over_the_replicas() {
         // Unknown paths come back as the replica answered them.
         let r = plain_get(&format!("{url}nope")).await.unwrap();
         assert_eq!(r.status(), 404);
+        // The replica learns who the client was, and how it came.
+        let seen = plain_get(&format!("{url}headers"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .to_lowercase();
+        assert!(seen.contains("x-forwarded-for: 127.0.0."), "{seen}");
+        assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
     }
     client.remove_service("web").await.unwrap();
 }
@@ -686,7 +696,7 @@ async fn request_loop(
 }
 
 #[tokio::test]
-async fn no_request_fails_when_a_replica_dies_or_the_service_scales_down() {
+async fn no_request_fails_when_a_replica_dies_the_service_updates_or_scales_down() {
     ensure_image();
     let cluster = Cluster::split_with(
         "round-robin",
@@ -721,6 +731,11 @@ async fn no_request_fails_when_a_replica_dies_or_the_service_scales_down() {
         .unwrap();
     assert!(out.status.success());
     running(&cluster, 3, "slot 1 replaced").await;
+    // A start-first rolling update.
+    let mut v2 = spec.clone();
+    v2["task"]["env"]["GREETING"] = json!("steady-v2");
+    client.update_service("web", &v2).await.unwrap();
+    update_state(&cluster, "completed").await;
     // A scale-down (its replica drains first).
     client.scale_service("web", 2).await.unwrap();
     running(&cluster, 2, "two replicas").await;

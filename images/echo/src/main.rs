@@ -4,7 +4,7 @@
 //! - `/echo [serve [PORT]]`: HTTP on 0.0.0.0:PORT (env PORT, default 7777).
 //!   `GET /` answers "$GREETING from $HOSTNAME", `GET /health` answers 200
 //!   (503 once /tmp/unhealthy exists, or once $UNHEALTHY_AFTER_MS ms have
-//!   passed since the start), `GET /env` lists the environment.
+//!   passed since the start), `GET /env` lists the environment, `GET /headers` the request headers.
 //! - `/echo sleep SECS`: sleeps, then exits 0.
 //! - `/echo exit CODE [AFTER_MS]`: waits AFTER_MS ms, then exits with CODE.
 //! - `/echo eat MB`: allocates and touches MB MiB, then sleeps.
@@ -172,12 +172,15 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    // Drain the headers.
+    // Read the headers (`GET /headers` sends them back).
+    let mut headers = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
         }
+        headers.push_str(line.trim_end());
+        headers.push('\n');
     }
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or("");
@@ -195,6 +198,7 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
                 ("200 OK", "ok\n".to_string())
             }
         }
+        ("GET", "/headers") => ("200 OK", headers),
         ("GET", "/env") => {
             let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
             vars.sort();
