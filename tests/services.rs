@@ -615,7 +615,21 @@ async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
         );
         assert!(reached.values().all(|n| *n >= 5), "{reached:?}");
     }
+    // The service gone, every node closes its port.
     client.remove_service("web").await.unwrap();
+    for ingress in ["127.0.0.2", "127.0.0.3"] {
+        let addr = format!("{ingress}:{publish}");
+        wait_for(&format!("{addr} to close"), T, || {
+            let addr = addr.clone();
+            async move {
+                tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .is_err()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -59,13 +59,22 @@ async fn worker_feed(_caller: Member, feed: web::Data<EndpointFeed>) -> HttpResp
         Some((futures_util::stream::iter(lines), (rx, now)))
     })
     .flatten();
+    // An empty line every few seconds: a worker that hears nothing for
+    // longer knows the connection is dead (a partition sends no reset).
+    let alive = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(FEED_KEEPALIVE).await;
+        Some((web::Bytes::from_static(b"\n"), ()))
+    });
     let stream = futures_util::stream::iter(lines)
-        .chain(later)
+        .chain(futures_util::stream::select(later, alive))
         .map(Ok::<_, actix_web::Error>);
     HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(stream)
 }
+
+/// How often the workers' endpoint feed says it is alive.
+pub const FEED_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What the endpoint routes read: the table the Manager publishes after
 /// every commit that changed a service or its replicas.

@@ -17,6 +17,9 @@ use crate::service::EndpointTable;
 use crate::service::endpoints::FeedLine;
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The feed sends at least an empty line every 3 s; silence this long
+/// means the connection is gone (the manager frozen, or cut off).
+const SILENCE: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where a node's parts read the endpoints from.
@@ -63,7 +66,13 @@ async fn follow(name: String, manager: Client, table: watch::Sender<Arc<Endpoint
     let mut wait = RETRY_FIRST;
     let mut failing = false;
     loop {
-        match manager.stream("/workers/endpoints").await {
+        let opened = tokio::time::timeout(SILENCE, manager.stream("/workers/endpoints")).await;
+        match opened.unwrap_or_else(|_| {
+            Err(crate::client::ClientError::Unreachable {
+                url: format!("{}/workers/endpoints", manager.base()),
+                reason: format!("no answer within {SILENCE:?}"),
+            })
+        }) {
             Ok(stream) => {
                 if failing {
                     log::info!("worker {name}: following the manager's endpoints again");
@@ -72,10 +81,13 @@ async fn follow(name: String, manager: Client, table: watch::Sender<Arc<Endpoint
                 wait = RETRY_FIRST;
                 let mut stream = Box::pin(stream);
                 let mut buffer: Vec<u8> = Vec::new();
-                while let Some(Ok(chunk)) = stream.next().await {
+                while let Ok(Some(Ok(chunk))) = tokio::time::timeout(SILENCE, stream.next()).await {
                     buffer.extend_from_slice(&chunk);
                     while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = buffer.drain(..=end).collect();
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
                         match serde_json::from_slice::<FeedLine>(&line) {
                             Ok(line) => table.send_modify(|t| apply_line(Arc::make_mut(t), line)),
                             Err(e) => log::warn!(
