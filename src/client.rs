@@ -419,6 +419,27 @@ impl Client {
 /// A client of plain `http://` endpoints (a workload's health check): the
 /// crypto provider is given (none is installed process-wide), and no CA is
 /// trusted, so it never speaks TLS to anyone.
+/// The load balancer's client of the replicas: plain HTTP, connections
+/// kept and reused, redirects handed back to the client (never followed),
+/// no proxy from the environment, and a replica silent for a minute given
+/// up on.
+pub fn proxy_http() -> Result<reqwest::Client, ClientError> {
+    let tls = rustls::ClientConfig::builder_with_provider(crate::security::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Setup(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(POOL_IDLE)
+        .build()
+        .map_err(|e| ClientError::Setup(describe(&e)))
+}
+
 pub fn plain_http() -> Result<reqwest::Client, ClientError> {
     let tls = rustls::ClientConfig::builder_with_provider(crate::security::tls::provider())
         .with_safe_default_protocol_versions()

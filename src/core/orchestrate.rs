@@ -87,6 +87,15 @@ fn proven(t: &TaskRecord, monitor: chrono::Duration, now: DateTime<Utc>) -> bool
     healthy(t) && (t.spec.health.is_some() || t.started_at.is_some_and(|s| now - s >= monitor))
 }
 
+/// When a proven replica proved itself: its health check's last pass, or
+/// `monitor` after it started.
+fn proven_at(t: &TaskRecord, monitor: chrono::Duration) -> Option<DateTime<Utc>> {
+    match &t.spec.health {
+        Some(_) => t.health.as_ref().and_then(|h| h.checked_at),
+        None => t.started_at.map(|s| s + monitor),
+    }
+}
+
 /// Why a replica started by the update fails it, if it does.
 fn failure(t: &TaskRecord, monitor: chrono::Duration, now: DateTime<Utc>) -> Option<String> {
     let slot = t.slot.unwrap_or(0);
@@ -257,6 +266,15 @@ pub fn converge(service: &ServiceRecord, tasks: &[&TaskRecord], now: DateTime<Ut
         }
         let keeper = current[0];
         if proven(keeper, monitor, now) {
+            // A slot of the update is done when its new replica proves
+            // itself (the next starts `delay_s` after).
+            if let Some(u) = update.as_mut().filter(|u| u.state.in_progress())
+                && keeper.created_at >= u.started_at
+                && let Some(at) = proven_at(keeper, monitor)
+                && u.last_done_at.is_none_or(|d| d < at)
+            {
+                u.last_done_at = Some(at);
+            }
             if !old.is_empty() {
                 for t in &old {
                     plan.stop.push((

@@ -886,3 +886,25 @@ fn pause_stops_a_failing_update_where_it_is_and_delay_spaces_the_slots() {
     // Paused: slot 3 keeps its old replica.
     assert!(live_replicas(&s).iter().any(|r| r.0 == 3 && r.1 == 1));
 }
+
+#[test]
+fn stop_first_waits_delay_s_between_slots_too() {
+    let mut clock = Clock::new();
+    let update = serde_json::json!({"order": "stop-first", "monitor_s": 1, "delay_s": 5});
+    let mut s = running_service(update.clone(), &clock);
+    update_to(&mut s, "v2", update, &clock);
+    let v2 = |s: &ClusterState| live_replicas(s).iter().filter(|r| r.1 == 2).count();
+    assert_eq!(v2(&s), 1);
+    let step = |s: &mut ClusterState, clock: &mut Clock, ms: u64| {
+        run_all(s, clock);
+        clock.advance(Duration::from_millis(ms));
+        beat_all(s, clock);
+        run(s, Command::Tick, clock.now());
+    };
+    step(&mut s, &mut clock, 1100);
+    assert_eq!(v2(&s), 1, "slot 1 proven; slot 2 waits");
+    step(&mut s, &mut clock, 3000);
+    assert_eq!(v2(&s), 1, "still within delay_s");
+    step(&mut s, &mut clock, 2100);
+    assert_eq!(v2(&s), 2, "{:?}", live_replicas(&s));
+}

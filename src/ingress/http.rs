@@ -80,8 +80,7 @@ pub fn serve(
     route: Route,
     view: EndpointView,
 ) -> std::io::Result<actix_web::dev::Server> {
-    // Plain HTTP to the replicas, connections kept and reused.
-    let client = crate::client::plain_http().map_err(std::io::Error::other)?;
+    let client = crate::client::proxy_http().map_err(std::io::Error::other)?;
     let balancer = web::Data::new(Balancer {
         route,
         view,
@@ -99,6 +98,18 @@ pub fn serve(
     .disable_signals()
     .listen(listener)?
     .run())
+}
+
+/// A request counted in flight to a replica until dropped.
+struct InFlight {
+    balancer: web::Data<Balancer>,
+    target: SocketAddr,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.balancer.count(self.target, false);
+    }
 }
 
 fn idempotent(method: &str) -> bool {
@@ -181,10 +192,15 @@ async fn forward(
                 out.append_header((name.as_str(), value.as_bytes()));
             }
         }
-        balancer.count(target, false);
-        let stream = response
-            .bytes_stream()
-            .map(|chunk| chunk.map_err(|e| actix_web::error::ErrorBadGateway(e.to_string())));
+        // In flight until its body has been passed on (or dropped).
+        let guard = InFlight {
+            balancer: balancer.clone(),
+            target,
+        };
+        let stream = response.bytes_stream().map(move |chunk| {
+            let _ = &guard;
+            chunk.map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()))
+        });
         return Ok(out.streaming(stream));
     }
     Err(ApiError::new(

@@ -84,6 +84,8 @@ impl Listener {
 /// Keeps one listener per published port, for as long as the node runs.
 pub async fn run(addr: IpAddr, mut view: EndpointView) {
     let mut open: HashMap<u16, (Route, Listener)> = HashMap::new();
+    // Ports that could not be opened, said once each.
+    let mut complained: std::collections::HashSet<u16> = std::collections::HashSet::new();
     loop {
         let wanted = routes(&view.borrow_and_update());
         let stale: Vec<u16> = open
@@ -97,6 +99,7 @@ pub async fn run(addr: IpAddr, mut view: EndpointView) {
                 listener.close();
             }
         }
+        let mut failed = false;
         for (port, route) in wanted {
             if open.contains_key(&port) {
                 continue;
@@ -104,6 +107,7 @@ pub async fn run(addr: IpAddr, mut view: EndpointView) {
             let at = SocketAddr::new(addr, port);
             match Listener::open(at, &route, &view) {
                 Ok(listener) => {
+                    complained.remove(&port);
                     log::info!(
                         "ingress: {at} forwards to service {} port {} ({:?})",
                         route.service,
@@ -112,10 +116,25 @@ pub async fn run(addr: IpAddr, mut view: EndpointView) {
                     );
                     open.insert(port, (route, listener));
                 }
-                Err(e) => log::error!("ingress: cannot listen on {at} for {}: {e}", route.service),
+                Err(e) => {
+                    if complained.insert(port) {
+                        log::error!(
+                            "ingress: cannot listen on {at} for {}: {e}; trying again",
+                            route.service
+                        );
+                    }
+                    failed = true;
+                }
             }
         }
-        if view.changed().await.is_err() {
+        // A port that could not be opened (its old listener still closing,
+        // or another process on it) is tried again soon.
+        if failed {
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        } else if view.changed().await.is_err() {
             return;
         }
     }

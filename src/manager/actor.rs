@@ -178,12 +178,21 @@ impl Manager {
         let events = std::mem::take(&mut staged.events);
         let tokens_changed = staged.tokens_changed();
         let nodes_changed = !staged.nodes.is_empty();
+        // The services whose endpoints may have changed: their replicas,
+        // their spec, or a node of theirs (its address) did.
+        let on_nodes: Vec<String> = staged
+            .nodes
+            .iter()
+            .flat_map(|n| self.state.active_on(&n.name))
+            .filter_map(|id| self.state.task(&id).and_then(|t| t.service.clone()))
+            .collect();
         let services: BTreeSet<String> = staged
             .tasks
             .iter()
             .filter_map(|t| t.service.clone())
             .chain(staged.services.iter().map(|s| s.spec.name.clone()))
             .chain(staged.removed_services.iter().cloned())
+            .chain(on_nodes)
             .collect();
         let writes = writes(staged);
         let commit = self.store.send(Commit(writes));
