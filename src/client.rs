@@ -424,13 +424,8 @@ impl Client {
 /// no proxy from the environment, and a replica silent for a minute given
 /// up on.
 pub fn proxy_http() -> Result<reqwest::Client, ClientError> {
-    let tls = rustls::ClientConfig::builder_with_provider(crate::security::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Setup(e.to_string()))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
     reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(plain_tls()?)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .connect_timeout(CONNECT_TIMEOUT)
@@ -440,14 +435,21 @@ pub fn proxy_http() -> Result<reqwest::Client, ClientError> {
         .map_err(|e| ClientError::Setup(describe(&e)))
 }
 
+/// A TLS configuration trusting nothing: the plain HTTP clients never
+/// speak TLS, but reqwest is built with one.
+fn plain_tls() -> Result<rustls::ClientConfig, ClientError> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crate::security::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Setup(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    )
+}
+
 pub fn plain_http() -> Result<reqwest::Client, ClientError> {
-    let tls = rustls::ClientConfig::builder_with_provider(crate::security::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Setup(e.to_string()))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
     reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(plain_tls()?)
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(POOL_IDLE)
         .build()
