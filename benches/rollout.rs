@@ -14,45 +14,28 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
-use common::{IMAGE, median, remove_labelled};
+use bollard::query_parameters::RemoveContainerOptions;
+use common::{BENCH_LABEL, IMAGE, engine_start, median, remove_labelled};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-const BENCH_LABEL: &str = "cube.bench";
 const REPLICAS: usize = 10;
 const PARALLELISM: usize = 2;
 
-async fn engine_start(docker: &Docker, greeting: &str) -> String {
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        cmd: Some(vec!["/echo".into(), "serve".into(), "7777".into()]),
-        env: Some(vec![format!("GREETING={greeting}")]),
-        labels: Some(HashMap::from([(BENCH_LABEL.into(), "rollout".into())])),
-        ..Default::default()
-    };
-    let created = docker
-        .create_container(None::<CreateContainerOptions>, body)
-        .await
-        .expect("create");
-    docker
-        .start_container(&created.id, None)
-        .await
-        .expect("start");
-    created.id
+async fn serving(docker: &Docker, greeting: &str) -> String {
+    let env = [format!("GREETING={greeting}")];
+    engine_start(docker, &["/echo", "serve", "7777"], &env, "rollout").await
 }
 
 async fn engine_rollout(docker: &Docker) -> f64 {
-    let mut old: Vec<String> = join_all((0..REPLICAS).map(|_| engine_start(docker, "v1"))).await;
+    let mut old: Vec<String> = join_all((0..REPLICAS).map(|_| serving(docker, "v1"))).await;
     let start = Instant::now();
     let mut stops = Vec::new();
     for _ in 0..REPLICAS / PARALLELISM {
-        join_all((0..PARALLELISM).map(|_| engine_start(docker, "v2"))).await;
+        join_all((0..PARALLELISM).map(|_| serving(docker, "v2"))).await;
         for id in old.drain(..PARALLELISM) {
             let docker = docker.clone();
             stops.push(tokio::spawn(async move {

@@ -15,35 +15,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::CreateContainerOptions;
-use common::{IMAGE, median, remove_labelled};
+use common::{BENCH_LABEL, IMAGE, engine_start, median, remove_labelled};
 use futures_util::future::join_all;
-
-const BENCH_LABEL: &str = "cube.bench";
 
 async fn engine_run(docker: &Docker, n: usize) -> f64 {
     let start = Instant::now();
-    let runs = (0..n).map(|_| async {
-        let body = ContainerCreateBody {
-            image: Some(IMAGE.into()),
-            cmd: Some(vec!["/echo".into(), "sleep".into(), "600".into()]),
-            labels: Some(HashMap::from([(BENCH_LABEL.into(), "engine".into())])),
-            ..Default::default()
-        };
-        let created = docker
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .expect("create");
-        docker
-            .start_container(&created.id, None)
-            .await
-            .expect("start");
-    });
+    let runs = (0..n).map(|_| engine_start(docker, &["/echo", "sleep", "600"], &[], "engine"));
     join_all(runs).await;
     let secs = start.elapsed().as_secs_f64();
     remove_labelled(docker, &format!("{BENCH_LABEL}=engine")).await;

@@ -281,25 +281,21 @@ pub async fn events(client: &Client, follow: bool, json: bool) -> anyhow::Result
     } else {
         "/events"
     };
-    let mut stream = Box::pin(client.stream(path).await.map_err(explain)?);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = Box::pin(client.stream_lines(path).await.map_err(explain)?);
     let mut out = std::io::stdout();
-    while let Some(chunk) = stream.next().await {
-        pending.extend_from_slice(&chunk.map_err(explain)?);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end();
-            if json {
-                writeln!(out, "{text}")?;
-            } else {
-                let event: Event = serde_json::from_str(text).map_err(|e| {
-                    anyhow::anyhow!("the manager sent an event that cannot be read: {e}")
-                })?;
-                writeln!(out, "{}", event_line(&event))?;
-            }
-            out.flush()?;
+    while let Some(line) = lines.next().await {
+        let line = line.map_err(explain)?;
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        if json {
+            writeln!(out, "{text}")?;
+        } else {
+            let event: Event = serde_json::from_str(text).map_err(|e| {
+                anyhow::anyhow!("the manager sent an event that cannot be read: {e}")
+            })?;
+            writeln!(out, "{}", event_line(&event))?;
         }
+        out.flush()?;
     }
     Ok(())
 }

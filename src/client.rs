@@ -219,6 +219,33 @@ impl Client {
             .map(move |chunk| chunk.map_err(|e| unreachable(&url, &e))))
     }
 
+    /// Opens a streaming GET and yields its body line by line (NDJSON),
+    /// each line without its newline, as soon as it is complete.
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
+    {
+        use futures_util::StreamExt;
+        let chunks = Box::pin(self.stream(path).await?);
+        Ok(futures_util::stream::unfold(
+            (chunks, Vec::new()),
+            |(mut chunks, mut pending): (_, Vec<u8>)| async move {
+                loop {
+                    if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                        let mut line: Vec<u8> = pending.drain(..=end).collect();
+                        line.pop();
+                        return Some((Ok(line), (chunks, pending)));
+                    }
+                    match chunks.next().await? {
+                        Ok(chunk) => pending.extend_from_slice(&chunk),
+                        Err(e) => return Some((Err(e), (chunks, pending))),
+                    }
+                }
+            },
+        ))
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         Ok(self
             .call(reqwest::Method::GET, "/nodes", None::<&()>)

@@ -417,25 +417,18 @@ async fn every_worker_sees(cluster: &Cluster, workers: &[(String, String)], n: u
     .await;
 }
 
-/// The next NDJSON line of a stream (waits for it, with a deadline).
-async fn next_line<S>(stream: &mut S, buffer: &mut Vec<u8>) -> Value
+/// The next NDJSON line of a stream of lines (waits for it, with a deadline).
+async fn next_line<S>(lines: &mut S) -> Value
 where
-    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, cube::client::ClientError>>
-        + Unpin,
+    S: futures_util::Stream<Item = Result<Vec<u8>, cube::client::ClientError>> + Unpin,
 {
     use futures_util::StreamExt;
-    loop {
-        if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            return serde_json::from_slice(&line).expect("a JSON line");
-        }
-        let chunk = tokio::time::timeout(T, stream.next())
-            .await
-            .expect("a line in time")
-            .expect("the stream goes on")
-            .expect("a chunk");
-        buffer.extend_from_slice(&chunk);
-    }
+    let line = tokio::time::timeout(T, lines.next())
+        .await
+        .expect("a line in time")
+        .expect("the stream goes on")
+        .expect("a line");
+    serde_json::from_slice(&line).expect("a JSON line")
 }
 
 #[tokio::test]
@@ -464,13 +457,12 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
 
     let mut stream = Box::pin(
         client
-            .stream("/services/web/endpoints?watch=true")
+            .stream_lines("/services/web/endpoints?watch=true")
             .await
             .unwrap(),
     );
-    let mut buffer = Vec::new();
     let both = loop {
-        let line = next_line(&mut stream, &mut buffer).await;
+        let line = next_line(&mut stream).await;
         if line["endpoints"].as_array().unwrap().len() == 2 {
             break line;
         }
@@ -491,7 +483,7 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
     let container = client.task(&leaving).await.unwrap().container_id.unwrap();
     let asked = Instant::now();
     client.scale_service("web", 1).await.unwrap();
-    let one = next_line(&mut stream, &mut buffer).await;
+    let one = next_line(&mut stream).await;
     let took = asked.elapsed();
     println!("a replica left the endpoints {took:?} after the scale-down");
     assert_eq!(one["endpoints"].as_array().unwrap().len(), 1, "{one}");
@@ -557,6 +549,33 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
     client.remove_service("web").await.unwrap();
 }
 
+/// The containers of `tasks`, as the example image names itself (the
+/// first 12 characters of the id).
+fn short_container_ids(tasks: &[TaskRecord]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|t| t.container_id.clone().unwrap()[..12].to_string())
+        .collect()
+}
+
+/// A manager and two workers whose balancers listen on 127.0.0.2 and
+/// 127.0.0.3, running `spec` with its port 7777 published (as `protocol`)
+/// on a free port; the cluster, that port and the spec as created.
+async fn behind_balancers(mut spec: Value, protocol: &str) -> (Cluster, u16, Value) {
+    let cluster = Cluster::split_with(
+        "round-robin",
+        &[
+            "ingress_addr = \"127.0.0.2\"",
+            "ingress_addr = \"127.0.0.3\"",
+        ],
+    );
+    cluster.ready().await;
+    let publish = free_port();
+    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": protocol}]);
+    cluster.client().create_service(&spec).await.unwrap();
+    (cluster, publish, spec)
+}
+
 /// One HTTP/1.0 request over a plain TCP connection to `addr`; the answer.
 async fn tcp_get(addr: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -572,24 +591,10 @@ async fn tcp_get(addr: &str) -> std::io::Result<String> {
 #[tokio::test]
 async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
     ensure_image();
-    let cluster = Cluster::split_with(
-        "round-robin",
-        &[
-            "ingress_addr = \"127.0.0.2\"",
-            "ingress_addr = \"127.0.0.3\"",
-        ],
-    );
-    cluster.ready().await;
-    let publish = free_port();
-    let mut spec = web(2, "tcp");
-    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "tcp"}]);
+    let (cluster, publish, _) = behind_balancers(web(2, "tcp"), "tcp").await;
     let client = cluster.client();
-    client.create_service(&spec).await.unwrap();
     let (tasks, _) = running(&cluster, 2, "two replicas").await;
-    let containers: Vec<String> = tasks
-        .iter()
-        .map(|t| t.container_id.clone().unwrap()[..12].to_string())
-        .collect();
+    let containers = short_container_ids(&tasks);
     for ingress in ["127.0.0.2", "127.0.0.3"] {
         let addr = format!("{ingress}:{publish}");
         // The node's listener opens once its copy of the endpoints has them.
@@ -635,24 +640,10 @@ async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
 #[tokio::test]
 async fn every_node_balances_http_per_request_over_the_replicas() {
     ensure_image();
-    let cluster = Cluster::split_with(
-        "round-robin",
-        &[
-            "ingress_addr = \"127.0.0.2\"",
-            "ingress_addr = \"127.0.0.3\"",
-        ],
-    );
-    cluster.ready().await;
-    let publish = free_port();
-    let mut spec = web(2, "http");
-    spec["expose"] = json!([{"port": 7777, "publish": publish}]);
+    let (cluster, publish, _) = behind_balancers(web(2, "http"), "http").await;
     let client = cluster.client();
-    client.create_service(&spec).await.unwrap();
     let (tasks, _) = running(&cluster, 2, "two replicas").await;
-    let containers: Vec<String> = tasks
-        .iter()
-        .map(|t| t.container_id.clone().unwrap()[..12].to_string())
-        .collect();
+    let containers = short_container_ids(&tasks);
     for ingress in ["127.0.0.2", "127.0.0.3"] {
         let url = format!("http://{ingress}:{publish}/");
         wait_for(&format!("{url} to forward"), T, || {
@@ -697,11 +688,15 @@ async fn every_node_balances_http_per_request_over_the_replicas() {
 async fn request_loop(
     url: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU32>,
 ) -> (u32, Vec<String>) {
     let (mut ok, mut failed) = (0, Vec::new());
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         match plain_get(&url).await {
-            Ok(r) if r.status() == 200 => ok += 1,
+            Ok(r) if r.status() == 200 => {
+                ok += 1;
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Ok(r) => failed.push(format!("{}", r.status())),
             Err(e) => failed.push(e.to_string()),
         }
@@ -712,20 +707,10 @@ async fn request_loop(
 #[tokio::test]
 async fn no_request_fails_when_a_replica_dies_the_service_updates_or_scales_down() {
     ensure_image();
-    let cluster = Cluster::split_with(
-        "round-robin",
-        &[
-            "ingress_addr = \"127.0.0.2\"",
-            "ingress_addr = \"127.0.0.3\"",
-        ],
-    );
-    cluster.ready().await;
-    let publish = free_port();
     let mut spec = web(3, "steady");
-    spec["expose"] = json!([{"port": 7777, "publish": publish}]);
     spec["update"]["drain_s"] = json!(1);
+    let (cluster, publish, spec) = behind_balancers(spec, "http").await;
     let client = cluster.client();
-    client.create_service(&spec).await.unwrap();
     let (tasks, _) = running(&cluster, 3, "three replicas").await;
     let url = format!("http://127.0.0.2:{publish}/");
     wait_for("the balancer to forward", T, || {
@@ -734,10 +719,15 @@ async fn no_request_fails_when_a_replica_dies_the_service_updates_or_scales_down
     })
     .await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let loops: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(request_loop(url.clone(), stop.clone())))
+        .map(|_| tokio::spawn(request_loop(url.clone(), stop.clone(), answered.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for("the client loops to be answered", T, || {
+        let answered = answered.clone();
+        async move { (answered.load(std::sync::atomic::Ordering::Relaxed) >= 20).then_some(()) }
+    })
+    .await;
     // A replica's container removed behind Cube's back.
     let out = std::process::Command::new("docker")
         .args(["rm", "-f", tasks[0].container_id.as_deref().unwrap()])
@@ -753,7 +743,15 @@ async fn no_request_fails_when_a_replica_dies_the_service_updates_or_scales_down
     // A scale-down (its replica drains first).
     client.scale_service("web", 2).await.unwrap();
     running(&cluster, 2, "two replicas").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for("slot 3 drained and stopped", T, || async {
+        let tasks = client.tasks_where("service=web").await.ok()?;
+        tasks
+            .iter()
+            .filter(|t| t.slot == Some(3))
+            .all(|t| t.state.is_terminal())
+            .then_some(())
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, Vec::new());
     for l in loops {

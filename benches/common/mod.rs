@@ -136,6 +136,33 @@ pub fn free_port() -> u16 {
         .expect("port")
 }
 
+/// The label of the containers a bench runs through the engine directly.
+pub const BENCH_LABEL: &str = "cube.bench";
+
+/// Creates and starts a container of the workload image through the engine
+/// directly (`cmd`, `env`), labelled `cube.bench=<label>`; its id.
+pub async fn engine_start(docker: &Docker, cmd: &[&str], env: &[String], label: &str) -> String {
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        cmd: Some(cmd.iter().map(|c| c.to_string()).collect()),
+        env: Some(env.to_vec()),
+        labels: Some(HashMap::from([(BENCH_LABEL.into(), label.into())])),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await
+        .expect("create");
+    docker
+        .start_container(&created.id, None)
+        .await
+        .expect("start");
+    created.id
+}
+
 /// Force-removes every container with this label (`key=value`).
 pub async fn remove_labelled(docker: &Docker, label: &str) {
     let options = ListContainersOptions {

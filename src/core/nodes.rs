@@ -230,7 +230,9 @@ pub fn demand(task: &TaskRecord) -> Resources {
     }
 }
 
-/// The load of every node, in one pass over the tasks.
+/// The load of every node counted from scratch, in one pass over the
+/// tasks: what the loads kept as tasks change are checked against.
+#[cfg(test)]
 pub fn loads<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> HashMap<String, Load> {
     let mut out: HashMap<String, Load> = HashMap::new();
     for share in tasks.filter_map(Share::of) {

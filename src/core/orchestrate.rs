@@ -275,16 +275,11 @@ pub fn converge(service: &ServiceRecord, tasks: &[&TaskRecord], now: DateTime<Ut
             {
                 u.last_done_at = Some(at);
             }
-            if !old.is_empty() {
-                for t in &old {
-                    plan.stop.push((
-                        t.id,
-                        format!("replaced by version {version} in slot {slot}"),
-                    ));
-                }
-                if let Some(u) = update.as_mut().filter(|u| u.state.in_progress()) {
-                    u.last_done_at = Some(now);
-                }
+            for t in &old {
+                plan.stop.push((
+                    t.id,
+                    format!("replaced by version {version} in slot {slot}"),
+                ));
             }
         } else {
             if updating && keeper.created_at >= update.as_ref().map_or(now, |u| u.started_at) {

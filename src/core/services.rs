@@ -50,8 +50,8 @@ pub fn create(
         ),
         now.at,
     );
-    let effects = converge(state, &name, now);
-    Ok((Reply::Service(service(state, &name)?), effects))
+    // Converged with the services this command touched, in `apply`.
+    Ok((Reply::Service(service(state, &name)?), vec![]))
 }
 
 /// A new spec for a service: a rolling update to it (the same spec: no
@@ -80,8 +80,8 @@ pub fn update(
         ),
         now.at,
     );
-    let effects = converge(state, &name, now);
-    Ok((Reply::Service(service(state, &name)?), effects))
+    // Converged with the services this command touched, in `apply`.
+    Ok((Reply::Service(service(state, &name)?), vec![]))
 }
 
 /// A new number of replicas (no new version: the replicas added run the
@@ -113,8 +113,7 @@ pub fn scale(
             now.at,
         );
     }
-    let effects = converge(state, name, now);
-    Ok((Reply::Service(service(state, name)?), effects))
+    Ok((Reply::Service(service(state, name)?), vec![]))
 }
 
 pub fn roll_back(state: &mut ClusterState, name: &str, by: Option<String>, now: Now) -> Outcome {
@@ -133,8 +132,7 @@ pub fn roll_back(state: &mut ClusterState, name: &str, by: Option<String>, now: 
         format!("rolling back from version {from} to {to}: {why}"),
         now.at,
     );
-    let effects = converge(state, name, now);
-    Ok((Reply::Service(service(state, name)?), effects))
+    Ok((Reply::Service(service(state, name)?), vec![]))
 }
 
 /// Removes a service: every replica is stopped.
@@ -294,7 +292,7 @@ pub fn converge_touched(state: &mut ClusterState, now: Now) -> Vec<Effect> {
 }
 
 /// Carries out what one service needs now.
-pub fn converge(state: &mut ClusterState, name: &str, now: Now) -> Vec<Effect> {
+fn converge(state: &mut ClusterState, name: &str, now: Now) -> Vec<Effect> {
     let mut effects = Vec::new();
     // At most one rollback per look: a plan that rolls back is made again.
     for _ in 0..2 {

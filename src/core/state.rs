@@ -440,6 +440,8 @@ impl ClusterState {
         self.undo
             .push(Undo::Service(name.clone(), old.map(Box::new)));
         self.removed_services.remove(&name);
+        // A changed service gets its look at the end of the command.
+        self.touched.insert(name.clone());
         self.dirty_services.insert(name);
     }
 

@@ -17,8 +17,7 @@ use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 
-use super::Route;
-use super::tcp::candidates;
+use super::{Route, candidates};
 use crate::api_error::ApiError;
 use crate::service::spec::Balance;
 use crate::worker::endpoints::EndpointView;

@@ -43,6 +43,28 @@ pub fn routes(table: &EndpointTable) -> HashMap<u16, Route> {
         .collect()
 }
 
+/// The replicas' addresses for `route`, starting at the `turn`th.
+fn candidates(view: &EndpointView, route: &Route, turn: usize) -> Vec<SocketAddr> {
+    let table = view.borrow();
+    let Some(entry) = table.get(&route.service) else {
+        return Vec::new();
+    };
+    let all: Vec<SocketAddr> = entry
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let port = *e.ports.get(&route.expose.port)?;
+            let ip = e.address.parse().ok()?;
+            Some(SocketAddr::new(ip, port))
+        })
+        .collect();
+    if all.is_empty() {
+        return all;
+    }
+    let start = turn % all.len();
+    all[start..].iter().chain(&all[..start]).copied().collect()
+}
+
 /// A published port being served.
 enum Listener {
     Tcp(tokio::task::JoinHandle<()>),

@@ -12,34 +12,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::Route;
+use super::{Route, candidates};
 use crate::worker::endpoints::EndpointView;
 
 /// Connections one published port carries at once; more wait for a place.
 const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The replicas' addresses for `route`, starting at the `turn`th.
-pub(super) fn candidates(view: &EndpointView, route: &Route, turn: usize) -> Vec<SocketAddr> {
-    let table = view.borrow();
-    let Some(entry) = table.get(&route.service) else {
-        return Vec::new();
-    };
-    let all: Vec<SocketAddr> = entry
-        .endpoints
-        .iter()
-        .filter_map(|e| {
-            let port = *e.ports.get(&route.expose.port)?;
-            let ip = e.address.parse().ok()?;
-            Some(SocketAddr::new(ip, port))
-        })
-        .collect();
-    if all.is_empty() {
-        return all;
-    }
-    let start = turn % all.len();
-    all[start..].iter().chain(&all[..start]).copied().collect()
-}
 
 pub async fn serve(listener: TcpListener, route: Route, view: EndpointView) {
     let turn = Arc::new(AtomicUsize::new(0));

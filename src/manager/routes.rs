@@ -124,6 +124,13 @@ fn task_query(q: TasksQuery) -> Result<TaskQuery, ApiError> {
     })
 }
 
+/// One value as a line of an NDJSON stream.
+pub(super) fn ndjson<T: serde::Serialize>(value: &T) -> web::Bytes {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    web::Bytes::from(bytes)
+}
+
 pub(super) fn mailbox(e: actix::MailboxError) -> ApiError {
     ApiError::unavailable(format!("the manager is not available: {e}"))
 }
@@ -259,11 +266,7 @@ async fn events(
         })
         .await
         .map_err(mailbox)?;
-    let line = |event: super::events::Event| {
-        let mut bytes = serde_json::to_vec(&event).unwrap_or_default();
-        bytes.push(b'\n');
-        Ok::<_, actix_web::Error>(web::Bytes::from(bytes))
-    };
+    let line = |event: super::events::Event| Ok::<_, actix_web::Error>(ndjson(&event));
     let past = futures_util::stream::iter(recent.into_iter().map(line));
     let later = futures_util::stream::unfold(follower, |follower| async move {
         let mut rx = follower?;

@@ -12,7 +12,7 @@ use super::Manager;
 use super::actor::{Apply, GetService, ListServices};
 use super::auth::{Deployer, Reader};
 use super::members::Member;
-use super::routes::mailbox;
+use super::routes::{mailbox, ndjson};
 use crate::api_error::ApiError;
 use crate::core::{Command, CoreError, Reply};
 use crate::service::endpoints::FeedLine;
@@ -42,19 +42,19 @@ async fn worker_feed(_caller: Member, feed: web::Data<EndpointFeed>) -> HttpResp
     let mut rx = feed.get_ref().clone();
     let first: EndpointTable = (**rx.borrow_and_update()).clone();
     let table = FeedLine::Table(first.values().map(|e| (**e).clone()).collect());
-    let lines = vec![feed_line(table)];
+    let lines = vec![ndjson(&table)];
     let later = futures_util::stream::unfold((rx, first), |(mut rx, last)| async move {
         rx.changed().await.ok()?;
         let now: EndpointTable = (**rx.borrow_and_update()).clone();
         let mut lines: Vec<web::Bytes> = now
             .iter()
             .filter(|(name, entry)| last.get(*name).is_none_or(|old| !Arc::ptr_eq(old, entry)))
-            .map(|(_, entry)| feed_line(FeedLine::Service((**entry).clone())))
+            .map(|(_, entry)| ndjson(&FeedLine::Service((**entry).clone())))
             .collect();
         lines.extend(
             last.keys()
                 .filter(|name| !now.contains_key(*name))
-                .map(|name| feed_line(FeedLine::Service(Endpoints::gone(name)))),
+                .map(|name| ndjson(&FeedLine::Service(Endpoints::gone(name)))),
         );
         Some((futures_util::stream::iter(lines), (rx, now)))
     })
@@ -134,18 +134,6 @@ async fn endpoints(
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(stream))
-}
-
-fn feed_line(line: FeedLine) -> web::Bytes {
-    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-    bytes.push(b'\n');
-    web::Bytes::from(bytes)
-}
-
-fn ndjson(value: &Endpoints) -> web::Bytes {
-    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
-    bytes.push(b'\n');
-    web::Bytes::from(bytes)
 }
 
 #[derive(serde::Deserialize)]

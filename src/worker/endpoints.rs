@@ -66,7 +66,8 @@ async fn follow(name: String, manager: Client, table: watch::Sender<Arc<Endpoint
     let mut wait = RETRY_FIRST;
     let mut failing = false;
     loop {
-        let opened = tokio::time::timeout(SILENCE, manager.stream("/workers/endpoints")).await;
+        let opened =
+            tokio::time::timeout(SILENCE, manager.stream_lines("/workers/endpoints")).await;
         match opened.unwrap_or_else(|_| {
             Err(crate::client::ClientError::Unreachable {
                 url: format!("{}/workers/endpoints", manager.base()),
@@ -79,20 +80,16 @@ async fn follow(name: String, manager: Client, table: watch::Sender<Arc<Endpoint
                     failing = false;
                 }
                 wait = RETRY_FIRST;
-                let mut stream = Box::pin(stream);
-                let mut buffer: Vec<u8> = Vec::new();
-                while let Ok(Some(Ok(chunk))) = tokio::time::timeout(SILENCE, stream.next()).await {
-                    buffer.extend_from_slice(&chunk);
-                    while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buffer.drain(..=end).collect();
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        match serde_json::from_slice::<FeedLine>(&line) {
-                            Ok(line) => table.send_modify(|t| apply_line(Arc::make_mut(t), line)),
-                            Err(e) => log::warn!(
-                                "worker {name}: an endpoint line that does not parse: {e}"
-                            ),
+                let mut lines = Box::pin(stream);
+                while let Ok(Some(Ok(line))) = tokio::time::timeout(SILENCE, lines.next()).await {
+                    // The feed's keep-alive is an empty line.
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match serde_json::from_slice::<FeedLine>(&line) {
+                        Ok(line) => table.send_modify(|t| apply_line(Arc::make_mut(t), line)),
+                        Err(e) => {
+                            log::warn!("worker {name}: an endpoint line that does not parse: {e}")
                         }
                     }
                 }
