@@ -32,7 +32,8 @@ fn worker(dir: &Path, name: &str, manager: &str) -> Node {
         .expect("the manager's worker token");
     let toml = format!(
         "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
-         listen = \"127.0.0.1:{}\"\nmanager = \"{manager}\"\njoin_token = \"{}\"\n",
+         listen = \"127.0.0.1:{}\"\nmanager = \"{manager}\"\njoin_token = \"{}\"\n\
+         network = \"{name}\"\n",
         dir.join(name).display(),
         free_port(),
         token.trim()

@@ -13,6 +13,8 @@
 //! join_token = "CUBE1-..."          # or CUBE_JOIN_TOKEN; not needed in dev
 //! publish_addr = "0.0.0.0"         # the host address task ports are published on
 //! ingress_addr = "0.0.0.0"         # where the load balancer listens on published ports
+//! network = "cube"                 # the bridge network the containers join
+//! dns_listen = "127.0.0.2:5353"    # optional: where the host can ask the node's DNS
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -207,6 +209,19 @@ pub struct WorkerConfig {
     /// workers on one machine each take their own (127.0.0.2, ...).
     #[serde(default = "default_publish_addr", deserialize_with = "ingress_addr")]
     pub ingress_addr: IpAddr,
+    /// The bridge network (of the engine) this node's containers join,
+    /// made if missing. Its gateway is where the node's DNS server (port
+    /// 53) and load balancer serve the containers, so several workers on
+    /// one machine each take their own network.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// One more address the node's DNS server answers on (UDP and TCP),
+    /// for the host: `web.cube` there is the balancer on `ingress_addr`.
+    pub dns_listen: Option<SocketAddr>,
+}
+
+fn default_network() -> String {
+    "cube".to_string()
 }
 
 /// An IP address, or an error that names the key.
@@ -217,6 +232,14 @@ fn ingress_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Err
             "key `worker.ingress_addr`: {text:?} is not an IP address (e.g. \"0.0.0.0\", \"127.0.0.2\")"
         ))
     })
+}
+
+/// A name the engine takes for a network, kept short.
+fn valid_network_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn default_orphan_grace_ms() -> u64 {
@@ -411,6 +434,12 @@ impl NodeConfig {
                 return Err(ConfigError::key(
                     "worker.capacity.disk_mb",
                     "must be positive",
+                ));
+            }
+            if !valid_network_name(&worker.network) {
+                return Err(ConfigError::key(
+                    "worker.network",
+                    "must be 1 to 64 of a-z, A-Z, 0-9, '_', '-' and '.', starting with a letter or digit",
                 ));
             }
             if worker.publish_addr.is_multicast()
@@ -756,6 +785,25 @@ manager = "https://127.0.0.1:5555/"
             let e = err(&DEV.replace("[worker]", &format!("[worker]\npublish_addr = {bad:?}")));
             assert!(e.contains("worker.publish_addr"), "{bad}: {e}");
         }
+        for bad in ["", "-x", "a b", "net/1", &"n".repeat(65)] {
+            let e = err(&DEV.replace("[worker]", &format!("[worker]\nnetwork = {bad:?}")));
+            assert!(e.contains("worker.network"), "{bad}: {e}");
+        }
+        let e = err(&DEV.replace("[worker]", "[worker]\ndns_listen = \"127.0.0.2\""));
+        assert!(e.contains("dns_listen"), "{e}");
+    }
+
+    #[test]
+    fn containers_join_the_cube_network_unless_told() {
+        let w = NodeConfig::parse(DEV).unwrap().worker.unwrap();
+        assert_eq!((w.network.as_str(), w.dns_listen), ("cube", None));
+        let text = DEV.replace(
+            "[worker]",
+            "[worker]\nnetwork = \"cube-w1\"\ndns_listen = \"127.0.0.2:5353\"",
+        );
+        let w = NodeConfig::parse(&text).unwrap().worker.unwrap();
+        assert_eq!(w.network, "cube-w1");
+        assert_eq!(w.dns_listen, Some("127.0.0.2:5353".parse().unwrap()));
     }
 
     #[test]

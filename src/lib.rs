@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod dns;
 pub mod ingress;
 pub mod listener;
 pub mod manager;

@@ -2,6 +2,7 @@
 //! and HTTP server, and/or the worker's actors and HTTP server.
 
 use actix::prelude::*;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,7 +216,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let (follower, endpoint_view) = EndpointFollower::new(&wc.name, manager.clone());
         follower.start();
         actix_rt::spawn(crate::ingress::run(wc.ingress_addr, endpoint_view.clone()));
-        let endpoint_view: web::Data<EndpointView> = web::Data::new(endpoint_view);
+        if let Some(at) = wc.dns_listen {
+            let listen = crate::dns::Listen {
+                at,
+                balancer: host_balancer(wc.ingress_addr, at.ip()),
+            };
+            actix_rt::spawn(crate::dns::run(listen, endpoint_view.clone()));
+        }
         let worker = Worker::new(
             wc,
             manager,
@@ -226,8 +233,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             fatal_tx.clone(),
             std::sync::Arc::new(DockerEngine::local()),
         )
-        .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir))
-        .start();
+        .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir));
+        actix_rt::spawn(serve_containers(
+            worker.network_view(),
+            wc.ingress_addr,
+            endpoint_view.clone(),
+        ));
+        let endpoint_view: web::Data<EndpointView> = web::Data::new(endpoint_view);
+        let worker = worker.start();
         let data = web::Data::new(worker);
         let server = crate::listener::serve(listener, server_tls, move |cfg| {
             cfg.app_data(data.clone()).app_data(endpoint_view.clone());
@@ -251,6 +264,42 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Some(why) = fatal => Err(anyhow::anyhow!(why)),
+    }
+}
+
+/// Where the host reaches the balancer that listens on `ingress`: there,
+/// unless it listens on every address, then at the DNS listener's address
+/// (or loopback).
+fn host_balancer(ingress: IpAddr, dns: IpAddr) -> IpAddr {
+    match (ingress.is_unspecified(), dns.is_unspecified()) {
+        (false, _) => ingress,
+        (true, false) => dns,
+        (true, true) => std::net::Ipv4Addr::LOCALHOST.into(),
+    }
+}
+
+/// Once the engine has made the node's container network: the DNS server
+/// on its gateway (port 53: the containers' name server) and, unless the
+/// balancer listens on every address already, the balancer there too.
+async fn serve_containers(
+    mut network: tokio::sync::watch::Receiver<Option<crate::runtime::ContainerNetwork>>,
+    ingress: IpAddr,
+    view: EndpointView,
+) {
+    let Ok(made) = network.wait_for(Option::is_some).await else {
+        return;
+    };
+    let Some(gateway) = made.as_ref().map(|n| n.gateway) else {
+        return;
+    };
+    drop(made);
+    let listen = crate::dns::Listen {
+        at: SocketAddr::new(gateway, 53),
+        balancer: gateway,
+    };
+    actix_rt::spawn(crate::dns::run(listen, view.clone()));
+    if !ingress.is_unspecified() {
+        crate::ingress::run(gateway, view).await;
     }
 }
 

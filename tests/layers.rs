@@ -4,7 +4,7 @@
 //! `bollard` only in `runtime/docker.rs`.
 //!
 //! store, api_error → task, security → wire, service, listener → config → scheduler, runtime →
-//! core → client → manager, worker → ingress → node, cli
+//! core → client → manager, worker → ingress, dns → node, cli
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("manager", 7),
     ("worker", 7),
     ("ingress", 8),
+    ("dns", 8),
     ("node", 9),
     ("cli", 9),
 ];

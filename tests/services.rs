@@ -764,3 +764,194 @@ async fn no_request_fails_when_a_replica_dies_the_service_updates_or_scales_down
     assert!(failed.is_empty(), "{failed:?}");
     client.remove_service("web").await.unwrap();
 }
+
+/// One DNS question over UDP to `server`; the answer.
+async fn ask_dns(
+    server: std::net::SocketAddr,
+    name: &str,
+    rtype: hickory_server::proto::rr::RecordType,
+) -> hickory_server::proto::op::Message {
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::Name;
+    let mut question = Message::query();
+    question.metadata.recursion_desired = true;
+    question.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&question.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .expect("the DNS server did not answer within 2 s")
+        .unwrap();
+    let answer = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(answer.metadata.id, question.metadata.id);
+    answer
+}
+
+/// The host ports of the SRV records for `web` at `server`.
+async fn srv_ports(server: std::net::SocketAddr) -> std::collections::BTreeSet<u16> {
+    use hickory_server::proto::rr::{RData, RecordType};
+    let answer = ask_dns(server, "_web._tcp.cube.", RecordType::SRV).await;
+    answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(srv.port),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The host ports of `tasks`' port 7777.
+fn ports_of(tasks: &[TaskRecord]) -> std::collections::BTreeSet<u16> {
+    tasks.iter().map(|t| t.host_ports[&7777]).collect()
+}
+
+/// Runs `/echo get web.cube:<publish> /` inside container `id`; its output.
+fn get_from_inside(id: &str, publish: u16) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            id,
+            "/echo",
+            "get",
+            &format!("web.cube:{publish}"),
+            "/",
+        ])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name() {
+    use hickory_server::proto::op::ResponseCode;
+    use hickory_server::proto::rr::RecordType;
+    ensure_image();
+    let dns: Vec<std::net::SocketAddr> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|ip| format!("{ip}:{}", free_port()).parse().unwrap())
+        .collect();
+    let cluster = Cluster::split_with(
+        "round-robin",
+        &[
+            &format!("ingress_addr = \"127.0.0.2\"\ndns_listen = \"{}\"", dns[0]),
+            &format!("ingress_addr = \"127.0.0.3\"\ndns_listen = \"{}\"", dns[1]),
+        ],
+    );
+    cluster.ready().await;
+    let client = cluster.client();
+    let publish = free_port();
+    let mut spec = web(3, "dns");
+    spec["task"]["health"] = json!({"tcp": true, "port": 7777, "interval_s": 0.5});
+    spec["update"]["drain_s"] = json!(3);
+    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "http"}]);
+    client.create_service(&spec).await.unwrap();
+    let (tasks, _) = running(&cluster, 3, "three replicas").await;
+
+    // SRV: exactly the healthy replicas, at their nodes' host ports, on
+    // every node.
+    for server in &dns {
+        let want = ports_of(&tasks);
+        wait_for("SRV to list the three replicas", T, || {
+            let want = want.clone();
+            async move { (srv_ports(*server).await == want).then_some(()) }
+        })
+        .await;
+        // A: where this node's balancer serves the service.
+        let a = ask_dns(*server, "web.cube.", RecordType::A).await;
+        assert!(a.metadata.authoritative);
+        let ips: Vec<String> = a.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(ips, vec![server.ip().to_string()]);
+        assert!(a.answers.iter().all(|r| r.ttl <= 5));
+        let none = ask_dns(*server, "nope.cube.", RecordType::A).await;
+        assert_eq!(none.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    // From inside each replica's container, on either node: the service by
+    // name, through the node's balancer.
+    for task in &tasks {
+        let container = task.container_id.as_deref().unwrap();
+        let answer = wait_for("web.cube to answer inside a container", T, || {
+            let answer = get_from_inside(container, publish);
+            async move { answer.contains("dns from").then_some(answer) }
+        })
+        .await;
+        println!(
+            "inside {} on {:?}: {}",
+            &container[..12],
+            task.node,
+            answer.lines().find(|l| l.contains("from")).unwrap_or("")
+        );
+    }
+
+    // A replica's container removed behind Cube's back leaves every node's
+    // answers.
+    let gone = tasks[0].host_ports[&7777];
+    let out = std::process::Command::new("docker")
+        .args(["rm", "-f", tasks[0].container_id.as_deref().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let removed = Instant::now();
+    for server in &dns {
+        wait_for("the removed replica to leave SRV", T, || async move {
+            (!srv_ports(*server).await.contains(&gone)).then_some(())
+        })
+        .await;
+    }
+    println!(
+        "removed replica out of both nodes' SRV {:?} after `docker rm -f` returned",
+        removed.elapsed()
+    );
+    let (tasks, _) = running(&cluster, 3, "slot 1 replaced").await;
+    for server in &dns {
+        let want = ports_of(&tasks);
+        wait_for("SRV to list the replacement", T, || {
+            let want = want.clone();
+            async move { (srv_ports(*server).await == want).then_some(()) }
+        })
+        .await;
+    }
+
+    // A scale-down: the replica leaves DNS while its container still runs
+    // (it drains 3 s before its SIGTERM).
+    let leaving = tasks.iter().find(|t| t.slot == Some(3)).unwrap();
+    let (port, container) = (
+        leaving.host_ports[&7777],
+        leaving.container_id.clone().unwrap(),
+    );
+    client.scale_service("web", 2).await.unwrap();
+    let scaled = Instant::now();
+    for server in &dns {
+        wait_for("the drained replica to leave SRV", T, || async move {
+            (!srv_ports(*server).await.contains(&port)).then_some(())
+        })
+        .await;
+    }
+    println!(
+        "scaled-down replica out of both nodes' SRV {:?} after the PATCH returned",
+        scaled.elapsed()
+    );
+    let state = inspect(&container).unwrap();
+    assert_eq!(
+        state["State"]["Running"],
+        json!(true),
+        "the replica was stopped before it left DNS"
+    );
+    client.remove_service("web").await.unwrap();
+    for server in &dns {
+        wait_for("web to leave DNS", T, || async move {
+            let a = ask_dns(*server, "web.cube.", RecordType::A).await;
+            (a.metadata.response_code == ResponseCode::NXDomain).then_some(())
+        })
+        .await;
+    }
+}

@@ -355,7 +355,7 @@ async fn a_running_task_waits_for_the_engine_connection_silently() {
     let mut h = Harness::start(engine, assignment, Some(status), false);
     // The worker's engine connection is slow to come up: nothing to say.
     assert!(h.quiet_for(Duration::from_secs(60)).await);
-    h.supervisor.do_send(EngineBack(h.engine.clone()));
+    h.supervisor.do_send(EngineBack(h.engine.clone(), None));
     let (_, running) = h.next().await;
     assert_eq!(running.state, TaskState::Running);
     assert_eq!(running.error, None);
@@ -375,7 +375,7 @@ async fn a_new_task_says_it_waits_for_the_engine_only_after_a_grace() {
         error.contains("waiting for the container engine"),
         "{error}"
     );
-    h.supervisor.do_send(EngineBack(h.engine.clone()));
+    h.supervisor.do_send(EngineBack(h.engine.clone(), None));
     let (_, running) = h.next_in(TaskState::Running).await;
     assert_eq!(running.error, None);
 }
@@ -391,7 +391,7 @@ async fn a_stop_before_the_engine_is_back_waits_for_the_container_to_go() {
         "answered while the container still runs"
     );
     assert_eq!(h.engine.containers()[0].id, container);
-    h.supervisor.do_send(EngineBack(h.engine.clone()));
+    h.supervisor.do_send(EngineBack(h.engine.clone(), None));
     let stopped = stop.await.unwrap().unwrap().unwrap();
     assert_eq!(stopped.state, TaskState::Completed);
     assert!(h.engine.containers().is_empty());
@@ -408,7 +408,7 @@ async fn a_stop_that_cannot_be_done_in_time_is_an_error_and_finishes_later() {
     assert_about(Instant::now() - begun, limit);
     assert_eq!(h.engine.containers().len(), 1);
     // The engine comes back: the stop is finished and reported.
-    h.supervisor.do_send(EngineBack(h.engine.clone()));
+    h.supervisor.do_send(EngineBack(h.engine.clone(), None));
     let (_, done) = h.next_in(TaskState::Completed).await;
     assert_eq!(done.error, None);
     assert!(h.engine.containers().is_empty());
@@ -499,7 +499,7 @@ async fn a_stop_after_a_restart_finds_a_container_its_record_does_not_name() {
         !stop.is_finished(),
         "answered while the container still runs"
     );
-    h.supervisor.do_send(EngineBack(h.engine.clone()));
+    h.supervisor.do_send(EngineBack(h.engine.clone(), None));
     let stopped = stop.await.unwrap().unwrap().unwrap();
     assert_eq!(stopped.state, TaskState::Completed);
     assert!(h.engine.containers().is_empty());

@@ -69,6 +69,15 @@ impl Drop for Node {
 /// loopback ports and waits until its worker has registered; the node, the
 /// manager's base URL and an admin's HTTP client of it.
 pub async fn start_dev_node(dir: &Path, name: &str) -> (Node, String, reqwest::Client) {
+    start_dev_node_with(dir, name, "").await
+}
+
+/// As `start_dev_node`, with `worker` as extra TOML for its `[worker]`.
+pub async fn start_dev_node_with(
+    dir: &Path,
+    name: &str,
+    worker: &str,
+) -> (Node, String, reqwest::Client) {
     let (mport, wport) = (free_port(), free_port());
     let node = Node::start(
         dir,
@@ -76,7 +85,7 @@ pub async fn start_dev_node(dir: &Path, name: &str) -> (Node, String, reqwest::C
         &format!(
             "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
              client_file = \"{}\"\n\
-             [worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
+             [worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n{worker}",
             dir.join("data").display(),
             dir.join("client.toml").display()
         ),
@@ -163,7 +172,9 @@ pub async fn engine_start(docker: &Docker, cmd: &[&str], env: &[String], label: 
     created.id
 }
 
-/// Force-removes every container with this label (`key=value`).
+/// Force-removes every container with this label (`key=value`), then the
+/// networks with it (a worker's container network is labelled with its
+/// node, as its containers are).
 pub async fn remove_labelled(docker: &Docker, label: &str) {
     let options = ListContainersOptions {
         all: true,
@@ -182,6 +193,18 @@ pub async fn remove_labelled(docker: &Docker, label: &str) {
         let _ = docker.remove_container(&id, Some(options)).await;
     });
     join_all(removals).await;
+    let options = bollard::query_parameters::ListNetworksOptions {
+        filters: Some(HashMap::from([("label".into(), vec![label.to_string()])])),
+    };
+    for network in docker
+        .list_networks(Some(options))
+        .await
+        .unwrap_or_default()
+    {
+        if let Some(id) = network.id {
+            let _ = docker.remove_network(&id).await;
+        }
+    }
 }
 
 pub fn median(mut xs: Vec<f64>) -> f64 {

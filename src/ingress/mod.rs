@@ -1,5 +1,7 @@
 //! The load balancer on every worker: for each port a service publishes
-//! (`expose`), a listener on `[worker] ingress_addr` that forwards to a
+//! (`expose`), a listener on `[worker] ingress_addr` (and one on the
+//! gateway of the node's container network, for the containers, unless
+//! `ingress_addr` is every address already) that forwards to a
 //! healthy replica anywhere in the cluster, as the node's copy of the
 //! endpoints (`worker::endpoints`) says. Listeners open and close as
 //! services come and go.

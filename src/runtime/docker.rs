@@ -10,7 +10,7 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
-    PortBinding,
+    NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
@@ -20,8 +20,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use super::{
-    ContainerEvent, ContainerEventKind, ContainerSpec, ContainerView, Engine, EngineFuture,
-    EngineStream, ExecOutput, LABEL_ATTEMPT, LABEL_NODE, LABEL_TASK, NodeContainer, RuntimeError,
+    ContainerEvent, ContainerEventKind, ContainerNetwork, ContainerSpec, ContainerView, Engine,
+    EngineFuture, EngineStream, ExecOutput, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_NODE, LABEL_TASK,
+    NodeContainer, RuntimeError,
 };
 
 /// How long a pull may take before the task is failed.
@@ -84,6 +85,10 @@ impl Engine for DockerEngine {
 
     fn ensure_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()> {
         Box::pin(async move { ensure_image(self.docker()?, image).await })
+    }
+
+    fn network<'a>(&'a self, name: &'a str, node: &'a str) -> EngineFuture<'a, ContainerNetwork> {
+        Box::pin(async move { ensure_network(self.docker()?, name, node).await })
     }
 
     fn create<'a>(&'a self, spec: &'a ContainerSpec) -> EngineFuture<'a, String> {
@@ -257,6 +262,58 @@ async fn ensure_image(docker: &Docker, image: &str) -> Result<(), RuntimeError> 
     }
 }
 
+/// The bridge network `name`, made if missing; its gateway.
+async fn ensure_network(
+    docker: &Docker,
+    name: &str,
+    node: &str,
+) -> Result<ContainerNetwork, RuntimeError> {
+    for _ in 0..2 {
+        match docker.inspect_network(name, None).await {
+            Ok(found) => {
+                let gateway = found
+                    .ipam
+                    .and_then(|ipam| ipam.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.gateway?.parse::<std::net::IpAddr>().ok())
+                    .find(std::net::IpAddr::is_ipv4)
+                    .ok_or_else(|| {
+                        RuntimeError::Engine(format!("network {name} has no IPv4 gateway"))
+                    })?;
+                return Ok(ContainerNetwork {
+                    name: name.to_string(),
+                    gateway,
+                });
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_NODE.to_string(), node.to_string()),
+            ])),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            // Made, or made meanwhile by another: look again.
+            Ok(_)
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RuntimeError::Engine(format!(
+        "network {name} could not be made"
+    )))
+}
+
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let port_keys: Vec<String> = spec
         .ports
@@ -290,6 +347,8 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         // Explicit, though they are the engine's defaults too: never
         // privileged, and no capability beyond the engine's default set.
         privileged: Some(false),
+        network_mode: spec.network.clone(),
+        dns: (!spec.dns.is_empty()).then(|| spec.dns.iter().map(|ip| ip.to_string()).collect()),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -448,6 +507,8 @@ mod tests {
             user: Some("1000:1000".into()),
             read_only: true,
             no_new_privileges: true,
+            network: None,
+            dns: Vec::new(),
         }
     }
 

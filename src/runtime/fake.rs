@@ -19,8 +19,9 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{
-    ContainerEvent, ContainerEventKind, ContainerSpec, ContainerView, Engine, EngineFuture,
-    EngineStream, ExecOutput, LABEL_ATTEMPT, LABEL_NODE, LABEL_TASK, NodeContainer, RuntimeError,
+    ContainerEvent, ContainerEventKind, ContainerNetwork, ContainerSpec, ContainerView, Engine,
+    EngineFuture, EngineStream, ExecOutput, LABEL_ATTEMPT, LABEL_NODE, LABEL_TASK, NodeContainer,
+    RuntimeError,
 };
 
 /// The exit code of a container killed by SIGKILL.
@@ -356,6 +357,14 @@ impl Engine for FakeEngine {
         Box::pin(async move { result })
     }
 
+    fn network<'a>(&'a self, name: &'a str, _node: &'a str) -> EngineFuture<'a, ContainerNetwork> {
+        let result = self.up().map(|_| ContainerNetwork {
+            name: name.to_string(),
+            gateway: std::net::Ipv4Addr::LOCALHOST.into(),
+        });
+        Box::pin(async move { result })
+    }
+
     fn ensure_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()> {
         let result = self.up().and_then(|state| {
             if state.missing_images.contains(image) {
@@ -550,6 +559,8 @@ mod tests {
             user: None,
             read_only: false,
             no_new_privileges: true,
+            network: None,
+            dns: Vec::new(),
         }
     }
 

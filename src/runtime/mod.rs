@@ -55,6 +55,9 @@ pub trait Engine: Send + Sync + 'static {
     fn connect(&self) -> EngineFuture<'_, String>;
     /// Makes sure `image` is available: used if local, pulled otherwise.
     fn ensure_image<'a>(&'a self, image: &'a str) -> EngineFuture<'a, ()>;
+    /// Makes sure the bridge network `name` exists (creating it, labelled
+    /// with `node`); its name and the host's address on it.
+    fn network<'a>(&'a self, name: &'a str, node: &'a str) -> EngineFuture<'a, ContainerNetwork>;
     /// Creates a container; its id. `Conflict` if the name is taken.
     fn create<'a>(&'a self, spec: &'a ContainerSpec) -> EngineFuture<'a, String>;
     /// Starts a created container; one already running is fine.
@@ -85,6 +88,15 @@ pub struct ExecOutput {
     pub exit_code: i64,
     /// The tail of its output.
     pub output: String,
+}
+
+/// The network a node's containers join: a bridge of the node's own, whose
+/// gateway is the host's address on it, where the node's DNS server and
+/// load balancer serve the containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNetwork {
+    pub name: String,
+    pub gateway: IpAddr,
 }
 
 /// A container port published on the host.
@@ -123,6 +135,10 @@ pub struct ContainerSpec {
     /// No process in it gains privileges through setuid binaries or file
     /// capabilities (`no-new-privileges`). Always set for a task.
     pub no_new_privileges: bool,
+    /// The network it joins; the engine's default bridge when `None`.
+    pub network: Option<String>,
+    /// The name servers it asks; the engine's choice when empty.
+    pub dns: Vec<IpAddr>,
 }
 
 impl ContainerSpec {
@@ -164,7 +180,18 @@ impl ContainerSpec {
             user: spec.user.clone(),
             read_only: spec.read_only,
             no_new_privileges: true,
+            network: None,
+            dns: Vec::new(),
         }
+    }
+
+    /// Joins `network` and asks its gateway (the node's DNS server) for names.
+    pub fn on_network(mut self, network: Option<&ContainerNetwork>) -> Self {
+        if let Some(net) = network {
+            self.network = Some(net.name.clone());
+            self.dns = vec![net.gateway];
+        }
+        self
     }
 }
 

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::events::DockerEvents;
@@ -23,13 +24,15 @@ use super::supervisor::{
 };
 use crate::client::{Client, ClientError};
 use crate::config::{CapacityOverride, WorkerConfig};
-use crate::runtime::{ContainerEvent, ContainerEventKind, SharedEngine};
+use crate::runtime::{ContainerEvent, ContainerEventKind, ContainerNetwork, SharedEngine};
 use crate::store::{Put, Store, StoreError};
 use crate::wire::{Assignment, EngineStatus, Heartbeat, NodeStats, Registration, TaskStatus};
 
 /// Back-stop for reports and registration the manager did not take.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Between tries to make the container network.
+const NETWORK_RETRY: Duration = Duration::from_secs(2);
 /// A heartbeat the manager has not answered by then is lost.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -74,6 +77,13 @@ pub struct Worker {
     orphan_grace: Duration,
     /// The host address containers publish their ports on.
     publish_addr: IpAddr,
+    /// The network containers join (`[worker] network`), once the engine
+    /// has made it; said on `network_tx` for the node's DNS and balancer.
+    network_name: String,
+    network: Option<ContainerNetwork>,
+    network_tx: watch::Sender<Option<ContainerNetwork>>,
+    /// Making the network is under way.
+    network_pending: bool,
     manager: Client,
     /// The manager, with a short timeout for heartbeats.
     beat_client: Client,
@@ -144,6 +154,10 @@ impl Worker {
             backoff: config.restart_backoff.backoff(),
             orphan_grace: Duration::from_millis(config.orphan_grace_ms),
             publish_addr: config.publish_addr,
+            network_name: config.network.clone(),
+            network: None,
+            network_tx: watch::Sender::new(None),
+            network_pending: false,
             manager,
             beat_client: beat,
             registered: false,
@@ -175,6 +189,12 @@ impl Worker {
 
     /// The files of this worker's certificate, deleted if the cluster
     /// removes the worker.
+    /// Where the container network will be said once the engine has made
+    /// it (see `runtime::ContainerNetwork`).
+    pub fn network_view(&self) -> watch::Receiver<Option<ContainerNetwork>> {
+        self.network_tx.subscribe()
+    }
+
     pub fn with_certificate_files(mut self, files: Vec<std::path::PathBuf>) -> Self {
         self.certificate_files = files;
         self
@@ -199,7 +219,8 @@ impl Worker {
             origin,
             self.backoff,
         )
-        .publishing_on(self.publish_addr);
+        .publishing_on(self.publish_addr)
+        .on_network(self.network.clone());
         held.supervisor = Some(supervisor.start());
     }
 
@@ -854,6 +875,60 @@ impl Handler<EngineUp> for Worker {
             version: Some(msg.version),
             error: None,
         };
+        if self.network.is_some() {
+            self.engine_ready(ctx);
+        } else if !self.network_pending {
+            self.make_network(ctx);
+        }
+    }
+}
+
+impl Worker {
+    /// Has the engine make the container network (trying again while it
+    /// fails), then treats the engine as up.
+    fn make_network(&mut self, ctx: &mut Context<Self>) {
+        self.network_pending = true;
+        let (engine, name, node) = (
+            self.engine.clone(),
+            self.network_name.clone(),
+            self.name.clone(),
+        );
+        let work = async move {
+            let mut complained = false;
+            loop {
+                match engine.network(&name, &node).await {
+                    Ok(network) => return network,
+                    Err(e) => {
+                        if !complained {
+                            log::error!(
+                                "worker: cannot make the container network {name}: {e}; trying again"
+                            );
+                            complained = true;
+                        }
+                        actix_rt::time::sleep(NETWORK_RETRY).await;
+                    }
+                }
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|network, act, ctx| {
+            log::info!(
+                "worker {}: containers join network {} (gateway {})",
+                act.name,
+                network.name,
+                network.gateway
+            );
+            act.network_pending = false;
+            act.network = Some(network.clone());
+            act.network_tx.send_replace(Some(network));
+            // Unless the engine went away meanwhile.
+            if act.engine_status.up {
+                act.engine_ready(ctx);
+            }
+        }));
+    }
+
+    /// The engine is up and the network made: supervisors may use it.
+    fn engine_ready(&mut self, ctx: &mut Context<Self>) {
         self.engine_up = true;
         let current = self
             .tasks
@@ -862,7 +937,7 @@ impl Handler<EngineUp> for Worker {
         let retired = self.retired.iter().map(|((id, _), s)| (*id, s));
         for (id, supervisor) in current.chain(retired) {
             if supervisor
-                .try_send(EngineBack(self.engine.clone()))
+                .try_send(EngineBack(self.engine.clone(), self.network.clone()))
                 .is_err()
             {
                 log::error!("worker: supervisor of task {id} is not taking messages");

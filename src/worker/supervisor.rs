@@ -18,7 +18,8 @@ use super::actor::StatusChanged;
 use super::health::{HealthChecker, StopChecking, Tally, Target};
 use super::restart::{self, AfterExit, Backoff};
 use crate::runtime::{
-    self, ContainerSpec, ContainerView, Engine, RuntimeError, SharedEngine, create_or_adopt,
+    self, ContainerNetwork, ContainerSpec, ContainerView, Engine, RuntimeError, SharedEngine,
+    create_or_adopt,
 };
 use crate::task::TaskState;
 use crate::wire::{Assignment, Health, HealthState, TaskStatus};
@@ -75,6 +76,8 @@ pub struct TaskSupervisor {
     node: String,
     /// The host address the container's ports are published on.
     publish_addr: IpAddr,
+    /// The network the container joins (the engine's default when `None`).
+    network: Option<ContainerNetwork>,
     assignment: Assignment,
     parent: Recipient<StatusChanged>,
     /// The engine, once the worker's connection to it is up.
@@ -119,6 +122,7 @@ impl TaskSupervisor {
         TaskSupervisor {
             node,
             publish_addr: Ipv4Addr::UNSPECIFIED.into(),
+            network: None,
             assignment,
             parent,
             engine,
@@ -143,6 +147,12 @@ impl TaskSupervisor {
     /// `publish_addr`) instead of every IPv4 address of the host.
     pub fn publishing_on(mut self, addr: IpAddr) -> Self {
         self.publish_addr = addr;
+        self
+    }
+
+    /// Puts the container on `network`, asking its gateway for names.
+    pub fn on_network(mut self, network: Option<ContainerNetwork>) -> Self {
+        self.network = network;
         self
     }
 
@@ -205,7 +215,8 @@ impl TaskSupervisor {
             &self.node,
             self.publish_addr,
             &self.assignment.spec,
-        );
+        )
+        .on_network(self.network.as_ref());
         let was_running = self.status.state == TaskState::Running;
         let create = !self.stop_on_start;
         let work = async move { start_container(&*engine, id, &spec, was_running, create).await };
@@ -655,9 +666,10 @@ impl Actor for TaskSupervisor {
     }
 }
 
-/// The engine is (back) up: start a task that waited, and re-inspect a
-/// running one in case its death fell into the gap.
-pub struct EngineBack(pub SharedEngine);
+/// The engine is (back) up, with the node's container network: start a
+/// task that waited, and re-inspect a running one in case its death fell
+/// into the gap.
+pub struct EngineBack(pub SharedEngine, pub Option<ContainerNetwork>);
 
 impl Message for EngineBack {
     type Result = ();
@@ -668,6 +680,9 @@ impl Handler<EngineBack> for TaskSupervisor {
 
     fn handle(&mut self, msg: EngineBack, ctx: &mut Context<Self>) {
         self.engine = Some(msg.0.clone());
+        if msg.1.is_some() {
+            self.network = msg.1;
+        }
         match self.phase {
             Phase::WaitingForEngine => self.bring_up(ctx),
             Phase::Running => {

@@ -194,8 +194,19 @@ impl Drop for NodeProc {
     }
 }
 
-/// Removes every container labelled with one of these node names, also when
-/// the test fails (Drop runs while a panic unwinds).
+/// The `[worker]` line giving a worker a container network of its own
+/// (named as the node), unless `extra` names one: workers sharing this
+/// machine cannot share a network, whose gateway each one's DNS serves.
+pub fn own_network(name: &str, extra: &str) -> String {
+    if extra.contains("network =") {
+        String::new()
+    } else {
+        format!("network = \"{name}\"\n")
+    }
+}
+
+/// Removes every container and network labelled with one of these node
+/// names, also when the test fails (Drop runs while a panic unwinds).
 pub struct ContainerGuard(pub Vec<String>);
 
 impl Drop for ContainerGuard {
@@ -208,7 +219,26 @@ impl Drop for ContainerGuard {
                     .stderr(Stdio::null())
                     .status();
             }
+            remove_networks_of_node(node);
         }
+    }
+}
+
+/// Removes the networks labelled with this node.
+pub fn remove_networks_of_node(node: &str) {
+    let Ok(out) = Command::new("docker")
+        .args(["network", "ls", "-q", "--filter"])
+        .arg(format!("label=cube.node={node}"))
+        .output()
+    else {
+        return;
+    };
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("docker")
+            .args(["network", "rm", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -384,9 +414,10 @@ impl Cluster {
             format!(
                 "role = \"dev\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
                  scheduler = \"round-robin\"\nclient_file = \"{}\"\n\
-                 [worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n",
+                 [worker]\nname = \"{name}\"\nlisten = \"127.0.0.1:{wport}\"\n{}",
                 dir.path().join("data").display(),
-                dir.path().join("client.toml").display()
+                dir.path().join("client.toml").display(),
+                own_network(&name, "")
             ),
         )
         .unwrap();
@@ -478,14 +509,15 @@ impl Cluster {
             &config,
             format!(
                 "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
-                 listen = \"127.0.0.1:{}\"\nmanager = \"{}\"\njoin_token = \"{}\"\n{extra}\n",
+                 listen = \"127.0.0.1:{}\"\nmanager = \"{}\"\njoin_token = \"{}\"\n{}{extra}\n",
                 self.dir
                     .path()
                     .join(format!("{name}-{}", self.nodes.len()))
                     .display(),
                 free_port(),
                 self.manager_url,
-                self.files().worker_token
+                self.files().worker_token,
+                own_network(name, extra),
             ),
         )
         .unwrap();

@@ -62,6 +62,7 @@ fn main() {
             Ok(n) => spawn(n),
             Err(_) => usage(),
         },
+        ["get", addr, path] => get(addr, path),
         ["exit", code] => exit_with(code, "0"),
         ["exit", code, after_ms] => exit_with(code, after_ms),
         _ => usage(),
@@ -121,8 +122,31 @@ fn spawn(n: usize) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS] | eat MB | spawn N");
+    eprintln!(
+        "usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS] | eat MB | spawn N | get HOST:PORT PATH"
+    );
     std::process::exit(2)
+}
+
+/// One HTTP/1.0 GET of `path` from `addr` (a name is resolved as the
+/// container's resolver says): prints the answer, exits 1 on failure.
+fn get(addr: &str, path: &str) {
+    let fetched = (|| -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer)?;
+        Ok(answer)
+    })();
+    match fetched {
+        Ok(answer) => say(&answer),
+        Err(e) => {
+            eprintln!("get {addr}{path}: {e}");
+            std::process::exit(1)
+        }
+    }
 }
 
 fn say(line: &str) {

@@ -1,0 +1,288 @@
+//! Cube's load balancer beside HAProxy and beside no balancer at all, over
+//! the same three replicas of a real HTTP server (nginx, Debian's package),
+//! in one run.
+//!
+//! `cargo bench --bench balancer` runs `benches/setup.sh` (installs wrk and
+//! haproxy from Debian's packages when missing, builds the nginx image with
+//! debootstrap, cached), starts a release `cube` dev node whose balancer
+//! listens on 127.0.0.7, creates a service of 3 nginx replicas published as
+//! `http` and as `tcp`, and starts HAProxy (`balance roundrobin`, keep-alive
+//! to the replicas, `http-reuse always`, its default threads) on 127.0.0.8
+//! in front of the same replicas. Then, per path:
+//! - HTTP: `wrk` (2 threads, 64 connections, 8 s, `--latency`): requests/s,
+//!   p50 and p99; direct is one replica's host port;
+//! - TCP: 64 MiB fetched over a fresh connection, 6 times; MiB/s.
+//!
+//! Prints tables of medians over the rounds. Not a test: it asserts
+//! nothing but that each path answered.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const NGINX: &str = "cube-bench/nginx:latest";
+const CUBE_IP: &str = "127.0.0.7";
+const HAPROXY_IP: &str = "127.0.0.8";
+const REPLICAS: usize = 3;
+const ROUNDS: usize = 3;
+const WRK_SECONDS: u32 = 8;
+const TRANSFERS: usize = 6;
+
+/// One wrk run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Http {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// A latency as wrk prints it (`812.00us`, `1.20ms`, `2.01s`), in ms.
+fn millis(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        "m" => number * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(url: &str) -> Http {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c64",
+            &format!("-d{WRK_SECONDS}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("run wrk (benches/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| rest.trim().to_string())
+            .unwrap_or_else(|| panic!("wrk printed no {prefix:?} for {url}:\n{text}"))
+    };
+    assert!(
+        !text.contains("Non-2xx"),
+        "{url} answered errors under load:\n{text}"
+    );
+    Http {
+        rps: field("Requests/sec:").parse().expect("a rate"),
+        p50_ms: millis(&field("50%")).expect("p50"),
+        p99_ms: millis(&field("99%")).expect("p99"),
+    }
+}
+
+/// MiB/s of `/big` fetched over a fresh TCP connection to `addr`.
+async fn transfer(addr: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .expect("request");
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = stream.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(total > 64 << 20, "{addr}: only {total} bytes");
+    total as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn haproxy(dir: &std::path::Path, http: u16, tcp: u16, replicas: &[u16]) -> Child {
+    let servers = |prefix: &str| {
+        replicas
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("    server {prefix}{i} 127.0.0.1:{port}\n"))
+            .collect::<String>()
+    };
+    let config = format!(
+        "global\n    maxconn 20000\n\
+         defaults\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
+         frontend web\n    mode http\n    bind {HAPROXY_IP}:{http}\n    default_backend web\n\
+         backend web\n    mode http\n    balance roundrobin\n    option http-keep-alive\n    \
+         http-reuse always\n{}\
+         frontend raw\n    mode tcp\n    bind {HAPROXY_IP}:{tcp}\n    default_backend raw\n\
+         backend raw\n    mode tcp\n    balance roundrobin\n{}",
+        servers("h"),
+        servers("t"),
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).expect("haproxy config");
+    Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start haproxy (benches/setup.sh installs it)")
+}
+
+/// Waits until `url` answers 200.
+async fn answers(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(url).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn median_of<T: Copy>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    common::median(runs.iter().map(f).collect())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let setup = Command::new("bash")
+        .arg(format!("{root}/benches/setup.sh"))
+        .status()
+        .expect("run benches/setup.sh");
+    assert!(setup.success(), "benches/setup.sh failed");
+    let docker = common::image_and_engine().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("bench-{}", std::process::id());
+    let (node, base, admin) = common::start_dev_node_with(
+        dir.path(),
+        &node_name,
+        &format!("ingress_addr = \"{CUBE_IP}\"\nnetwork = \"{node_name}\"\n"),
+    )
+    .await;
+    let (http_port, tcp_port) = (common::free_port(), common::free_port());
+    let spec = json!({
+        "name": "nginx",
+        "replicas": REPLICAS,
+        "task": {
+            "image": NGINX,
+            "ports": [8080],
+            "memory_mb": 256,
+            "health": {"tcp": true, "port": 8080, "interval_s": 0.5}
+        },
+        "expose": [
+            {"port": 8080, "publish": http_port, "protocol": "http"},
+            {"port": 8080, "publish": tcp_port, "protocol": "tcp"}
+        ]
+    });
+    let r = admin
+        .post(format!("{base}/services"))
+        .json(&spec)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let replicas: Vec<u16> = loop {
+        let view: Value = admin
+            .get(format!("{base}/services/nginx/endpoints"))
+            .send()
+            .await
+            .expect("endpoints")
+            .json()
+            .await
+            .expect("a list");
+        let ports: Vec<u16> = view["endpoints"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|e| e["ports"]["8080"].as_u64())
+                    .filter_map(|p| u16::try_from(p).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ports.len() == REPLICAS {
+            break ports;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (haproxy_http, haproxy_tcp) = (common::free_port(), common::free_port());
+    let mut proxy = haproxy(dir.path(), haproxy_http, haproxy_tcp, &replicas);
+
+    let paths = [
+        (
+            "direct (one replica)",
+            format!("http://127.0.0.1:{}/", replicas[0]),
+            format!("127.0.0.1:{}", replicas[0]),
+        ),
+        (
+            "HAProxy",
+            format!("http://{HAPROXY_IP}:{haproxy_http}/"),
+            format!("{HAPROXY_IP}:{haproxy_tcp}"),
+        ),
+        (
+            "cube",
+            format!("http://{CUBE_IP}:{http_port}/"),
+            format!("{CUBE_IP}:{tcp_port}"),
+        ),
+    ];
+    for (_, url, _) in &paths {
+        answers(url).await;
+    }
+    let mut http: Vec<Vec<Http>> = vec![Vec::new(); paths.len()];
+    let mut tcp: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, url, _)) in paths.iter().enumerate() {
+            http[i].push(wrk(url));
+        }
+    }
+    for _ in 0..TRANSFERS {
+        for (i, (_, _, addr)) in paths.iter().enumerate() {
+            tcp[i].push(transfer(addr).await);
+        }
+    }
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let _ = admin.delete(format!("{base}/services/nginx")).send().await;
+
+    println!(
+        "\nHTTP through each path to {REPLICAS} nginx replicas: wrk -t2 -c64 -d{WRK_SECONDS}s, \
+         median of {ROUNDS} runs\n"
+    );
+    println!("| path | requests/s | p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|---:|");
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} |",
+            median_of(&http[i], |h| h.rps),
+            median_of(&http[i], |h| h.p50_ms),
+            median_of(&http[i], |h| h.p99_ms),
+        );
+    }
+    println!("\nTCP: 64 MiB over a fresh connection, median of {TRANSFERS}\n");
+    println!("| path | MiB/s | of direct |");
+    println!("|---|---:|---:|");
+    let direct = common::median(tcp[0].clone());
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        let m = common::median(tcp[i].clone());
+        println!("| {name} | {m:.0} | {:.0}% |", m / direct * 100.0);
+    }
+    drop(node);
+    common::remove_labelled(&docker, &format!("cube.node={node_name}")).await;
+}

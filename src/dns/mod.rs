@@ -1,0 +1,214 @@
+//! The DNS server on every worker (hickory's server does the protocol):
+//! names in `cube.` are answered from the node's copy of the endpoints
+//! (`zone.rs`), so they follow the endpoint feed as it changes; other
+//! names are asked of the host's resolvers (`/etc/resolv.conf`).
+//!
+//! It answers on the gateway of the node's container network, port 53
+//! (the containers' name server: `web.cube` is the gateway, where the
+//! node's balancer serves them), and on `[worker] dns_listen` for the host
+//! (`web.cube` is `ingress_addr` there). UDP and TCP on each.
+
+pub mod zone;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{
+    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::{Name, Record};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use crate::worker::endpoints::EndpointView;
+use zone::Answer;
+
+/// A connection that sends no query for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(5);
+/// Answers queued per TCP connection.
+const TCP_BUFFER: usize = 32;
+/// Between tries to bind an address that could not be bound.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// One address the DNS server answers on, and where askers there reach
+/// the node's load balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub at: SocketAddr,
+    pub balancer: IpAddr,
+}
+
+struct Handler {
+    view: EndpointView,
+    balancer: IpAddr,
+    /// The host's resolvers; `None` when they could not be read.
+    forward: Option<TokioResolver>,
+}
+
+/// The records of an answer and its code.
+struct Reply {
+    code: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+}
+
+impl Reply {
+    fn code(code: ResponseCode) -> Self {
+        Reply {
+            code,
+            authoritative: false,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+        }
+    }
+}
+
+impl Handler {
+    async fn reply(&self, request: &Request) -> Reply {
+        if request.metadata.message_type != MessageType::Query
+            || request.metadata.op_code != OpCode::Query
+        {
+            return Reply::code(ResponseCode::NotImp);
+        }
+        let [query] = request.queries.queries() else {
+            return Reply::code(ResponseCode::FormErr);
+        };
+        let qname: Name = query.name().clone().into();
+        let rtype = query.query_type();
+        // The table as it is now (an Arc: the borrow ends here).
+        let table = self.view.borrow().clone();
+        match zone::answer(&table, &qname, rtype, self.balancer) {
+            Answer::Found {
+                answers,
+                additionals,
+            } => Reply {
+                code: ResponseCode::NoError,
+                authoritative: true,
+                // No data: the SOA says how long to remember that.
+                authorities: if answers.is_empty() {
+                    vec![zone::soa()]
+                } else {
+                    Vec::new()
+                },
+                answers,
+                additionals,
+            },
+            Answer::NxDomain => Reply {
+                authorities: vec![zone::soa()],
+                authoritative: true,
+                ..Reply::code(ResponseCode::NXDomain)
+            },
+            Answer::Elsewhere => self.forward(qname, rtype).await,
+        }
+    }
+
+    async fn forward(&self, qname: Name, rtype: hickory_server::proto::rr::RecordType) -> Reply {
+        let Some(resolver) = &self.forward else {
+            return Reply::code(ResponseCode::ServFail);
+        };
+        match resolver.lookup(qname, rtype).await {
+            Ok(lookup) => Reply {
+                answers: lookup.answers().to_vec(),
+                ..Reply::code(ResponseCode::NoError)
+            },
+            Err(e) if e.is_nx_domain() => Reply::code(ResponseCode::NXDomain),
+            Err(e) if e.is_no_records_found() => Reply::code(ResponseCode::NoError),
+            Err(e) => {
+                log::debug!("dns: forwarding failed: {e}");
+                Reply::code(ResponseCode::ServFail)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let reply = self.reply(request).await;
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = reply.code;
+        metadata.authoritative = reply.authoritative;
+        metadata.recursion_available = true;
+        let message = MessageResponseBuilder::from_message_request(request).build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        match response.send_response(message).await {
+            Ok(info) => info,
+            Err(e) => {
+                log::debug!("dns: cannot answer {}: {e}", request.src());
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                }
+                .into()
+            }
+        }
+    }
+}
+
+/// The host's resolvers, as `/etc/resolv.conf` names them.
+fn host_resolver() -> Option<TokioResolver> {
+    match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+        Ok(resolver) => Some(resolver),
+        Err(e) => {
+            log::warn!("dns: cannot read the host's resolvers ({e}); only cube. is answered");
+            None
+        }
+    }
+}
+
+/// Serves `listen` for as long as the node runs; an address that cannot
+/// be bound yet (the network's gateway not up, another server on it) is
+/// tried again.
+pub async fn run(listen: Listen, view: EndpointView) {
+    let mut complained = false;
+    let (udp, tcp) = loop {
+        let bound = async {
+            let udp = tokio::net::UdpSocket::bind(listen.at).await?;
+            let tcp = tokio::net::TcpListener::bind(listen.at).await?;
+            std::io::Result::Ok((udp, tcp))
+        };
+        match bound.await {
+            Ok(sockets) => break sockets,
+            Err(e) => {
+                if !complained {
+                    log::error!("dns: cannot listen on {}: {e}; trying again", listen.at);
+                    complained = true;
+                }
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+        }
+    };
+    let handler = Handler {
+        view,
+        balancer: listen.balancer,
+        forward: host_resolver(),
+    };
+    let mut server = Server::new(handler);
+    server.register_socket(udp);
+    server.register_listener(tcp, TCP_IDLE, TCP_BUFFER);
+    log::info!(
+        "dns: answering on {} (udp, tcp); the balancer is {} there",
+        listen.at,
+        listen.balancer
+    );
+    if let Err(e) = server.block_until_done().await {
+        log::error!("dns: the server on {} stopped: {e}", listen.at);
+    }
+}
