@@ -578,10 +578,15 @@ async fn behind_balancers(mut spec: Value, protocol: &str) -> (Cluster, u16, Val
 
 /// One HTTP/1.0 request over a plain TCP connection to `addr`; the answer.
 async fn tcp_get(addr: &str) -> std::io::Result<String> {
+    tcp_get_path(addr, "/").await
+}
+
+/// As `tcp_get`, for `path`.
+async fn tcp_get_path(addr: &str, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::time::timeout(T, tokio::net::TcpStream::connect(addr)).await??;
     stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: web\r\n\r\n").as_bytes())
         .await?;
     let mut answer = String::new();
     tokio::time::timeout(T, stream.read_to_string(&mut answer)).await??;
@@ -670,6 +675,13 @@ async fn every_node_balances_http_per_request_over_the_replicas() {
         // Unknown paths come back as the replica answered them.
         let r = plain_get(&format!("{url}nope")).await.unwrap();
         assert_eq!(r.status(), 404);
+        // A redirect goes back to the client, not followed by the balancer.
+        let answer = tcp_get_path(&format!("{ingress}:{publish}"), "/redirect")
+            .await
+            .unwrap()
+            .to_lowercase();
+        assert!(answer.starts_with("http/1.0 302"), "{answer}");
+        assert!(answer.contains("\r\nlocation: /\r\n"), "{answer}");
         // The replica learns who the client was, and how it came.
         let seen = plain_get(&format!("{url}headers"))
             .await
@@ -954,4 +966,131 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_port_held_by_another_process_opens_once_freed_and_idle_tcp_connections_close() {
+    use tokio::io::AsyncReadExt;
+    ensure_image();
+    let cluster = Cluster::split_with(
+        "round-robin",
+        &[
+            "ingress_addr = \"127.0.0.2\"",
+            "ingress_addr = \"127.0.0.3\"",
+        ],
+    );
+    cluster.ready().await;
+    let publish = free_port();
+    // Another process holds the port on one node's address.
+    let squatter = std::net::TcpListener::bind(("127.0.0.2", publish)).unwrap();
+    let mut spec = web(2, "held");
+    spec["expose"] =
+        json!([{"port": 7777, "publish": publish, "protocol": "tcp", "idle_timeout_s": 1}]);
+    cluster.client().create_service(&spec).await.unwrap();
+    running(&cluster, 2, "two replicas").await;
+    let other = format!("127.0.0.3:{publish}");
+    wait_for("the free node to forward", T, || {
+        let other = other.clone();
+        async move {
+            tcp_get(&other)
+                .await
+                .ok()
+                .filter(|a| a.contains("held from"))
+        }
+    })
+    .await;
+    // Freed: the node that could not listen does so now.
+    drop(squatter);
+    let freed = Instant::now();
+    let held = format!("127.0.0.2:{publish}");
+    wait_for("the freed port to forward", T, || {
+        let held = held.clone();
+        async move {
+            tcp_get(&held)
+                .await
+                .ok()
+                .filter(|a| a.contains("held from"))
+        }
+    })
+    .await;
+    println!("port forwarding {:?} after it was freed", freed.elapsed());
+
+    // A client that sends nothing is cut off after idle_timeout_s (1 s),
+    // well before the replica's own 5 s read timeout would close it.
+    let mut idle = tokio::net::TcpStream::connect(&other).await.unwrap();
+    let connected = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(T, idle.read(&mut buf))
+        .await
+        .expect("the idle connection was never closed")
+        .unwrap_or(0);
+    let after = connected.elapsed();
+    println!("idle connection closed after {after:?}");
+    assert_eq!(n, 0, "the idle connection got bytes");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(4500),
+        "closed after {after:?}: not the balancer's 1 s idle timeout"
+    );
+    cluster.client().remove_service("web").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after() {
+    ensure_image();
+    let (cluster, publish, _) = behind_balancers(web(2, "frozen"), "http").await;
+    let client = cluster.client();
+    running(&cluster, 2, "two replicas").await;
+    let workers: Vec<(String, String)> = client
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.address, n.name))
+        .collect();
+    every_worker_sees(&cluster, &workers, 2).await;
+    let urls: Vec<String> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|ip| format!("http://{ip}:{publish}/"))
+        .collect();
+    for url in &urls {
+        wait_for("the balancer to forward", T, || async move {
+            plain_get(url).await.ok().filter(|r| r.status() == 200)
+        })
+        .await;
+    }
+    // The manager frozen (SIGSTOP) past the feed's 10 s of silence: the
+    // workers give up on the feed, keep their table and go on balancing.
+    cluster.nodes[0].pause();
+    let frozen = Instant::now();
+    let mut answered = 0;
+    while frozen.elapsed() < Duration::from_secs(14) {
+        for url in &urls {
+            let r = plain_get(url).await.expect("a balancer stopped answering");
+            assert_eq!(r.status(), 200);
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("{answered} requests answered while the manager was frozen");
+    cluster.nodes[0].resume();
+    // Thawed: the workers follow the feed again.
+    client.scale_service("web", 3).await.unwrap();
+    let scaled = Instant::now();
+    every_worker_sees(&cluster, &workers, 3).await;
+    println!(
+        "both workers hold the third replica {:?} after the scale-up",
+        scaled.elapsed()
+    );
+    // Each worker noticed the silence and followed a new feed.
+    for node in &cluster.nodes[1..] {
+        let log = node.log_text();
+        let silent = log
+            .find("the endpoint feed ended or fell silent")
+            .unwrap_or_else(|| panic!("no silence noticed:\n{log}"));
+        assert!(
+            log[silent..].contains("following the manager's endpoints again"),
+            "{log}"
+        );
+    }
+    client.remove_service("web").await.unwrap();
 }

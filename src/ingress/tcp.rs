@@ -1,16 +1,21 @@
 //! A published TCP port: each connection goes to the next replica in
 //! round-robin order; one that cannot be reached within a second is
 //! skipped for the next. With `proxy_protocol`, the replica first gets a
-//! PROXY protocol v2 header naming the client.
+//! PROXY protocol v2 header naming the client. A connection that carries
+//! no byte either way for the port's `idle_timeout_s` is closed.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::{Route, candidates};
 use crate::worker::endpoints::EndpointView;
@@ -36,15 +41,22 @@ pub async fn serve(listener: TcpListener, route: Route, view: EndpointView) {
         };
         let targets = candidates(&view, &route, turn.fetch_add(1, Ordering::Relaxed));
         let proxy = route.expose.proxy_protocol;
+        let idle = Duration::from_secs(u64::from(route.expose.idle_timeout_s));
         actix_rt::spawn(async move {
-            forward(client, peer, targets, proxy).await;
+            forward(client, peer, targets, proxy, idle).await;
             drop(place);
         });
     }
 }
 
 /// Connects to the first target that answers and carries bytes both ways.
-async fn forward(mut client: TcpStream, peer: SocketAddr, targets: Vec<SocketAddr>, proxy: bool) {
+async fn forward(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    targets: Vec<SocketAddr>,
+    proxy: bool,
+    idle: Duration,
+) {
     let local = client.local_addr().ok();
     for target in targets {
         let Ok(Ok(mut upstream)) =
@@ -58,10 +70,73 @@ async fn forward(mut client: TcpStream, peer: SocketAddr, targets: Vec<SocketAdd
                 return;
             }
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        if !carry(&mut client, &mut upstream, idle).await {
+            log::debug!("ingress: closed a connection from {peer}, idle for {idle:?}");
+        }
         return;
     }
     log::debug!("ingress: no replica to take a connection from {peer}");
+}
+
+/// Carries bytes both ways until both sides are done (true) or no byte
+/// has moved for `idle` (false).
+pub async fn carry<A, B>(a: &mut A, b: &mut B, idle: Duration) -> bool
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = Cell::new(Instant::now());
+    let (a_read, mut a_write) = tokio::io::split(a);
+    let (b_read, mut b_write) = tokio::io::split(b);
+    let (mut a_read, mut b_read) = (Watched::new(a_read, &last), Watched::new(b_read, &last));
+    let there = async {
+        let _ = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
+    };
+    let back = async {
+        let _ = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+    };
+    let quiet = async {
+        loop {
+            let due = last.get() + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(there, back) } => true,
+        _ = quiet => false,
+    }
+}
+
+/// A reader that notes when it last read a byte.
+struct Watched<'a, R> {
+    inner: R,
+    last: &'a Cell<Instant>,
+}
+
+impl<'a, R> Watched<'a, R> {
+    fn new(inner: R, last: &'a Cell<Instant>) -> Self {
+        Watched { inner, last }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(Instant::now());
+        }
+        polled
+    }
 }
 
 /// A PROXY protocol v2 header: the client connected from `client` to
@@ -91,6 +166,54 @@ pub fn proxy_header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[actix_rt::test]
+    async fn a_connection_is_carried_while_bytes_move_and_closed_once_idle() {
+        tokio::time::pause();
+        let idle = Duration::from_secs(60);
+        let (mut client, mut near) = tokio::io::duplex(1024);
+        let (mut far, mut replica) = tokio::io::duplex(1024);
+        let carried = actix_rt::spawn(async move { carry(&mut near, &mut far, idle).await });
+        // Bytes every 50 s keep it open well past 60 s.
+        for round in 0..4u8 {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            client.write_all(&[round]).await.unwrap();
+            let mut got = [0u8; 1];
+            replica.read_exact(&mut got).await.unwrap();
+            replica.write_all(&got).await.unwrap();
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [round]);
+        }
+        assert!(!carried.is_finished());
+        // Then silence: closed once 60 s have passed with no byte.
+        let closed = tokio::time::timeout(Duration::from_secs(61), carried).await;
+        assert!(!closed.expect("closed by 60 s of silence").unwrap());
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn both_sides_done_ends_the_carrying() {
+        let (mut client, mut near) = tokio::io::duplex(1024);
+        let (mut far, mut replica) = tokio::io::duplex(1024);
+        let carried =
+            actix_rt::spawn(
+                async move { carry(&mut near, &mut far, Duration::from_secs(60)).await },
+            );
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        replica.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        replica.write_all(b"pong").await.unwrap();
+        replica.shutdown().await.unwrap();
+        drop(replica);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong");
+        assert!(carried.await.unwrap(), "ended as both sides finished");
+    }
 
     #[test]
     fn a_proxy_header_names_the_client_and_the_port_it_reached() {

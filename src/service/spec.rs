@@ -52,7 +52,18 @@ pub struct Expose {
     /// that it learns the client's address.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// A `tcp` connection that carries no byte either way for this long is
+    /// closed (so idle clients cannot hold the port's places forever).
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u32,
 }
+
+fn default_idle_timeout_s() -> u32 {
+    300
+}
+
+/// The longest `idle_timeout_s`: a day.
+pub const MAX_IDLE_TIMEOUT_S: u32 = 86_400;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -201,7 +212,7 @@ fn expose_of(value: &Value, task: &TaskSpec) -> Result<Vec<Expose>, SpecError> {
         SpecError::field(
             "expose",
             format!(
-                "expected [{{\"port\", \"publish\", \"protocol\": \"http\" | \"tcp\", \"balance\": \"round-robin\" | \"least-conn\", \"proxy_protocol\"}}]: {e}"
+                "expected [{{\"port\", \"publish\", \"protocol\": \"http\" | \"tcp\", \"balance\": \"round-robin\" | \"least-conn\", \"proxy_protocol\", \"idle_timeout_s\"}}]: {e}"
             ),
         )
     })?;
@@ -229,6 +240,12 @@ fn expose_of(value: &Value, task: &TaskSpec) -> Result<Vec<Expose>, SpecError> {
             return Err(SpecError::field(
                 &format!("expose[{i}].publish"),
                 format!("{} is published twice", e.publish),
+            ));
+        }
+        if !(1..=MAX_IDLE_TIMEOUT_S).contains(&e.idle_timeout_s) {
+            return Err(SpecError::field(
+                &format!("expose[{i}].idle_timeout_s"),
+                format!("must be from 1 to {MAX_IDLE_TIMEOUT_S} (seconds)"),
             ));
         }
         if e.proxy_protocol && e.protocol != Protocol::Tcp {
@@ -478,6 +495,11 @@ mod tests {
                 json!({"name": "web", "replicas": 1, "task": {"image": "i", "ports": [80]},
                        "expose": [{"port": 80, "publish": 8080, "proxy_protocol": true}]}),
                 "expose[0].proxy_protocol",
+            ),
+            (
+                json!({"name": "web", "replicas": 1, "task": {"image": "i", "ports": [80]},
+                       "expose": [{"port": 80, "publish": 8080, "idle_timeout_s": 0}]}),
+                "expose[0].idle_timeout_s",
             ),
             (
                 json!({"name": "web", "replicas": 1, "task": {"image": "i", "ports": [80]},

@@ -77,7 +77,6 @@ async fn follow(name: String, manager: Client, table: watch::Sender<Arc<Endpoint
             Ok(stream) => {
                 if failing {
                     log::info!("worker {name}: following the manager's endpoints again");
-                    failing = false;
                 }
                 wait = RETRY_FIRST;
                 let mut lines = Box::pin(stream);
@@ -93,6 +92,10 @@ async fn follow(name: String, manager: Client, table: watch::Sender<Arc<Endpoint
                         }
                     }
                 }
+                log::warn!(
+                    "worker {name}: the endpoint feed ended or fell silent; keeping the last known, reconnecting"
+                );
+                failing = true;
             }
             Err(e) => {
                 if !failing {

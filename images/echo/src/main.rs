@@ -209,6 +209,7 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("");
+    let mut extra = "";
     let (status, body) = match (method, path) {
         ("GET", "/") => {
             let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
@@ -223,6 +224,10 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
             }
         }
         ("GET", "/headers") => ("200 OK", headers),
+        ("GET", "/redirect") => {
+            extra = "Location: /\r\n";
+            ("302 Found", "see /\n".to_string())
+        }
         ("GET", "/env") => {
             let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
             vars.sort();
@@ -233,7 +238,7 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
     say(&format!("{method} {path} {}", &status[..3]));
     write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     stream.flush()
