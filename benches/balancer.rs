@@ -114,7 +114,7 @@ fn haproxy(dir: &std::path::Path, http: u16, tcp: u16, replicas: &[u16]) -> Chil
             .collect::<String>()
     };
     let config = format!(
-        "global\n    maxconn 20000\n\
+        "global\n    maxconn 4096\n\
          defaults\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
          frontend web\n    mode http\n    bind {HAPROXY_IP}:{http}\n    default_backend web\n\
          backend web\n    mode http\n    balance roundrobin\n    option http-keep-alive\n    \
@@ -139,7 +139,7 @@ fn haproxy(dir: &std::path::Path, http: u16, tcp: u16, replicas: &[u16]) -> Chil
 /// Waits until `url` answers 200.
 async fn answers(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let client = reqwest::Client::new();
+    let client = cube::client::plain_http().expect("an HTTP client");
     loop {
         if let Ok(r) = client.get(url).send().await
             && r.status() == 200
@@ -148,6 +148,32 @@ async fn answers(url: &str) {
         }
         assert!(Instant::now() < deadline, "{url} never answered");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes the node's containers and network when dropped, also when the
+/// bench panics.
+struct CleanUp(String);
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        let label = format!("label=cube.node={}", self.0);
+        let steps: [(&[&str], &[&str]); 2] = [
+            (&["ps", "-aq", "--filter"], &["rm", "-f"]),
+            (&["network", "ls", "-q", "--filter"], &["network", "rm"]),
+        ];
+        for (list, remove) in steps {
+            let listed = Command::new("docker").args(list).arg(&label).output();
+            let ids = listed.map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+            for id in ids.unwrap_or_default().split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(remove)
+                    .arg(id)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
 
@@ -166,6 +192,7 @@ async fn main() {
     let docker = common::image_and_engine().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let node_name = format!("bench-{}", std::process::id());
+    let _clean_up = CleanUp(node_name.clone());
     let (node, base, admin) = common::start_dev_node_with(
         dir.path(),
         &node_name,

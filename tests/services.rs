@@ -862,7 +862,8 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
     let client = cluster.client();
     let publish = free_port();
     let mut spec = web(3, "dns");
-    spec["task"]["health"] = json!({"tcp": true, "port": 7777, "interval_s": 0.5});
+    spec["task"]["health"] =
+        json!({"http": "/health", "port": 7777, "interval_s": 0.25, "retries": 1});
     spec["update"]["drain_s"] = json!(3);
     spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "http"}]);
     client.create_service(&spec).await.unwrap();
@@ -933,6 +934,26 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
         .await;
     }
 
+    // A replica that turns unhealthy leaves every node's answers.
+    let sick = tasks.iter().find(|t| t.slot == Some(2)).unwrap();
+    let sick_port = sick.host_ports[&7777];
+    let out = std::process::Command::new("docker")
+        .args(["exec", sick.container_id.as_deref().unwrap()])
+        .args(["/echo", "touch", "/tmp/unhealthy"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let turned = Instant::now();
+    for server in &dns {
+        wait_for("the unhealthy replica to leave SRV", T, || async move {
+            (!srv_ports(*server).await.contains(&sick_port)).then_some(())
+        })
+        .await;
+    }
+    println!(
+        "unhealthy replica out of both nodes' SRV {:?} after /tmp/unhealthy was made (checked every 0.25 s)",
+        turned.elapsed()
+    );
     // A scale-down: the replica leaves DNS while its container still runs
     // (it drains 3 s before its SIGTERM).
     let leaving = tasks.iter().find(|t| t.slot == Some(3)).unwrap();

@@ -22,6 +22,9 @@ use crate::api_error::ApiError;
 use crate::service::spec::Balance;
 use crate::worker::endpoints::EndpointView;
 
+/// The most threads one published port is served by (one per core).
+const MAX_THREADS: usize = 4;
+
 /// The largest request body the balancer takes.
 pub const MAX_BODY: usize = 16 << 20;
 
@@ -37,10 +40,11 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// What every worker thread of one published port shares (each has its own
+/// client, whose connections to the replicas live on its runtime).
 struct Balancer {
     route: Route,
     view: EndpointView,
-    client: reqwest::Client,
     turn: AtomicUsize,
     /// Requests in flight per replica (for `least-conn`).
     in_flight: Mutex<HashMap<SocketAddr, usize>>,
@@ -79,21 +83,24 @@ pub fn serve(
     route: Route,
     view: EndpointView,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let client = crate::client::proxy_http().map_err(std::io::Error::other)?;
+    // Made once here to fail early; each worker thread makes its own.
+    let first = crate::client::proxy_http().map_err(std::io::Error::other)?;
     let balancer = web::Data::new(Balancer {
         route,
         view,
-        client,
         turn: AtomicUsize::new(0),
         in_flight: Mutex::new(HashMap::new()),
     });
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
     Ok(HttpServer::new(move || {
+        let client = crate::client::proxy_http().unwrap_or_else(|_| first.clone());
         App::new()
             .app_data(balancer.clone())
+            .app_data(web::Data::new(client))
             .app_data(web::PayloadConfig::new(MAX_BODY))
             .default_service(web::to(forward))
     })
-    .workers(1)
+    .workers(threads)
     .disable_signals()
     .listen(listener)?
     .run())
@@ -122,6 +129,7 @@ async fn forward(
     req: HttpRequest,
     body: web::Bytes,
     balancer: web::Data<Balancer>,
+    client: web::Data<reqwest::Client>,
 ) -> Result<HttpResponse, ApiError> {
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| ApiError::bad_request("an unknown method", None))?;
@@ -163,8 +171,7 @@ async fn forward(
     for target in balancer.order() {
         let url = format!("http://{target}{path}");
         balancer.count(target, true);
-        let sent = balancer
-            .client
+        let sent = client
             .request(method.clone(), &url)
             .headers(headers.clone())
             .body(body.clone())

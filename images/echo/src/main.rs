@@ -63,6 +63,17 @@ fn main() {
             Err(_) => usage(),
         },
         ["get", addr, path] => get(addr, path),
+        ["touch", path] => {
+            let path = std::path::Path::new(path);
+            let made = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(path, b""));
+            if let Err(e) = made {
+                eprintln!("touch {}: {e}", path.display());
+                std::process::exit(1)
+            }
+        }
         ["exit", code] => exit_with(code, "0"),
         ["exit", code, after_ms] => exit_with(code, after_ms),
         _ => usage(),
@@ -123,7 +134,7 @@ fn spawn(n: usize) {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS] | eat MB | spawn N | get HOST:PORT PATH"
+        "usage: echo [serve [PORT]] | sleep SECS | exit CODE [AFTER_MS] | eat MB | spawn N | get HOST:PORT PATH | touch PATH"
     );
     std::process::exit(2)
 }
