@@ -302,6 +302,10 @@ async fn main() {
             median_of(&http[i], |h| h.p99_ms),
         );
     }
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        let runs: Vec<String> = http[i].iter().map(|h| format!("{:.0}", h.rps)).collect();
+        println!("{name}: requests/s per run {}", runs.join(", "));
+    }
     println!("\nTCP: 64 MiB over a fresh connection, median of {TRANSFERS}\n");
     println!("| path | MiB/s | of direct |");
     println!("|---|---:|---:|");

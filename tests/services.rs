@@ -559,16 +559,19 @@ fn short_container_ids(tasks: &[TaskRecord]) -> Vec<String> {
 }
 
 /// A manager and two workers whose balancers listen on 127.0.0.2 and
-/// 127.0.0.3, running `spec` with its port 7777 published (as `protocol`)
-/// on a free port; the cluster, that port and the spec as created.
-async fn behind_balancers(mut spec: Value, protocol: &str) -> (Cluster, u16, Value) {
-    let cluster = Cluster::split_with(
-        "round-robin",
-        &[
-            "ingress_addr = \"127.0.0.2\"",
-            "ingress_addr = \"127.0.0.3\"",
-        ],
-    );
+/// 127.0.0.3 (`behind_n_balancers`: n workers from 127.0.0.2 on), running `spec` with
+/// its port 7777 published (as `protocol`) on a free port; the cluster,
+/// that port and the spec as created.
+async fn behind_balancers(spec: Value, protocol: &str) -> (Cluster, u16, Value) {
+    behind_n_balancers(spec, protocol, 2).await
+}
+
+async fn behind_n_balancers(mut spec: Value, protocol: &str, n: usize) -> (Cluster, u16, Value) {
+    let workers: Vec<String> = (2..2 + n)
+        .map(|i| format!("ingress_addr = \"127.0.0.{i}\""))
+        .collect();
+    let workers: Vec<&str> = workers.iter().map(String::as_str).collect();
+    let cluster = Cluster::split_with("round-robin", &workers);
     cluster.ready().await;
     let publish = free_port();
     spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": protocol}]);
@@ -645,11 +648,11 @@ async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
 #[tokio::test]
 async fn every_node_balances_http_per_request_over_the_replicas() {
     ensure_image();
-    let (cluster, publish, _) = behind_balancers(web(2, "http"), "http").await;
+    let (cluster, publish, _) = behind_n_balancers(web(3, "http"), "http", 3).await;
     let client = cluster.client();
-    let (tasks, _) = running(&cluster, 2, "two replicas").await;
+    let (tasks, _) = running(&cluster, 3, "three replicas").await;
     let containers = short_container_ids(&tasks);
-    for ingress in ["127.0.0.2", "127.0.0.3"] {
+    for ingress in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         let url = format!("http://{ingress}:{publish}/");
         wait_for(&format!("{url} to forward"), T, || {
             let url = url.clone();
@@ -670,7 +673,8 @@ async fn every_node_balances_http_per_request_over_the_replicas() {
             *reached.entry(from.clone()).or_insert(0) += 1;
         }
         println!("through {url}: {reached:?}");
-        assert_eq!(reached.len(), 2, "{reached:?}");
+        // Every replica, none with less than a fifth.
+        assert_eq!(reached.len(), 3, "{reached:?}");
         assert!(reached.values().all(|n| *n >= 60), "{reached:?}");
         // Unknown paths come back as the replica answered them.
         let r = plain_get(&format!("{url}nope")).await.unwrap();
