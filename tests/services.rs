@@ -1119,3 +1119,43 @@ async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after(
     }
     client.remove_service("web").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tcp_port_with_proxy_protocol_tells_the_replica_the_clients_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &["ingress_addr = \"127.0.0.2\""]);
+    cluster.ready().await;
+    let publish = free_port();
+    let mut spec = web(1, "proxied");
+    spec["task"]["env"]["PROXY_PROTOCOL"] = json!("1");
+    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "tcp",
+                             "proxy_protocol": true}]);
+    cluster.client().create_service(&spec).await.unwrap();
+    running(&cluster, 1, "the replica").await;
+    let at: std::net::SocketAddr = format!("127.0.0.2:{publish}").parse().unwrap();
+    let seen = wait_for("the replica to answer through the port", T, || async move {
+        // The client's own address, known before it connects.
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind("127.0.0.1:0".parse().unwrap()).ok()?;
+        let local = socket.local_addr().ok()?;
+        let mut stream = socket.connect(at).await.ok()?;
+        stream
+            .write_all(b"GET /headers HTTP/1.0\r\nHost: web\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = String::new();
+        tokio::time::timeout(T, stream.read_to_string(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        answer.contains(" 200 ").then_some((local, answer))
+    })
+    .await;
+    let (local, answer) = seen;
+    assert!(
+        answer.contains(&format!("proxy-source: {local}\n")),
+        "the replica did not learn the client {local}: {answer}"
+    );
+    cluster.client().remove_service("web").await.unwrap();
+}

@@ -202,13 +202,42 @@ fn serve(port: u16) {
     }
 }
 
+/// Reads a PROXY protocol v2 header; the client it names (TCP over IPv4),
+/// or what it says instead.
+fn proxy_source(reader: &mut impl std::io::Read) -> std::io::Result<String> {
+    const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+    let mut fixed = [0u8; 16];
+    reader.read_exact(&mut fixed)?;
+    if fixed[..12] != SIGNATURE || fixed[12] >> 4 != 2 {
+        return Err(std::io::Error::other("no PROXY protocol v2 header"));
+    }
+    let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+    let mut rest = vec![0u8; len];
+    reader.read_exact(&mut rest)?;
+    if fixed[13] != 0x11 || len < 12 {
+        return Ok(format!("family {:#x}", fixed[13]));
+    }
+    let ip = std::net::Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+    let port = u16::from_be_bytes([rest[8], rest[9]]);
+    Ok(format!("{ip}:{port}"))
+}
+
 fn answer(mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
+    // With PROXY_PROTOCOL set, a PROXY protocol v2 header comes first;
+    // `GET /headers` shows whom it names.
+    let proxied = if std::env::var_os("PROXY_PROTOCOL").is_some() {
+        Some(proxy_source(&mut reader)?)
+    } else {
+        None
+    };
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     // Read the headers (`GET /headers` sends them back).
-    let mut headers = String::new();
+    let mut headers = proxied
+        .map(|source| format!("proxy-source: {source}\n"))
+        .unwrap_or_default();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
