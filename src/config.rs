@@ -436,6 +436,12 @@ impl NodeConfig {
                     "must be positive",
                 ));
             }
+            if matches!(worker.network.as_str(), "host" | "none") {
+                return Err(ConfigError::key(
+                    "worker.network",
+                    "must be a bridge network: not the engine's \"host\" or \"none\"",
+                ));
+            }
             if !valid_network_name(&worker.network) {
                 return Err(ConfigError::key(
                     "worker.network",
@@ -785,7 +791,7 @@ manager = "https://127.0.0.1:5555/"
             let e = err(&DEV.replace("[worker]", &format!("[worker]\npublish_addr = {bad:?}")));
             assert!(e.contains("worker.publish_addr"), "{bad}: {e}");
         }
-        for bad in ["", "-x", "a b", "net/1", &"n".repeat(65)] {
+        for bad in ["", "-x", "a b", "net/1", &"n".repeat(65), "host", "none"] {
             let e = err(&DEV.replace("[worker]", &format!("[worker]\nnetwork = {bad:?}")));
             assert!(e.contains("worker.network"), "{bad}: {e}");
         }

@@ -215,11 +215,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("worker: cannot listen on {worker_addr}"))?;
         let (follower, endpoint_view) = EndpointFollower::new(&wc.name, manager.clone());
         follower.start();
-        actix_rt::spawn(crate::ingress::run(wc.ingress_addr, endpoint_view.clone()));
+        actix_rt::spawn(crate::ingress::run(
+            wc.ingress_addr,
+            None,
+            endpoint_view.clone(),
+        ));
         if let Some(at) = wc.dns_listen {
             let listen = crate::dns::Listen {
                 at,
                 balancer: host_balancer(wc.ingress_addr, at.ip()),
+                allow: None,
             };
             actix_rt::spawn(crate::dns::run(listen, endpoint_view.clone()));
         }
@@ -280,26 +285,42 @@ fn host_balancer(ingress: IpAddr, dns: IpAddr) -> IpAddr {
 
 /// Once the engine has made the node's container network: the DNS server
 /// on its gateway (port 53: the containers' name server) and, unless the
-/// balancer listens on every address already, the balancer there too.
+/// balancer listens on every address already, the balancer there too; both
+/// answer only the network's containers (and the host). Served again on
+/// the new gateway if the network is made anew.
 async fn serve_containers(
     mut network: tokio::sync::watch::Receiver<Option<crate::runtime::ContainerNetwork>>,
     ingress: IpAddr,
     view: EndpointView,
 ) {
-    let Ok(made) = network.wait_for(Option::is_some).await else {
-        return;
-    };
-    let Some(gateway) = made.as_ref().map(|n| n.gateway) else {
-        return;
-    };
-    drop(made);
-    let listen = crate::dns::Listen {
-        at: SocketAddr::new(gateway, 53),
-        balancer: gateway,
-    };
-    actix_rt::spawn(crate::dns::run(listen, view.clone()));
-    if !ingress.is_unspecified() {
-        crate::ingress::run(gateway, view).await;
+    let mut serving: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut served: Option<crate::runtime::ContainerNetwork> = None;
+    loop {
+        let now = network.borrow_and_update().clone();
+        if now.is_some() && now != served {
+            for task in serving.drain(..) {
+                task.abort();
+            }
+            if let Some(net) = &now {
+                let listen = crate::dns::Listen {
+                    at: SocketAddr::new(net.gateway, 53),
+                    balancer: net.gateway,
+                    allow: net.subnet,
+                };
+                serving.push(actix_rt::spawn(crate::dns::run(listen, view.clone())));
+                if !ingress.is_unspecified() {
+                    serving.push(actix_rt::spawn(crate::ingress::run(
+                        net.gateway,
+                        net.subnet,
+                        view.clone(),
+                    )));
+                }
+            }
+            served = now;
+        }
+        if network.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -807,6 +807,35 @@ async fn ask_dns(
     answer
 }
 
+/// One DNS question over TCP (length-prefixed) to `server`; the answer.
+async fn ask_dns_tcp(
+    server: std::net::SocketAddr,
+    name: &str,
+    rtype: hickory_server::proto::rr::RecordType,
+) -> hickory_server::proto::op::Message {
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::Name;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut question = Message::query();
+    question.metadata.recursion_desired = true;
+    question.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    let bytes = question.to_vec().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    stream
+        .write_all(&u16::try_from(bytes.len()).unwrap().to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let mut len = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut len))
+        .await
+        .expect("no answer over TCP within 2 s")
+        .unwrap();
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut answer).await.unwrap();
+    Message::from_vec(&answer).unwrap()
+}
+
 /// The host ports of the SRV records for `web` at `server`.
 async fn srv_ports(server: std::net::SocketAddr) -> std::collections::BTreeSet<u16> {
     use hickory_server::proto::rr::{RData, RecordType};
@@ -890,6 +919,17 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
         assert!(a.answers.iter().all(|r| r.ttl <= 5));
         let none = ask_dns(*server, "nope.cube.", RecordType::A).await;
         assert_eq!(none.metadata.response_code, ResponseCode::NXDomain);
+        // Over TCP as over UDP.
+        let over_tcp = ask_dns_tcp(*server, "web.cube.", RecordType::A).await;
+        assert_eq!(over_tcp.answers, a.answers);
+        // Other names go to the host's resolvers (here: its hosts file).
+        let forwarded = ask_dns(*server, "localhost.", RecordType::A).await;
+        let ips: Vec<String> = forwarded
+            .answers
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect();
+        assert_eq!(ips, vec!["127.0.0.1"], "{forwarded:?}");
     }
 
     // From inside each replica's container, on either node: the service by
@@ -1048,7 +1088,7 @@ async fn a_port_held_by_another_process_opens_once_freed_and_idle_tcp_connection
     let n = tokio::time::timeout(T, idle.read(&mut buf))
         .await
         .expect("the idle connection was never closed")
-        .unwrap_or(0);
+        .expect("closed cleanly, not reset");
     let after = connected.elapsed();
     println!("idle connection closed after {after:?}");
     assert_eq!(n, 0, "the idle connection got bytes");
@@ -1085,10 +1125,14 @@ async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after(
     }
     // The manager frozen (SIGSTOP) past the feed's 10 s of silence: the
     // workers give up on the feed, keep their table and go on balancing.
+    let logged: Vec<usize> = cluster.nodes[1..]
+        .iter()
+        .map(|n| n.log_text().len())
+        .collect();
     cluster.nodes[0].pause();
     let frozen = Instant::now();
     let mut answered = 0;
-    while frozen.elapsed() < Duration::from_secs(14) {
+    while frozen.elapsed() < cube::worker::endpoints::SILENCE + Duration::from_secs(4) {
         for url in &urls {
             let r = plain_get(url).await.expect("a balancer stopped answering");
             assert_eq!(r.status(), 200);
@@ -1107,8 +1151,8 @@ async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after(
         scaled.elapsed()
     );
     // Each worker noticed the silence and followed a new feed.
-    for node in &cluster.nodes[1..] {
-        let log = node.log_text();
+    for (node, before) in cluster.nodes[1..].iter().zip(logged) {
+        let log = node.log_text()[before..].to_string();
         let silent = log
             .find("the endpoint feed ended or fell silent")
             .unwrap_or_else(|| panic!("no silence noticed:\n{log}"));

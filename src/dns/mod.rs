@@ -7,21 +7,28 @@
 //! (the containers' name server: `web.cube` is the gateway, where the
 //! node's balancer serves them), and on `[worker] dns_listen` for the host
 //! (`web.cube` is `ingress_addr` there). UDP and TCP on each.
+//!
+//! Only the node's containers (the network's subnet) and the host itself
+//! (loopback) are answered: anyone else is refused, so that the gateway's
+//! port 53, which the host's other interfaces reach too, is no open
+//! resolver. Forwarding is bounded: at most [`MAX_FORWARDS`] at once (more
+//! are refused), only for queries that ask for recursion, never `ANY`.
 
 pub mod zone;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
-    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::{Name, Record};
+use hickory_server::proto::rr::{Name, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::worker::endpoints::EndpointView;
 use zone::Answer;
@@ -30,8 +37,11 @@ use zone::Answer;
 const TCP_IDLE: Duration = Duration::from_secs(5);
 /// Answers queued per TCP connection.
 const TCP_BUFFER: usize = 32;
-/// Between tries to bind an address that could not be bound.
+/// Between tries to bind an address that could not be bound, or to serve
+/// it again after its server stopped.
 const BIND_RETRY: Duration = Duration::from_secs(2);
+/// Forwarded queries in flight at once, per listener.
+pub const MAX_FORWARDS: usize = 256;
 
 /// One address the DNS server answers on, and where askers there reach
 /// the node's load balancer.
@@ -39,6 +49,8 @@ const BIND_RETRY: Duration = Duration::from_secs(2);
 pub struct Listen {
     pub at: SocketAddr,
     pub balancer: IpAddr,
+    /// Who may ask, beside loopback: the node's container subnet.
+    pub allow: Option<IpNet>,
 }
 
 struct Handler {
@@ -46,6 +58,8 @@ struct Handler {
     balancer: IpAddr,
     /// The host's resolvers; `None` when they could not be read.
     forward: Option<TokioResolver>,
+    /// Places for forwarded queries in flight.
+    forwards: tokio::sync::Semaphore,
 }
 
 /// The records of an answer and its code.
@@ -104,13 +118,21 @@ impl Handler {
                 authoritative: true,
                 ..Reply::code(ResponseCode::NXDomain)
             },
+            Answer::Elsewhere
+                if !request.metadata.recursion_desired || rtype == RecordType::ANY =>
+            {
+                Reply::code(ResponseCode::Refused)
+            }
             Answer::Elsewhere => self.forward(qname, rtype).await,
         }
     }
 
-    async fn forward(&self, qname: Name, rtype: hickory_server::proto::rr::RecordType) -> Reply {
+    async fn forward(&self, qname: Name, rtype: RecordType) -> Reply {
         let Some(resolver) = &self.forward else {
             return Reply::code(ResponseCode::ServFail);
+        };
+        let Ok(_place) = self.forwards.try_acquire() else {
+            return Reply::code(ResponseCode::Refused);
         };
         match resolver.lookup(qname, rtype).await {
             Ok(lookup) => Reply {
@@ -139,7 +161,18 @@ impl RequestHandler for Handler {
         metadata.response_code = reply.code;
         metadata.authoritative = reply.authoritative;
         metadata.recursion_available = true;
-        let message = MessageResponseBuilder::from_message_request(request).build(
+        // Answer as large as the asker takes over UDP (EDNS), not 512 bytes.
+        let edns = request.edns.as_ref().map(|asked| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(asked.max_payload().max(512));
+            edns.set_version(0);
+            edns
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let message = builder.build(
             metadata,
             reply.answers.iter(),
             reply.authorities.iter(),
@@ -175,8 +208,26 @@ fn host_resolver() -> Option<TokioResolver> {
 
 /// Serves `listen` for as long as the node runs; an address that cannot
 /// be bound yet (the network's gateway not up, another server on it) is
-/// tried again.
+/// tried again, as is one whose server stopped.
 pub async fn run(listen: Listen, view: EndpointView) {
+    let forward = host_resolver();
+    loop {
+        let server = serve_once(listen, view.clone(), forward.clone()).await;
+        if let Err(e) = server {
+            log::error!(
+                "dns: the server on {} stopped: {e}; starting again",
+                listen.at
+            );
+        }
+        tokio::time::sleep(BIND_RETRY).await;
+    }
+}
+
+async fn serve_once(
+    listen: Listen,
+    view: EndpointView,
+    forward: Option<TokioResolver>,
+) -> Result<(), hickory_server::net::NetError> {
     let mut complained = false;
     let (udp, tcp) = loop {
         let bound = async {
@@ -198,9 +249,19 @@ pub async fn run(listen: Listen, view: EndpointView) {
     let handler = Handler {
         view,
         balancer: listen.balancer,
-        forward: host_resolver(),
+        forward,
+        forwards: tokio::sync::Semaphore::new(MAX_FORWARDS),
     };
-    let mut server = Server::new(handler);
+    let everyone = [
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0)),
+        IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 0)),
+    ];
+    let mut allowed = vec![
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::LOCALHOST, 8)),
+        IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+    ];
+    allowed.extend(listen.allow);
+    let mut server = Server::with_access(handler, everyone, allowed);
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE, TCP_BUFFER);
     log::info!(
@@ -208,7 +269,5 @@ pub async fn run(listen: Listen, view: EndpointView) {
         listen.at,
         listen.balancer
     );
-    if let Err(e) = server.block_until_done().await {
-        log::error!("dns: the server on {} stopped: {e}", listen.at);
-    }
+    server.block_until_done().await
 }

@@ -106,6 +106,9 @@ pub fn answer(table: &EndpointTable, qname: &Name, rtype: RecordType, balancer: 
                     .into_iter()
                     .collect(),
             ),
+            // Names exist below these two (empty non-terminals): no data,
+            // not NXDOMAIN, which would deny everything under them.
+            None if matches!(*service, "_tcp" | "node") => Answer::records(Vec::new()),
             None => Answer::NxDomain,
         },
         [srv_service, "_tcp", "cube"] => {
@@ -122,9 +125,14 @@ pub fn answer(table: &EndpointTable, qname: &Name, rtype: RecordType, balancer: 
             let mut additionals: Vec<Record> = Vec::new();
             for endpoint in &entry.endpoints {
                 let Some(target) = name(&format!("{}.node.cube.", endpoint.node)) else {
+                    log::debug!("dns: node {:?} makes no DNS name", endpoint.node);
                     continue;
                 };
-                for host_port in endpoint.ports.values() {
+                // The exposed ports' host ports (all of them if none is).
+                let ports = endpoint.ports.iter().filter(|(port, _)| {
+                    entry.expose.is_empty() || entry.expose.iter().any(|e| e.port == **port)
+                });
+                for (_, host_port) in ports {
                     answers.push(Record::from_rdata(
                         qname.clone(),
                         TTL_REPLICAS,
@@ -143,11 +151,13 @@ pub fn answer(table: &EndpointTable, qname: &Name, rtype: RecordType, balancer: 
                 additionals,
             }
         }
-        [node, "node", "cube"] => {
+        [node @ .., "node", "cube"] if !node.is_empty() => {
+            // A node's name may hold dots: it is every label before `node`.
+            let node = node.join(".");
             let found = table
                 .values()
                 .flat_map(|entry| &entry.endpoints)
-                .find(|e| e.node.eq_ignore_ascii_case(node));
+                .find(|e| e.node.eq_ignore_ascii_case(&node));
             match found {
                 Some(endpoint) => Answer::records(
                     endpoint
@@ -272,6 +282,48 @@ mod tests {
                 additionals: vec![]
             }
         );
+    }
+
+    #[test]
+    fn srv_lists_only_the_exposed_ports_when_some_are() {
+        let mut table = table();
+        let mut web = (*table["web"]).clone();
+        for e in &mut web.endpoints {
+            e.ports.insert(9000, 40000 + u16::try_from(e.slot).unwrap());
+        }
+        web.expose = vec![
+            serde_json::from_value(serde_json::json!({"port": 9000, "publish": 8080})).unwrap(),
+        ];
+        table.insert("web".into(), Arc::new(web));
+        let got = answer(
+            &table,
+            &Name::from_ascii("_web._tcp.cube.").unwrap(),
+            RecordType::SRV,
+            LB.parse().unwrap(),
+        );
+        let Answer::Found { answers, .. } = got else {
+            panic!("no answer");
+        };
+        let mut srv = data(&answers);
+        srv.sort();
+        assert_eq!(
+            srv,
+            vec![
+                "0 1 40001 w1.node.cube.",
+                "0 1 40002 w2.node.cube.",
+                "0 1 40003 w1.node.cube.",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_with_names_below_them_exist() {
+        let empty = Answer::Found {
+            answers: vec![],
+            additionals: vec![],
+        };
+        assert_eq!(ask("_tcp.cube.", RecordType::A), empty);
+        assert_eq!(ask("node.cube.", RecordType::A), empty);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 
-use super::{Route, candidates};
+use super::{Route, allowed, candidates};
 use crate::api_error::ApiError;
 use crate::service::spec::Balance;
 use crate::worker::endpoints::EndpointView;
@@ -45,6 +45,8 @@ const HOP_BY_HOP: [&str; 8] = [
 struct Balancer {
     route: Route,
     view: EndpointView,
+    /// Who may use it, beside loopback (`None`: anyone).
+    allow: Option<ipnet::IpNet>,
     turn: AtomicUsize,
     /// Requests in flight per replica (for `least-conn`).
     in_flight: Mutex<HashMap<SocketAddr, usize>>,
@@ -82,12 +84,14 @@ pub fn serve(
     listener: std::net::TcpListener,
     route: Route,
     view: EndpointView,
+    allow: Option<ipnet::IpNet>,
 ) -> std::io::Result<actix_web::dev::Server> {
     // Made once here to fail early; each worker thread makes its own.
     let first = crate::client::proxy_http().map_err(std::io::Error::other)?;
     let balancer = web::Data::new(Balancer {
         route,
         view,
+        allow,
         turn: AtomicUsize::new(0),
         in_flight: Mutex::new(HashMap::new()),
     });
@@ -138,6 +142,14 @@ async fn forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
+    if let Some(peer) = req.peer_addr()
+        && !allowed(balancer.allow, peer.ip())
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this address serves the node's containers only",
+        ));
+    }
     let client_ip = req.peer_addr().map(|a| a.ip().to_string());
     let mut headers = reqwest::header::HeaderMap::new();
     for (name, value) in req.headers() {

@@ -16,6 +16,8 @@ pub mod tcp;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use ipnet::IpNet;
+
 use crate::service::spec::Protocol;
 use crate::service::{EndpointTable, Expose};
 use crate::worker::endpoints::EndpointView;
@@ -67,6 +69,11 @@ fn candidates(view: &EndpointView, route: &Route, turn: usize) -> Vec<SocketAddr
     all[start..].iter().chain(&all[..start]).copied().collect()
 }
 
+/// Whether a client at `peer` may use a listener that serves `allow`.
+pub fn allowed(allow: Option<IpNet>, peer: IpAddr) -> bool {
+    peer.is_loopback() || allow.is_none_or(|net| net.contains(&peer))
+}
+
 /// A published port being served.
 enum Listener {
     Tcp(tokio::task::JoinHandle<()>),
@@ -74,7 +81,12 @@ enum Listener {
 }
 
 impl Listener {
-    fn open(at: SocketAddr, route: &Route, view: &EndpointView) -> std::io::Result<Self> {
+    fn open(
+        at: SocketAddr,
+        route: &Route,
+        view: &EndpointView,
+        allow: Option<IpNet>,
+    ) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(at)?;
         listener.set_nonblocking(true)?;
         Ok(match route.expose.protocol {
@@ -84,10 +96,11 @@ impl Listener {
                     listener,
                     route.clone(),
                     view.clone(),
+                    allow,
                 )))
             }
             Protocol::Http => {
-                let server = http::serve(listener, route.clone(), view.clone())?;
+                let server = http::serve(listener, route.clone(), view.clone(), allow)?;
                 let handle = server.handle();
                 actix_rt::spawn(server);
                 Listener::Http(handle)
@@ -105,8 +118,9 @@ impl Listener {
     }
 }
 
-/// Keeps one listener per published port, for as long as the node runs.
-pub async fn run(addr: IpAddr, mut view: EndpointView) {
+/// Keeps one listener per published port on `addr`, for as long as the
+/// node runs. With `allow`, only clients in it (and on loopback) are served.
+pub async fn run(addr: IpAddr, allow: Option<IpNet>, mut view: EndpointView) {
     let mut open: HashMap<u16, (Route, Listener)> = HashMap::new();
     // Ports that could not be opened, said once each.
     let mut complained: std::collections::HashSet<u16> = std::collections::HashSet::new();
@@ -129,7 +143,7 @@ pub async fn run(addr: IpAddr, mut view: EndpointView) {
                 continue;
             }
             let at = SocketAddr::new(addr, port);
-            match Listener::open(at, &route, &view) {
+            match Listener::open(at, &route, &view, allow) {
                 Ok(listener) => {
                     complained.remove(&port);
                     log::info!(

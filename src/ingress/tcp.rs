@@ -17,17 +17,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Route, candidates};
+use super::{Route, allowed, candidates};
 use crate::worker::endpoints::EndpointView;
 
 /// Connections one published port carries at once; more wait for a place.
 const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes read at once from each side (tokio's default is 8 KiB: four
-/// times the system calls for a bulk transfer).
-const COPY_BUFFER: usize = 64 * 1024;
+/// times the system calls for a bulk transfer); two per connection, so at
+/// most 256 MiB for a port's 4,096 connections.
+const COPY_BUFFER: usize = 32 * 1024;
 
-pub async fn serve(listener: TcpListener, route: Route, view: EndpointView) {
+pub async fn serve(
+    listener: TcpListener,
+    route: Route,
+    view: EndpointView,
+    allow: Option<ipnet::IpNet>,
+) {
     let turn = Arc::new(AtomicUsize::new(0));
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -42,6 +48,9 @@ pub async fn serve(listener: TcpListener, route: Route, view: EndpointView) {
                 continue;
             }
         };
+        if !allowed(allow, peer.ip()) {
+            continue;
+        }
         let targets = candidates(&view, &route, turn.fetch_add(1, Ordering::Relaxed));
         let proxy = route.expose.proxy_protocol;
         let idle = Duration::from_secs(u64::from(route.expose.idle_timeout_s));
@@ -89,8 +98,11 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let last = Cell::new(Instant::now());
-    let (a_read, mut a_write) = tokio::io::split(a);
-    let (b_read, mut b_write) = tokio::io::split(b);
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    // Bytes read or written either way count as activity: a slow reader
+    // being written to is not idle.
+    let (mut a_write, mut b_write) = (Watched::new(a_write, &last), Watched::new(b_write, &last));
     let mut a_read = BufReader::with_capacity(COPY_BUFFER, Watched::new(a_read, &last));
     let mut b_read = BufReader::with_capacity(COPY_BUFFER, Watched::new(b_read, &last));
     let there = async {
@@ -116,7 +128,7 @@ where
     }
 }
 
-/// A reader that notes when it last read a byte.
+/// A reader or writer that notes when it last moved a byte.
 struct Watched<'a, R> {
     inner: R,
     last: &'a Cell<Instant>,
@@ -140,6 +152,28 @@ impl<R: AsyncRead + Unpin> AsyncRead for Watched<'_, R> {
             self.last.set(Instant::now());
         }
         polled
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Watched<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.set(Instant::now());
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -195,6 +229,25 @@ mod tests {
         assert!(!closed.expect("closed by 60 s of silence").unwrap());
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_slow_reader_being_written_to_is_not_idle() {
+        tokio::time::pause();
+        let idle = Duration::from_secs(60);
+        // The client's side holds 1 KiB at a time.
+        let (mut client, mut near) = tokio::io::duplex(1024);
+        let (mut far, mut replica) = tokio::io::duplex(256 * 1024);
+        let carried = actix_rt::spawn(async move { carry(&mut near, &mut far, idle).await });
+        // The replica sends everything at once; the client then reads a
+        // KiB every 40 s, so only the writes to it move for minutes.
+        replica.write_all(&vec![7u8; 128 * 1024]).await.unwrap();
+        let mut got = vec![0u8; 1024];
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            client.read_exact(&mut got).await.unwrap();
+            assert!(!carried.is_finished(), "closed while bytes still moved");
+        }
     }
 
     #[actix_rt::test]

@@ -262,6 +262,44 @@ async fn ensure_image(docker: &Docker, image: &str) -> Result<(), RuntimeError> 
     }
 }
 
+/// What Cube needs of a network it found: a bridge, not another node's,
+/// with an IPv4 gateway.
+fn network_of(
+    name: &str,
+    node: &str,
+    found: bollard::models::NetworkInspect,
+) -> Result<ContainerNetwork, RuntimeError> {
+    if found.driver.as_deref() != Some("bridge") {
+        return Err(RuntimeError::Engine(format!(
+            "network {name} is not a bridge (driver {:?})",
+            found.driver.unwrap_or_default()
+        )));
+    }
+    let owner = found.labels.as_ref().and_then(|l| l.get(LABEL_NODE));
+    if let Some(owner) = owner.filter(|owner| owner.as_str() != node) {
+        return Err(RuntimeError::Engine(format!(
+            "network {name} belongs to node {owner}: give this worker a network of its own ([worker] network)"
+        )));
+    }
+    let ipv4 = found
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|c| {
+            let gateway = c.gateway?.parse::<std::net::IpAddr>().ok()?;
+            let subnet = c.subnet.and_then(|s| s.parse::<ipnet::IpNet>().ok());
+            gateway.is_ipv4().then_some((gateway, subnet))
+        });
+    let (gateway, subnet) =
+        ipv4.ok_or_else(|| RuntimeError::Engine(format!("network {name} has no IPv4 gateway")))?;
+    Ok(ContainerNetwork {
+        name: name.to_string(),
+        gateway,
+        subnet,
+    })
+}
+
 /// The bridge network `name`, made if missing; its gateway.
 async fn ensure_network(
     docker: &Docker,
@@ -270,22 +308,7 @@ async fn ensure_network(
 ) -> Result<ContainerNetwork, RuntimeError> {
     for _ in 0..2 {
         match docker.inspect_network(name, None).await {
-            Ok(found) => {
-                let gateway = found
-                    .ipam
-                    .and_then(|ipam| ipam.config)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|c| c.gateway?.parse::<std::net::IpAddr>().ok())
-                    .find(std::net::IpAddr::is_ipv4)
-                    .ok_or_else(|| {
-                        RuntimeError::Engine(format!("network {name} has no IPv4 gateway"))
-                    })?;
-                return Ok(ContainerNetwork {
-                    name: name.to_string(),
-                    gateway,
-                });
-            }
+            Ok(found) => return network_of(name, node, found),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}

@@ -361,6 +361,7 @@ impl Engine for FakeEngine {
         let result = self.up().map(|_| ContainerNetwork {
             name: name.to_string(),
             gateway: std::net::Ipv4Addr::LOCALHOST.into(),
+            subnet: None,
         });
         Box::pin(async move { result })
     }

@@ -97,6 +97,8 @@ pub struct ExecOutput {
 pub struct ContainerNetwork {
     pub name: String,
     pub gateway: IpAddr,
+    /// Its containers' addresses.
+    pub subnet: Option<ipnet::IpNet>,
 }
 
 /// A container port published on the host.

@@ -875,17 +875,17 @@ impl Handler<EngineUp> for Worker {
             version: Some(msg.version),
             error: None,
         };
-        if self.network.is_some() {
-            self.engine_ready(ctx);
-        } else if !self.network_pending {
+        // Made again if it went away with the engine (or was pruned).
+        if !self.network_pending {
             self.make_network(ctx);
         }
     }
 }
 
 impl Worker {
-    /// Has the engine make the container network (trying again while it
-    /// fails), then treats the engine as up.
+    /// Has the engine make (or find) the container network, then treats
+    /// the engine as up; tries again while it fails, saying why in the
+    /// engine status.
     fn make_network(&mut self, ctx: &mut Context<Self>) {
         self.network_pending = true;
         let (engine, name, node) = (
@@ -893,36 +893,40 @@ impl Worker {
             self.network_name.clone(),
             self.name.clone(),
         );
-        let work = async move {
-            let mut complained = false;
-            loop {
-                match engine.network(&name, &node).await {
-                    Ok(network) => return network,
-                    Err(e) => {
-                        if !complained {
-                            log::error!(
-                                "worker: cannot make the container network {name}: {e}; trying again"
-                            );
-                            complained = true;
-                        }
-                        actix_rt::time::sleep(NETWORK_RETRY).await;
-                    }
-                }
+        let work = async move { engine.network(&name, &node).await };
+        ctx.spawn(work.into_actor(self).map(|made, act, ctx| {
+            // The engine went away meanwhile: the next EngineUp tries again.
+            if !act.engine_status.up {
+                act.network_pending = false;
+                return;
             }
-        };
-        ctx.spawn(work.into_actor(self).map(|network, act, ctx| {
-            log::info!(
-                "worker {}: containers join network {} (gateway {})",
-                act.name,
-                network.name,
-                network.gateway
-            );
-            act.network_pending = false;
-            act.network = Some(network.clone());
-            act.network_tx.send_replace(Some(network));
-            // Unless the engine went away meanwhile.
-            if act.engine_status.up {
-                act.engine_ready(ctx);
+            match made {
+                Ok(network) => {
+                    act.network_pending = false;
+                    if act.network.as_ref() != Some(&network) {
+                        log::info!(
+                            "worker {}: containers join network {} (gateway {})",
+                            act.name,
+                            network.name,
+                            network.gateway
+                        );
+                        act.network = Some(network.clone());
+                        act.network_tx.send_replace(Some(network));
+                    }
+                    act.engine_status.error = None;
+                    act.engine_ready(ctx);
+                }
+                Err(e) => {
+                    let why = format!(
+                        "cannot make the container network {}: {e}",
+                        act.network_name
+                    );
+                    if act.engine_status.error.as_deref() != Some(why.as_str()) {
+                        log::error!("worker {}: {why}; trying again", act.name);
+                    }
+                    act.engine_status.error = Some(why);
+                    ctx.run_later(NETWORK_RETRY, |act, ctx| act.make_network(ctx));
+                }
             }
         }));
     }

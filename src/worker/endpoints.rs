@@ -19,7 +19,7 @@ use crate::service::endpoints::FeedLine;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// The feed sends at least an empty line every 3 s; silence this long
 /// means the connection is gone (the manager frozen, or cut off).
-const SILENCE: Duration = Duration::from_secs(10);
+pub const SILENCE: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where a node's parts read the endpoints from.
