@@ -400,6 +400,12 @@ async fn worker_endpoints(cluster: &Cluster, address: &str, name: &str) -> usize
         .map_or(0, |e| e["endpoints"].as_array().unwrap().len())
 }
 
+/// Every worker's (address, name).
+async fn worker_addresses(cluster: &Cluster) -> Vec<(String, String)> {
+    let nodes = cluster.client().nodes().await.unwrap();
+    nodes.into_iter().map(|n| (n.address, n.name)).collect()
+}
+
 /// Waits until every worker (address, name) holds `n` endpoints of `web`.
 async fn every_worker_sees(cluster: &Cluster, workers: &[(String, String)], n: usize) {
     wait_for(
@@ -503,13 +509,7 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
         "stopped before drain_s"
     );
     // Every worker follows the endpoints from the manager's feed.
-    let workers: Vec<(String, String)> = client
-        .nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| (n.address, n.name))
-        .collect();
+    let workers = worker_addresses(&cluster).await;
     assert_eq!(workers.len(), 2);
     every_worker_sees(&cluster, &workers, 1).await;
     // With the manager gone, the workers keep what they knew; once it is
@@ -582,6 +582,14 @@ async fn behind_n_balancers(mut spec: Value, protocol: &str, n: usize) -> (Clust
 /// One HTTP/1.0 request over a plain TCP connection to `addr`; the answer.
 async fn tcp_get(addr: &str) -> std::io::Result<String> {
     tcp_get_path(addr, "/").await
+}
+
+/// Waits until a request through `addr` gets an answer holding `text`.
+async fn tcp_forwards(addr: &str, text: &str) {
+    wait_for(&format!("{addr} to forward"), T, || async move {
+        tcp_get(addr).await.ok().filter(|a| a.contains(text))
+    })
+    .await;
 }
 
 /// As `tcp_get`, for `path`.
@@ -781,9 +789,8 @@ async fn no_request_fails_when_a_replica_dies_the_service_updates_or_scales_down
     client.remove_service("web").await.unwrap();
 }
 
-/// One DNS question over UDP to `server`; the answer.
-async fn ask_dns(
-    server: std::net::SocketAddr,
+/// A recursive question for `name` `rtype`.
+fn dns_question(
     name: &str,
     rtype: hickory_server::proto::rr::RecordType,
 ) -> hickory_server::proto::op::Message {
@@ -792,6 +799,40 @@ async fn ask_dns(
     let mut question = Message::query();
     question.metadata.recursion_desired = true;
     question.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    question
+}
+
+/// Waits until every server's SRV records for `web` list exactly `want`.
+async fn every_srv_lists(dns: &[std::net::SocketAddr], want: &std::collections::BTreeSet<u16>) {
+    for server in dns {
+        wait_for("SRV to list the replicas", T, || async move {
+            (srv_ports(*server).await == *want).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Waits until no server's SRV records for `web` list `port`; how long it
+/// took.
+async fn every_srv_drops(dns: &[std::net::SocketAddr], port: u16, what: &str) -> Duration {
+    let start = Instant::now();
+    for server in dns {
+        wait_for(what, T, || async move {
+            (!srv_ports(*server).await.contains(&port)).then_some(())
+        })
+        .await;
+    }
+    start.elapsed()
+}
+
+/// One DNS question over UDP to `server`; the answer.
+async fn ask_dns(
+    server: std::net::SocketAddr,
+    name: &str,
+    rtype: hickory_server::proto::rr::RecordType,
+) -> hickory_server::proto::op::Message {
+    use hickory_server::proto::op::Message;
+    let question = dns_question(name, rtype);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket
         .send_to(&question.to_vec().unwrap(), server)
@@ -813,13 +854,9 @@ async fn ask_dns_tcp(
     name: &str,
     rtype: hickory_server::proto::rr::RecordType,
 ) -> hickory_server::proto::op::Message {
-    use hickory_server::proto::op::{Message, Query};
-    use hickory_server::proto::rr::Name;
+    use hickory_server::proto::op::Message;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut question = Message::query();
-    question.metadata.recursion_desired = true;
-    question.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    let bytes = question.to_vec().unwrap();
+    let bytes = dns_question(name, rtype).to_vec().unwrap();
     let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
     stream
         .write_all(&u16::try_from(bytes.len()).unwrap().to_be_bytes())
@@ -904,13 +941,8 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
 
     // SRV: exactly the healthy replicas, at their nodes' host ports, on
     // every node.
+    every_srv_lists(&dns, &ports_of(&tasks)).await;
     for server in &dns {
-        let want = ports_of(&tasks);
-        wait_for("SRV to list the three replicas", T, || {
-            let want = want.clone();
-            async move { (srv_ports(*server).await == want).then_some(()) }
-        })
-        .await;
         // A: where this node's balancer serves the service.
         let a = ask_dns(*server, "web.cube.", RecordType::A).await;
         assert!(a.metadata.authoritative);
@@ -957,26 +989,10 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
         .output()
         .unwrap();
     assert!(out.status.success());
-    let removed = Instant::now();
-    for server in &dns {
-        wait_for("the removed replica to leave SRV", T, || async move {
-            (!srv_ports(*server).await.contains(&gone)).then_some(())
-        })
-        .await;
-    }
-    println!(
-        "removed replica out of both nodes' SRV {:?} after `docker rm -f` returned",
-        removed.elapsed()
-    );
+    let took = every_srv_drops(&dns, gone, "the removed replica to leave SRV").await;
+    println!("removed replica out of both nodes' SRV {took:?} after `docker rm -f` returned");
     let (tasks, _) = running(&cluster, 3, "slot 1 replaced").await;
-    for server in &dns {
-        let want = ports_of(&tasks);
-        wait_for("SRV to list the replacement", T, || {
-            let want = want.clone();
-            async move { (srv_ports(*server).await == want).then_some(()) }
-        })
-        .await;
-    }
+    every_srv_lists(&dns, &ports_of(&tasks)).await;
 
     // A replica that turns unhealthy leaves every node's answers.
     let sick = tasks.iter().find(|t| t.slot == Some(2)).unwrap();
@@ -987,16 +1003,9 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let turned = Instant::now();
-    for server in &dns {
-        wait_for("the unhealthy replica to leave SRV", T, || async move {
-            (!srv_ports(*server).await.contains(&sick_port)).then_some(())
-        })
-        .await;
-    }
+    let took = every_srv_drops(&dns, sick_port, "the unhealthy replica to leave SRV").await;
     println!(
-        "unhealthy replica out of both nodes' SRV {:?} after /tmp/unhealthy was made (checked every 0.25 s)",
-        turned.elapsed()
+        "unhealthy replica out of both nodes' SRV {took:?} after /tmp/unhealthy was made (checked every 0.25 s)"
     );
     // A scale-down: the replica leaves DNS while its container still runs
     // (it drains 3 s before its SIGTERM).
@@ -1006,17 +1015,8 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
         leaving.container_id.clone().unwrap(),
     );
     client.scale_service("web", 2).await.unwrap();
-    let scaled = Instant::now();
-    for server in &dns {
-        wait_for("the drained replica to leave SRV", T, || async move {
-            (!srv_ports(*server).await.contains(&port)).then_some(())
-        })
-        .await;
-    }
-    println!(
-        "scaled-down replica out of both nodes' SRV {:?} after the PATCH returned",
-        scaled.elapsed()
-    );
+    let took = every_srv_drops(&dns, port, "the drained replica to leave SRV").await;
+    println!("scaled-down replica out of both nodes' SRV {took:?} after the PATCH returned");
     let state = inspect(&container).unwrap();
     assert_eq!(
         state["State"]["Running"],
@@ -1054,30 +1054,12 @@ async fn a_port_held_by_another_process_opens_once_freed_and_idle_tcp_connection
     cluster.client().create_service(&spec).await.unwrap();
     running(&cluster, 2, "two replicas").await;
     let other = format!("127.0.0.3:{publish}");
-    wait_for("the free node to forward", T, || {
-        let other = other.clone();
-        async move {
-            tcp_get(&other)
-                .await
-                .ok()
-                .filter(|a| a.contains("held from"))
-        }
-    })
-    .await;
+    tcp_forwards(&other, "held from").await;
     // Freed: the node that could not listen does so now.
     drop(squatter);
     let freed = Instant::now();
     let held = format!("127.0.0.2:{publish}");
-    wait_for("the freed port to forward", T, || {
-        let held = held.clone();
-        async move {
-            tcp_get(&held)
-                .await
-                .ok()
-                .filter(|a| a.contains("held from"))
-        }
-    })
-    .await;
+    tcp_forwards(&held, "held from").await;
     println!("port forwarding {:?} after it was freed", freed.elapsed());
 
     // A client that sends nothing is cut off after idle_timeout_s (1 s),
@@ -1105,13 +1087,7 @@ async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after(
     let (cluster, publish, _) = behind_balancers(web(2, "frozen"), "http").await;
     let client = cluster.client();
     running(&cluster, 2, "two replicas").await;
-    let workers: Vec<(String, String)> = client
-        .nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| (n.address, n.name))
-        .collect();
+    let workers = worker_addresses(&cluster).await;
     every_worker_sees(&cluster, &workers, 2).await;
     let urls: Vec<String> = ["127.0.0.2", "127.0.0.3"]
         .iter()

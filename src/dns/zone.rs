@@ -222,6 +222,13 @@ mod tests {
         )
     }
 
+    fn no_data() -> Answer {
+        Answer::Found {
+            answers: vec![],
+            additionals: vec![],
+        }
+    }
+
     fn data(records: &[Record]) -> Vec<String> {
         records.iter().map(|r| r.data.to_string()).collect()
     }
@@ -236,13 +243,7 @@ mod tests {
             assert_eq!(answers[0].ttl, TTL_BALANCER);
         }
         // The balancer has no IPv6 address here: no data, not NXDOMAIN.
-        assert_eq!(
-            ask("web.cube.", RecordType::AAAA),
-            Answer::Found {
-                answers: vec![],
-                additionals: vec![]
-            }
-        );
+        assert_eq!(ask("web.cube.", RecordType::AAAA), no_data());
     }
 
     #[test]
@@ -275,13 +276,7 @@ mod tests {
             vec!["w1.node.cube. 10.0.0.1", "w2.node.cube. 10.0.0.2"]
         );
         // A service with no healthy replica has no SRV record (but exists).
-        assert_eq!(
-            ask("_idle._tcp.cube.", RecordType::SRV),
-            Answer::Found {
-                answers: vec![],
-                additionals: vec![]
-            }
-        );
+        assert_eq!(ask("_idle._tcp.cube.", RecordType::SRV), no_data());
     }
 
     #[test]
@@ -318,12 +313,8 @@ mod tests {
 
     #[test]
     fn names_with_names_below_them_exist() {
-        let empty = Answer::Found {
-            answers: vec![],
-            additionals: vec![],
-        };
-        assert_eq!(ask("_tcp.cube.", RecordType::A), empty);
-        assert_eq!(ask("node.cube.", RecordType::A), empty);
+        assert_eq!(ask("_tcp.cube.", RecordType::A), no_data());
+        assert_eq!(ask("node.cube.", RecordType::A), no_data());
     }
 
     #[test]
