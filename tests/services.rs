@@ -1179,3 +1179,55 @@ async fn a_tcp_port_with_proxy_protocol_tells_the_replica_the_clients_address() 
     );
     cluster.client().remove_service("web").await.unwrap();
 }
+
+/// The gateway of network `name`, if it exists.
+fn gateway_of(name: &str) -> Option<String> {
+    let out = std::process::Command::new("docker")
+        .args(["network", "inspect", name, "--format"])
+        .arg("{{range .IPAM.Config}}{{.Gateway}}{{end}}")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[tokio::test]
+async fn a_network_removed_behind_the_workers_back_is_made_again_and_served() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &["ingress_addr = \"127.0.0.2\""]);
+    cluster.ready().await;
+    // The harness names each worker's network after the worker.
+    let network = cluster.worker_names[0].clone();
+    let first = wait_for("the worker to make its network", T, || async {
+        gateway_of(&network)
+    })
+    .await;
+    // Removed while no container is on it, as `docker network prune` does.
+    let out = std::process::Command::new("docker")
+        .args(["network", "rm", &network])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let again = wait_for("the worker to make its network again", T, || async {
+        gateway_of(&network)
+    })
+    .await;
+    println!("network {network}: gateway {first}, made again with gateway {again}");
+    // Replicas started after it run on it, and find services by name there.
+    let publish = free_port();
+    let mut spec = web(1, "again");
+    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "http"}]);
+    cluster.client().create_service(&spec).await.unwrap();
+    let (tasks, _) = running(&cluster, 1, "the replica").await;
+    let container = tasks[0].container_id.clone().unwrap();
+    let seen = inspect(&container).unwrap();
+    assert_eq!(seen["HostConfig"]["NetworkMode"], json!(network));
+    assert_eq!(seen["HostConfig"]["Dns"], json!([again]));
+    wait_for("web.cube to answer inside the container", T, || {
+        let answer = get_from_inside(&container, publish);
+        async move { answer.contains("again from").then_some(()) }
+    })
+    .await;
+    cluster.client().remove_service("web").await.unwrap();
+}

@@ -196,6 +196,13 @@ impl Engine for DockerEngine {
         })
     }
 
+    fn network_gone(&self, name: &str) -> EngineStream<String> {
+        match self.docker() {
+            Ok(docker) => network_gone(docker, name),
+            Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+
     fn events(&self, node: &str, since_s: i64) -> EngineStream<ContainerEvent> {
         match self.docker() {
             Ok(docker) => container_events(docker, node, since_s),
@@ -457,6 +464,36 @@ async fn exec(docker: &Docker, id: &str, cmd: &[String]) -> Result<ExecOutput, R
         exit_code,
         output: output.trim().to_string(),
     })
+}
+
+fn network_gone(docker: &Docker, name: &str) -> EngineStream<String> {
+    // By name: the engine's network events carry no labels to filter on.
+    let options = EventsOptions {
+        since: None,
+        until: None,
+        filters: Some(HashMap::from([
+            ("type".to_string(), vec!["network".to_string()]),
+            ("network".to_string(), vec![name.to_string()]),
+            ("event".to_string(), vec!["destroy".to_string()]),
+        ])),
+    };
+    let name = name.to_string();
+    docker
+        .events(Some(options))
+        .filter_map(move |item| {
+            let name = name.clone();
+            async move {
+                match item {
+                    Err(e) => Some(Err(RuntimeError::from(e))),
+                    // The filter also matches a network whose id is `name`.
+                    Ok(msg) => {
+                        let gone = msg.actor?.attributes?.remove("name")?;
+                        (gone == name).then_some(Ok(gone))
+                    }
+                }
+            }
+        })
+        .boxed()
 }
 
 fn container_events(docker: &Docker, node: &str, since_s: i64) -> EngineStream<ContainerEvent> {

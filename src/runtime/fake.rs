@@ -472,6 +472,10 @@ impl Engine for FakeEngine {
         Box::pin(async move { result })
     }
 
+    fn network_gone(&self, _name: &str) -> EngineStream<String> {
+        futures_util::stream::pending().boxed()
+    }
+
     fn events(&self, node: &str, since_s: i64) -> EngineStream<ContainerEvent> {
         let (replay, receiver) = match self.up() {
             Err(e) => return futures_util::stream::once(async move { Err(e) }).boxed(),

@@ -611,7 +611,13 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
-        DockerEvents::new(self.name.clone(), ctx.address(), self.engine.clone()).start();
+        DockerEvents::new(
+            self.name.clone(),
+            self.network_name.clone(),
+            ctx.address(),
+            self.engine.clone(),
+        )
+        .start();
         let open: Vec<Uuid> = self
             .tasks
             .iter()
@@ -948,6 +954,33 @@ impl Worker {
             }
         }
         self.sweep_orphans(ctx);
+    }
+}
+
+/// The engine removed one of this node's networks (a prune, or by hand).
+pub struct NetworkGone(pub String);
+
+impl Message for NetworkGone {
+    type Result = ();
+}
+
+impl Handler<NetworkGone> for Worker {
+    type Result = ();
+
+    /// The containers' network is made again at once; supervisors and the
+    /// node's DNS and balancer follow its new gateway.
+    fn handle(&mut self, msg: NetworkGone, ctx: &mut Context<Self>) {
+        if msg.0 != self.network_name {
+            return;
+        }
+        log::warn!(
+            "worker {}: network {} was removed; making it again",
+            self.name,
+            msg.0
+        );
+        if self.engine_status.up && !self.network_pending {
+            self.make_network(ctx);
+        }
     }
 }
 

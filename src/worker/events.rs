@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::actor::{EngineDown, EngineEvent, EngineUp, Worker};
+use super::actor::{EngineDown, EngineEvent, EngineUp, NetworkGone, Worker};
 use crate::runtime::{ContainerEvent, RuntimeError, SharedEngine};
 
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -17,6 +17,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 
 pub struct DockerEvents {
     node: String,
+    /// The node's containers' network.
+    network: String,
     worker: Addr<Worker>,
     engine: SharedEngine,
     /// Replay events from here (seconds since the epoch) on the next connect.
@@ -25,9 +27,11 @@ pub struct DockerEvents {
 }
 
 impl DockerEvents {
-    pub fn new(node: String, worker: Addr<Worker>, engine: SharedEngine) -> Self {
+    /// Follows node `node`'s containers and its containers' `network`.
+    pub fn new(node: String, network: String, worker: Addr<Worker>, engine: SharedEngine) -> Self {
         DockerEvents {
             node,
+            network,
             worker,
             engine,
             // A second of slack: events of containers this process starts
@@ -50,6 +54,11 @@ impl DockerEvents {
                         );
                         act.retry = RETRY_FIRST;
                         ctx.add_stream(act.engine.events(&act.node, act.since_s));
+                        let gone = futures_util::StreamExt::map(
+                            act.engine.network_gone(&act.network),
+                            NetworkEvent,
+                        );
+                        ctx.add_stream(gone);
                         if act.worker.try_send(EngineUp { version }).is_err() {
                             log::error!("events: the worker's mailbox refused EngineUp");
                         }
@@ -78,6 +87,26 @@ impl Actor for DockerEvents {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.connect(ctx);
     }
+}
+
+/// An item of the engine's stream of this node's removed networks.
+struct NetworkEvent(Result<String, RuntimeError>);
+
+impl StreamHandler<NetworkEvent> for DockerEvents {
+    fn handle(&mut self, item: NetworkEvent, _ctx: &mut Context<Self>) {
+        match item.0 {
+            Ok(name) => {
+                if self.worker.try_send(NetworkGone(name)).is_err() {
+                    log::error!("events: the worker's mailbox refused NetworkGone");
+                }
+            }
+            Err(e) => log::debug!("events: engine network event stream error: {e}"),
+        }
+    }
+
+    /// It ends with the engine's connection, which the container events'
+    /// end handles.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 impl StreamHandler<Result<ContainerEvent, RuntimeError>> for DockerEvents {
