@@ -224,7 +224,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             let listen = crate::dns::Listen {
                 at,
                 balancer: host_balancer(wc.ingress_addr, at.ip()),
-                allow: None,
+                // The host asking its own address comes from that address.
+                allow: (!at.ip().is_unspecified()).then(|| ipnet::IpNet::from(at.ip())),
             };
             actix_rt::spawn(crate::dns::run(listen, endpoint_view.clone()));
         }

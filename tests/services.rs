@@ -981,6 +981,33 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
         );
     }
 
+    // A container on one node's network is answered by that node's DNS,
+    // and refused by the other's (not its subnet): no open resolver.
+    let networks = &cluster.worker_names;
+    let gateways: Vec<String> = networks.iter().map(|n| gateway_of(n).unwrap()).collect();
+    let ask_from = |network: &str, dns: &str| {
+        std::process::Command::new("docker")
+            .args(["run", "--rm", "--label", &format!("cube.node={network}")])
+            .args(["--network", network, "--dns", dns, IMAGE])
+            .args(["/echo", "get", &format!("web.cube:{publish}"), "/"])
+            .output()
+            .unwrap()
+    };
+    let own = ask_from(&networks[0], &gateways[0]);
+    assert!(
+        String::from_utf8_lossy(&own.stdout).contains("dns from"),
+        "{own:?}"
+    );
+    let other = ask_from(&networks[0], &gateways[1]);
+    assert!(
+        !other.status.success(),
+        "another subnet was answered: {other:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("lookup"),
+        "{other:?}"
+    );
+
     // A replica's container removed behind Cube's back leaves every node's
     // answers.
     let gone = tasks[0].host_ports[&7777];
