@@ -62,13 +62,7 @@ async fn replicas_spread_are_replaced_scaled_and_removed() {
     ensure_image();
     let mut cluster = Cluster::split(3);
     cluster.ready().await;
-    let r = cluster
-        .http()
-        .post(format!("{}/services", cluster.manager_url))
-        .json(&web(3, "v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = cluster.post_to("/services", &web(3, "v1")).await;
     assert_eq!(r.status(), 201);
     let view: ServiceView = r.json().await.unwrap();
     assert_eq!((view.name.as_str(), view.desired), ("web", 3));
@@ -166,12 +160,7 @@ async fn replicas_spread_are_replaced_scaled_and_removed() {
         }
     })
     .await;
-    let r = cluster
-        .http()
-        .get(format!("{}/services/web", cluster.manager_url))
-        .send()
-        .await
-        .unwrap();
+    let r = cluster.get("/services/web").await;
     assert_eq!(r.status(), 404);
 }
 
@@ -261,15 +250,7 @@ async fn service(cluster: &Cluster) -> ServiceView {
 
 /// The manager's event log, as text.
 async fn events(cluster: &Cluster) -> String {
-    cluster
-        .http()
-        .get(format!("{}/events", cluster.manager_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    cluster.get("/events").await.text().await.unwrap()
 }
 
 /// Waits until the service's last update is in `state`.
@@ -452,13 +433,7 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
     let mut other = web(1, "o");
     other["name"] = json!("other");
     other["expose"] = json!([{"port": 7777, "publish": 18080}]);
-    let r = cluster
-        .http()
-        .post(format!("{}/services", cluster.manager_url))
-        .json(&other)
-        .send()
-        .await
-        .unwrap();
+    let r = cluster.post_to("/services", &other).await;
     assert_eq!(r.status(), 409);
 
     let mut stream = Box::pin(
@@ -530,21 +505,13 @@ async fn endpoints_follow_the_healthy_replicas_and_a_stopped_one_leaves_before_i
     );
     // Plain GET, and a service that is not there.
     let now: Value = cluster
-        .http()
-        .get(format!("{}/services/web/endpoints", cluster.manager_url))
-        .send()
+        .get("/services/web/endpoints")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(now["endpoints"].as_array().unwrap().len(), 2);
-    let r = cluster
-        .http()
-        .get(format!("{}/services/nope/endpoints", cluster.manager_url))
-        .send()
-        .await
-        .unwrap();
+    let r = cluster.get("/services/nope/endpoints").await;
     assert_eq!(r.status(), 404);
     client.remove_service("web").await.unwrap();
 }

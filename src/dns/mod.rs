@@ -211,41 +211,43 @@ fn host_resolver() -> Option<TokioResolver> {
 /// tried again, as is one whose server stopped.
 pub async fn run(listen: Listen, view: EndpointView) {
     let forward = host_resolver();
+    let mut complained = false;
     loop {
-        let server = serve_once(listen, view.clone(), forward.clone()).await;
-        if let Err(e) = server {
-            log::error!(
-                "dns: the server on {} stopped: {e}; starting again",
-                listen.at
-            );
+        match bind(listen.at).await {
+            Ok((udp, tcp)) => {
+                complained = false;
+                let served = serve(listen, udp, tcp, view.clone(), forward.clone()).await;
+                if let Err(e) = served {
+                    log::error!(
+                        "dns: the server on {} stopped: {e}; starting again",
+                        listen.at
+                    );
+                }
+            }
+            Err(e) if !complained => {
+                log::error!("dns: cannot listen on {}: {e}; trying again", listen.at);
+                complained = true;
+            }
+            Err(_) => {}
         }
         tokio::time::sleep(BIND_RETRY).await;
     }
 }
 
-async fn serve_once(
+async fn bind(at: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let udp = tokio::net::UdpSocket::bind(at).await?;
+    let tcp = tokio::net::TcpListener::bind(at).await?;
+    Ok((udp, tcp))
+}
+
+/// Answers on `udp` and `tcp` until the server stops.
+async fn serve(
     listen: Listen,
+    udp: tokio::net::UdpSocket,
+    tcp: tokio::net::TcpListener,
     view: EndpointView,
     forward: Option<TokioResolver>,
 ) -> Result<(), hickory_server::net::NetError> {
-    let mut complained = false;
-    let (udp, tcp) = loop {
-        let bound = async {
-            let udp = tokio::net::UdpSocket::bind(listen.at).await?;
-            let tcp = tokio::net::TcpListener::bind(listen.at).await?;
-            std::io::Result::Ok((udp, tcp))
-        };
-        match bound.await {
-            Ok(sockets) => break sockets,
-            Err(e) => {
-                if !complained {
-                    log::error!("dns: cannot listen on {}: {e}; trying again", listen.at);
-                    complained = true;
-                }
-                tokio::time::sleep(BIND_RETRY).await;
-            }
-        }
-    };
     let handler = Handler {
         view,
         balancer: listen.balancer,

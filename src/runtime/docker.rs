@@ -196,7 +196,7 @@ impl Engine for DockerEngine {
         })
     }
 
-    fn network_gone(&self, name: &str) -> EngineStream<String> {
+    fn network_gone(&self, name: &str) -> EngineStream<()> {
         match self.docker() {
             Ok(docker) => network_gone(docker, name),
             Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
@@ -466,7 +466,7 @@ async fn exec(docker: &Docker, id: &str, cmd: &[String]) -> Result<ExecOutput, R
     })
 }
 
-fn network_gone(docker: &Docker, name: &str) -> EngineStream<String> {
+fn network_gone(docker: &Docker, name: &str) -> EngineStream<()> {
     // By name: the engine's network events carry no labels to filter on.
     let options = EventsOptions {
         since: None,
@@ -488,7 +488,7 @@ fn network_gone(docker: &Docker, name: &str) -> EngineStream<String> {
                     // The filter also matches a network whose id is `name`.
                     Ok(msg) => {
                         let gone = msg.actor?.attributes?.remove("name")?;
-                        (gone == name).then_some(Ok(gone))
+                        (gone == name).then_some(Ok(()))
                     }
                 }
             }

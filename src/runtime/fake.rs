@@ -472,7 +472,7 @@ impl Engine for FakeEngine {
         Box::pin(async move { result })
     }
 
-    fn network_gone(&self, _name: &str) -> EngineStream<String> {
+    fn network_gone(&self, _name: &str) -> EngineStream<()> {
         futures_util::stream::pending().boxed()
     }
 

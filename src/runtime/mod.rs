@@ -75,9 +75,9 @@ pub trait Engine: Send + Sync + 'static {
     /// epoch) on: the engine replays what happened since then, so a
     /// reconnect loses nothing.
     fn events(&self, node: &str, since_s: i64) -> EngineStream<ContainerEvent>;
-    /// Says `name` each time the engine removes the network of that name
-    /// from now on (`docker network rm`, a prune): the worker makes it again.
-    fn network_gone(&self, name: &str) -> EngineStream<String>;
+    /// An item each time the engine removes the network `name` from now on
+    /// (`docker network rm`, a prune): the worker makes it again.
+    fn network_gone(&self, name: &str) -> EngineStream<()>;
     /// The container's stdout and stderr from its start; with `follow`, the
     /// stream goes on until the container stops.
     fn logs(&self, id: &str, follow: bool) -> EngineStream<Bytes>;

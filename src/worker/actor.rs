@@ -187,14 +187,14 @@ impl Worker {
         }
     }
 
-    /// The files of this worker's certificate, deleted if the cluster
-    /// removes the worker.
     /// Where the container network will be said once the engine has made
     /// it (see `runtime::ContainerNetwork`).
     pub fn network_view(&self) -> watch::Receiver<Option<ContainerNetwork>> {
         self.network_tx.subscribe()
     }
 
+    /// The files of this worker's certificate, deleted if the cluster
+    /// removes the worker.
     pub fn with_certificate_files(mut self, files: Vec<std::path::PathBuf>) -> Self {
         self.certificate_files = files;
         self
@@ -957,8 +957,9 @@ impl Worker {
     }
 }
 
-/// The engine removed one of this node's networks (a prune, or by hand).
-pub struct NetworkGone(pub String);
+/// The engine removed the containers' network (a prune, or by hand); the
+/// engine's events say only that one (`Engine::network_gone`).
+pub struct NetworkGone;
 
 impl Message for NetworkGone {
     type Result = ();
@@ -969,14 +970,11 @@ impl Handler<NetworkGone> for Worker {
 
     /// The containers' network is made again at once; supervisors and the
     /// node's DNS and balancer follow its new gateway.
-    fn handle(&mut self, msg: NetworkGone, ctx: &mut Context<Self>) {
-        if msg.0 != self.network_name {
-            return;
-        }
+    fn handle(&mut self, _msg: NetworkGone, ctx: &mut Context<Self>) {
         log::warn!(
             "worker {}: network {} was removed; making it again",
             self.name,
-            msg.0
+            self.network_name
         );
         if self.engine_status.up && !self.network_pending {
             self.make_network(ctx);

@@ -89,14 +89,14 @@ impl Actor for DockerEvents {
     }
 }
 
-/// An item of the engine's stream of this node's removed networks.
-struct NetworkEvent(Result<String, RuntimeError>);
+/// An item of the engine's stream of removals of the containers' network.
+struct NetworkEvent(Result<(), RuntimeError>);
 
 impl StreamHandler<NetworkEvent> for DockerEvents {
     fn handle(&mut self, item: NetworkEvent, _ctx: &mut Context<Self>) {
         match item.0 {
-            Ok(name) => {
-                if self.worker.try_send(NetworkGone(name)).is_err() {
+            Ok(()) => {
+                if self.worker.try_send(NetworkGone).is_err() {
                     log::error!("events: the worker's mailbox refused NetworkGone");
                 }
             }

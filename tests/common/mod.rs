@@ -607,9 +607,23 @@ impl Cluster {
     }
 
     pub async fn post(&self, spec: &Value) -> reqwest::Response {
+        self.post_to("/tasks", spec).await
+    }
+
+    /// `POST` of `body` to the manager's `path`, as the admin.
+    pub async fn post_to(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http()
-            .post(format!("{}/tasks", self.manager_url))
-            .json(spec)
+            .post(format!("{}{path}", self.manager_url))
+            .json(body)
+            .send()
+            .await
+            .expect("manager unreachable")
+    }
+
+    /// `GET` of the manager's `path`, as the admin.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http()
+            .get(format!("{}{path}", self.manager_url))
             .send()
             .await
             .expect("manager unreachable")
