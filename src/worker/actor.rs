@@ -976,6 +976,9 @@ impl Handler<NetworkGone> for Worker {
             self.name,
             self.network_name
         );
+        // New tasks wait for the network made again (their supervisors get
+        // it with the engine, from `engine_ready`), not start on the old one.
+        self.engine_up = false;
         if self.engine_status.up && !self.network_pending {
             self.make_network(ctx);
         }
