@@ -592,18 +592,26 @@ impl Cluster {
         out
     }
 
-    /// Waits until the manager answers and every worker has registered.
+    /// Waits until the manager answers and every worker has registered; on
+    /// a timeout, fails with the nodes' logs.
     pub async fn ready(&self) {
         let client = self.client();
         let want = self.worker_names.len();
-        wait_for("the workers to register", Duration::from_secs(30), || {
-            let client = client.clone();
-            async move {
-                let nodes = client.nodes().await.ok()?;
-                (nodes.len() >= want).then_some(())
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(nodes) = client.nodes().await
+                && nodes.len() >= want
+            {
+                return;
             }
-        })
-        .await;
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after 30s waiting for the workers to register\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn post(&self, spec: &Value) -> reqwest::Response {
