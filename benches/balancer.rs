@@ -8,9 +8,12 @@
 //! listens on 127.0.0.7, creates a service of 3 nginx replicas published as
 //! `http` and as `tcp`, and starts HAProxy (`balance roundrobin`, keep-alive
 //! to the replicas, `http-reuse always`, its default threads) on 127.0.0.8
-//! in front of the same replicas. Then, per path:
+//! in front of the same replicas, at the same addresses Cube's balancer
+//! uses for replicas on its own node: the containers' addresses on the
+//! node's network. Then, per path:
 //! - HTTP: `wrk` (2 threads, 64 connections, 8 s, `--latency`): requests/s,
-//!   p50 and p99; direct is one replica's host port;
+//!   p50 and p99; direct is one replica, once at its published host port
+//!   (through the engine's port proxy) and once at its container address;
 //! - TCP: 64 MiB fetched over a fresh connection, 6 times; MiB/s.
 //!
 //! Prints tables of medians over the rounds. Not a test: it asserts
@@ -105,12 +108,12 @@ async fn transfer(addr: &str) -> f64 {
     total as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn haproxy(dir: &std::path::Path, http: u16, tcp: u16, replicas: &[u16]) -> Child {
+fn haproxy(dir: &std::path::Path, http: u16, tcp: u16, replicas: &[Replica]) -> Child {
     let servers = |prefix: &str| {
         replicas
             .iter()
             .enumerate()
-            .map(|(i, port)| format!("    server {prefix}{i} 127.0.0.1:{port}\n"))
+            .map(|(i, r)| format!("    server {prefix}{i} {}:8080\n", r.ip))
             .collect::<String>()
     };
     let config = format!(
@@ -177,6 +180,12 @@ impl Drop for CleanUp {
     }
 }
 
+/// A replica as the endpoints API shows it.
+struct Replica {
+    host_port: u16,
+    ip: String,
+}
+
 fn median_of<T: Copy>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
     common::median(runs.iter().map(f).collect())
 }
@@ -222,7 +231,7 @@ async fn main() {
         .expect("create");
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let deadline = Instant::now() + Duration::from_secs(120);
-    let replicas: Vec<u16> = loop {
+    let replicas: Vec<Replica> = loop {
         let view: Value = admin
             .get(format!("{base}/services/nginx/endpoints"))
             .send()
@@ -231,17 +240,21 @@ async fn main() {
             .json()
             .await
             .expect("a list");
-        let ports: Vec<u16> = view["endpoints"]
+        let replicas: Vec<Replica> = view["endpoints"]
             .as_array()
             .map(|all| {
                 all.iter()
-                    .filter_map(|e| e["ports"]["8080"].as_u64())
-                    .filter_map(|p| u16::try_from(p).ok())
+                    .filter_map(|e| {
+                        Some(Replica {
+                            host_port: u16::try_from(e["ports"]["8080"].as_u64()?).ok()?,
+                            ip: e["container_ip"].as_str()?.to_string(),
+                        })
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        if ports.len() == REPLICAS {
-            break ports;
+        if replicas.len() == REPLICAS {
+            break replicas;
         }
         assert!(
             Instant::now() < deadline,
@@ -254,9 +267,14 @@ async fn main() {
 
     let paths = [
         (
-            "direct (one replica)",
-            format!("http://127.0.0.1:{}/", replicas[0]),
-            format!("127.0.0.1:{}", replicas[0]),
+            "direct (one replica, published port)",
+            format!("http://127.0.0.1:{}/", replicas[0].host_port),
+            format!("127.0.0.1:{}", replicas[0].host_port),
+        ),
+        (
+            "direct (one replica, container address)",
+            format!("http://{}:8080/", replicas[0].ip),
+            format!("{}:8080", replicas[0].ip),
         ),
         (
             "HAProxy",
@@ -307,12 +325,17 @@ async fn main() {
         println!("{name}: requests/s per run {}", runs.join(", "));
     }
     println!("\nTCP: 64 MiB over a fresh connection, median of {TRANSFERS}\n");
-    println!("| path | MiB/s | of direct |");
-    println!("|---|---:|---:|");
-    let direct = common::median(tcp[0].clone());
+    println!("| path | MiB/s | of direct (published port) | of direct (container) |");
+    println!("|---|---:|---:|---:|");
+    let published = common::median(tcp[0].clone());
+    let container = common::median(tcp[1].clone());
     for (i, (name, _, _)) in paths.iter().enumerate() {
         let m = common::median(tcp[i].clone());
-        println!("| {name} | {m:.0} | {:.0}% |", m / direct * 100.0);
+        println!(
+            "| {name} | {m:.0} | {:.0}% | {:.0}% |",
+            m / published * 100.0,
+            m / container * 100.0
+        );
     }
     drop(node);
     common::remove_labelled(&docker, &format!("cube.node={node_name}")).await;

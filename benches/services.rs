@@ -119,6 +119,7 @@ fn main() {
             state: TaskState::Running,
             container_id: Some("c".into()),
             host_ports: Default::default(),
+            container_ip: None,
             exit_code: None,
             error: None,
             at: Utc::now(),

@@ -216,8 +216,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let (follower, endpoint_view) = EndpointFollower::new(&wc.name, manager.clone());
         follower.start();
         actix_rt::spawn(crate::ingress::run(
-            wc.ingress_addr,
-            None,
+            crate::ingress::Place {
+                node: wc.name.clone(),
+                addr: wc.ingress_addr,
+                allow: None,
+            },
             endpoint_view.clone(),
         ));
         if let Some(at) = wc.dns_listen {
@@ -242,6 +245,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir));
         actix_rt::spawn(serve_containers(
             worker.network_view(),
+            wc.name.clone(),
             wc.ingress_addr,
             endpoint_view.clone(),
         ));
@@ -291,6 +295,7 @@ fn host_balancer(ingress: IpAddr, dns: IpAddr) -> IpAddr {
 /// the new gateway if the network is made anew.
 async fn serve_containers(
     mut network: tokio::sync::watch::Receiver<Option<crate::runtime::ContainerNetwork>>,
+    node: String,
     ingress: IpAddr,
     view: EndpointView,
 ) {
@@ -310,11 +315,12 @@ async fn serve_containers(
                 };
                 serving.push(actix_rt::spawn(crate::dns::run(listen, view.clone())));
                 if !ingress.is_unspecified() {
-                    serving.push(actix_rt::spawn(crate::ingress::run(
-                        net.gateway,
-                        net.subnet,
-                        view.clone(),
-                    )));
+                    let place = crate::ingress::Place {
+                        node: node.clone(),
+                        addr: net.gateway,
+                        allow: net.subnet,
+                    };
+                    serving.push(actix_rt::spawn(crate::ingress::run(place, view.clone())));
                 }
             }
             served = now;

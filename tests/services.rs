@@ -1076,6 +1076,44 @@ async fn a_port_held_by_another_process_opens_once_freed_and_idle_tcp_connection
 }
 
 #[tokio::test]
+async fn a_replica_that_sends_nothing_is_given_up_on_after_the_ports_idle_timeout() {
+    ensure_image();
+    let cluster = Cluster::split_with("round-robin", &["ingress_addr = \"127.0.0.2\""]);
+    cluster.ready().await;
+    let publish = free_port();
+    let mut spec = web(1, "stalling");
+    spec["expose"] =
+        json!([{"port": 7777, "publish": publish, "protocol": "http", "idle_timeout_s": 1}]);
+    cluster.client().create_service(&spec).await.unwrap();
+    let base = format!("http://127.0.0.2:{publish}");
+    let root = format!("{base}/");
+    wait_for("the balancer to forward", T, || {
+        let root = root.clone();
+        async move { plain_get(&root).await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    // The replica takes the request and sends nothing (for two minutes):
+    // the balancer answers 504 once the port's 1 s have passed, not after
+    // the default 60 s.
+    let asked = Instant::now();
+    let r = plain_get(&format!("{base}/stall")).await.unwrap();
+    let after = asked.elapsed();
+    println!("a stalled request answered after {after:?}");
+    assert_eq!(r.status(), 504);
+    let body: Value = r.json().await.expect("a JSON error");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("did not answer within 1s"), "{body}");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(30),
+        "answered after {after:?}: not the port's 1 s"
+    );
+    // The replica is still served to the next request.
+    let r = plain_get(&root).await.unwrap();
+    assert_eq!(r.status(), 200);
+    cluster.client().remove_service("web").await.unwrap();
+}
+
+#[tokio::test]
 async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after() {
     ensure_image();
     let (cluster, publish, _) = behind_balancers(web(2, "frozen"), "http").await;

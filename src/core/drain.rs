@@ -80,6 +80,7 @@ mod tests {
                 state: TaskState::Running,
                 container_id: Some("c".into()),
                 host_ports: [(80, 32000)].into(),
+                container_ip: None,
                 exit_code: None,
                 error: None,
                 at: Utc::now(),

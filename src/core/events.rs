@@ -180,6 +180,7 @@ mod tests {
             state,
             container_id: Some("c".into()),
             host_ports: Default::default(),
+            container_ip: None,
             exit_code: None,
             error: None,
             at: Utc::now(),

@@ -176,6 +176,7 @@ pub fn endpoints(state: &ClusterState, record: &ServiceRecord) -> Endpoints {
                 node: node.clone(),
                 address: host_of(&member.address),
                 ports: t.host_ports.clone(),
+                container_ip: t.container_ip,
             })
         })
         .collect();

@@ -107,6 +107,7 @@ fn status(id: Uuid, attempt: u32, node: &str, state: TaskState, seq: u64) -> Tas
         state,
         container_id: Some("c".into()),
         host_ports: Default::default(),
+        container_ip: None,
         exit_code: None,
         error: None,
         at: Utc::now(),

@@ -192,6 +192,7 @@ mod tests {
             node: node.into(),
             address: address.into(),
             ports: BTreeMap::from([(7777, port)]),
+            container_ip: None,
         };
         let web = Endpoints {
             service: "web".into(),

@@ -4,13 +4,17 @@
 //! `ingress_addr` is every address already) that forwards to a
 //! healthy replica anywhere in the cluster, as the node's copy of the
 //! endpoints (`worker::endpoints`) says. Listeners open and close as
-//! services come and go.
+//! services come and go. A replica on this node is reached at its
+//! container's address on the node's network, past the engine's port
+//! proxy (one process and two copies fewer); others at their node's
+//! address and host port.
 //!
 //! `tcp.rs` balances per connection (round-robin over the endpoints; a
 //! replica that refuses the connection is skipped; optional PROXY protocol
 //! v2); `http.rs` per request.
 
 pub mod http;
+mod splice;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -19,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::service::spec::Protocol;
-use crate::service::{EndpointTable, Expose};
+use crate::service::{Endpoint, EndpointTable, Expose};
 use crate::worker::endpoints::EndpointView;
 
 /// What one published port serves: a service's exposed port.
@@ -47,8 +51,23 @@ pub fn routes(table: &EndpointTable) -> HashMap<u16, Route> {
         .collect()
 }
 
-/// The replicas' addresses for `route`, starting at the `turn`th.
-fn candidates(view: &EndpointView, route: &Route, turn: usize) -> Vec<SocketAddr> {
+/// Where the balancer of `node` reaches `endpoint`'s container port
+/// `port`: at the container's address when it runs on `node`, else at its
+/// node's address and host port.
+pub fn target(endpoint: &Endpoint, port: u16, node: &str) -> Option<SocketAddr> {
+    if endpoint.node == node
+        && let Some(ip) = endpoint.container_ip
+    {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let host_port = *endpoint.ports.get(&port)?;
+    let ip = endpoint.address.parse().ok()?;
+    Some(SocketAddr::new(ip, host_port))
+}
+
+/// The replicas' addresses for `route`, from `node`, starting at the
+/// `turn`th.
+fn candidates(view: &EndpointView, route: &Route, node: &str, turn: usize) -> Vec<SocketAddr> {
     let table = view.borrow();
     let Some(entry) = table.get(&route.service) else {
         return Vec::new();
@@ -56,11 +75,7 @@ fn candidates(view: &EndpointView, route: &Route, turn: usize) -> Vec<SocketAddr
     let all: Vec<SocketAddr> = entry
         .endpoints
         .iter()
-        .filter_map(|e| {
-            let port = *e.ports.get(&route.expose.port)?;
-            let ip = e.address.parse().ok()?;
-            Some(SocketAddr::new(ip, port))
-        })
+        .filter_map(|e| target(e, route.expose.port, node))
         .collect();
     if all.is_empty() {
         return all;
@@ -74,19 +89,25 @@ pub fn allowed(allow: Option<IpNet>, peer: IpAddr) -> bool {
     peer.is_loopback() || allow.is_none_or(|net| net.contains(&peer))
 }
 
+/// Where a node's balancer listens and whom it serves.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The node's name (its replicas are reached at their containers).
+    pub node: String,
+    pub addr: IpAddr,
+    /// Who may use it, beside loopback (`None`: anyone).
+    pub allow: Option<IpNet>,
+}
+
 /// A published port being served.
 enum Listener {
     Tcp(tokio::task::JoinHandle<()>),
-    Http(actix_web::dev::ServerHandle),
+    Http(actix_server::ServerHandle),
 }
 
 impl Listener {
-    fn open(
-        at: SocketAddr,
-        route: &Route,
-        view: &EndpointView,
-        allow: Option<IpNet>,
-    ) -> std::io::Result<Self> {
+    fn open(place: &Place, port: u16, route: &Route, view: &EndpointView) -> std::io::Result<Self> {
+        let at = SocketAddr::new(place.addr, port);
         let listener = std::net::TcpListener::bind(at)?;
         listener.set_nonblocking(true)?;
         Ok(match route.expose.protocol {
@@ -96,11 +117,11 @@ impl Listener {
                     listener,
                     route.clone(),
                     view.clone(),
-                    allow,
+                    place.clone(),
                 )))
             }
             Protocol::Http => {
-                let server = http::serve(listener, route.clone(), view.clone(), allow)?;
+                let server = http::serve(listener, route.clone(), view.clone(), place.clone())?;
                 let handle = server.handle();
                 actix_rt::spawn(server);
                 Listener::Http(handle)
@@ -118,9 +139,10 @@ impl Listener {
     }
 }
 
-/// Keeps one listener per published port on `addr`, for as long as the
-/// node runs. With `allow`, only clients in it (and on loopback) are served.
-pub async fn run(addr: IpAddr, allow: Option<IpNet>, mut view: EndpointView) {
+/// Keeps one listener per published port at `place`, for as long as the
+/// node runs. With `place.allow`, only clients in it (and on loopback) are
+/// served.
+pub async fn run(place: Place, mut view: EndpointView) {
     let mut open: HashMap<u16, (Route, Listener)> = HashMap::new();
     // Ports that could not be opened, said once each.
     let mut complained: std::collections::HashSet<u16> = std::collections::HashSet::new();
@@ -142,8 +164,8 @@ pub async fn run(addr: IpAddr, allow: Option<IpNet>, mut view: EndpointView) {
             if open.contains_key(&port) {
                 continue;
             }
-            let at = SocketAddr::new(addr, port);
-            match Listener::open(at, &route, &view, allow) {
+            let at = SocketAddr::new(place.addr, port);
+            match Listener::open(&place, port, &route, &view) {
                 Ok(listener) => {
                     complained.remove(&port);
                     log::info!(
@@ -175,5 +197,47 @@ pub async fn run(addr: IpAddr, allow: Option<IpNet>, mut view: EndpointView) {
         } else if view.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(node: &str, container_ip: Option<&str>) -> Endpoint {
+        Endpoint {
+            task: uuid::Uuid::new_v4(),
+            slot: 1,
+            node: node.into(),
+            address: "10.0.0.5".into(),
+            ports: [(8080, 32001)].into(),
+            container_ip: container_ip.map(|ip| ip.parse().expect("an address")),
+        }
+    }
+
+    #[test]
+    fn a_replica_on_this_node_is_reached_at_its_container() {
+        let local = endpoint("w1", Some("172.18.0.3"));
+        assert_eq!(
+            target(&local, 8080, "w1"),
+            Some("172.18.0.3:8080".parse().expect("an address"))
+        );
+    }
+
+    #[test]
+    fn a_replica_elsewhere_is_reached_at_its_node_and_host_port() {
+        let remote = endpoint("w2", Some("172.18.0.3"));
+        assert_eq!(
+            target(&remote, 8080, "w1"),
+            Some("10.0.0.5:32001".parse().expect("an address"))
+        );
+        // No container address known (an older worker): the host port.
+        let local = endpoint("w1", None);
+        assert_eq!(
+            target(&local, 8080, "w1"),
+            Some("10.0.0.5:32001".parse().expect("an address"))
+        );
+        // A port it does not publish cannot be reached from elsewhere.
+        assert_eq!(target(&remote, 9090, "w1"), None);
     }
 }

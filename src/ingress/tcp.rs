@@ -2,38 +2,27 @@
 //! round-robin order; one that cannot be reached within a second is
 //! skipped for the next. With `proxy_protocol`, the replica first gets a
 //! PROXY protocol v2 header naming the client. A connection that carries
-//! no byte either way for the port's `idle_timeout_s` is closed.
+//! no byte either way for the port's idle timeout is closed.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Route, allowed, candidates};
+use super::{Route, allowed, candidates, splice};
 use crate::worker::endpoints::EndpointView;
 
 /// Connections one published port carries at once; more wait for a place.
 const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Bytes read at once from each side (tokio's default is 8 KiB: four
-/// times the system calls for a bulk transfer); two per connection, so at
-/// most 256 MiB for a port's 4,096 connections.
-const COPY_BUFFER: usize = 32 * 1024;
 
-pub async fn serve(
-    listener: TcpListener,
-    route: Route,
-    view: EndpointView,
-    allow: Option<ipnet::IpNet>,
-) {
+pub async fn serve(listener: TcpListener, route: Route, view: EndpointView, at: super::Place) {
     let turn = Arc::new(AtomicUsize::new(0));
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -48,12 +37,13 @@ pub async fn serve(
                 continue;
             }
         };
-        if !allowed(allow, peer.ip()) {
+        if !allowed(at.allow, peer.ip()) {
             continue;
         }
-        let targets = candidates(&view, &route, turn.fetch_add(1, Ordering::Relaxed));
+        let turn = turn.fetch_add(1, Ordering::Relaxed);
+        let targets = candidates(&view, &route, &at.node, turn);
         let proxy = route.expose.proxy_protocol;
-        let idle = Duration::from_secs(u64::from(route.expose.idle_timeout_s));
+        let idle = route.expose.idle_timeout();
         actix_rt::spawn(async move {
             forward(client, peer, targets, proxy, idle).await;
             drop(place);
@@ -63,7 +53,7 @@ pub async fn serve(
 
 /// Connects to the first target that answers and carries bytes both ways.
 async fn forward(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     targets: Vec<SocketAddr>,
     proxy: bool,
@@ -82,7 +72,7 @@ async fn forward(
                 return;
             }
         }
-        if !carry(&mut client, &mut upstream, idle).await {
+        if !carry(&client, &upstream, idle).await {
             log::debug!("ingress: closed a connection from {peer}, idle for {idle:?}");
         }
         return;
@@ -90,28 +80,16 @@ async fn forward(
     log::debug!("ingress: no replica to take a connection from {peer}");
 }
 
-/// Carries bytes both ways until both sides are done (true) or no byte
-/// has moved for `idle` (false).
-pub async fn carry<A, B>(a: &mut A, b: &mut B, idle: Duration) -> bool
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
+/// Carries bytes both ways, by the kernel (`splice`), until both sides are
+/// done (true) or no byte has moved either way for `idle` (false). Bytes
+/// passed on to a slow reader count as moving, as do bytes read.
+pub async fn carry(a: &TcpStream, b: &TcpStream, idle: Duration) -> bool {
     let last = Cell::new(Instant::now());
-    let (a_read, a_write) = tokio::io::split(a);
-    let (b_read, b_write) = tokio::io::split(b);
-    // Bytes read or written either way count as activity: a slow reader
-    // being written to is not idle.
-    let (mut a_write, mut b_write) = (Watched::new(a_write, &last), Watched::new(b_write, &last));
-    let mut a_read = BufReader::with_capacity(COPY_BUFFER, Watched::new(a_read, &last));
-    let mut b_read = BufReader::with_capacity(COPY_BUFFER, Watched::new(b_read, &last));
     let there = async {
-        let _ = tokio::io::copy_buf(&mut a_read, &mut b_write).await;
-        let _ = b_write.shutdown().await;
+        let _ = splice::forward(a, b, &last).await;
     };
     let back = async {
-        let _ = tokio::io::copy_buf(&mut b_read, &mut a_write).await;
-        let _ = a_write.shutdown().await;
+        let _ = splice::forward(b, a, &last).await;
     };
     let quiet = async {
         loop {
@@ -125,55 +103,6 @@ where
     tokio::select! {
         _ = async { tokio::join!(there, back) } => true,
         _ = quiet => false,
-    }
-}
-
-/// A reader or writer that notes when it last moved a byte.
-struct Watched<'a, R> {
-    inner: R,
-    last: &'a Cell<Instant>,
-}
-
-impl<'a, R> Watched<'a, R> {
-    fn new(inner: R, last: &'a Cell<Instant>) -> Self {
-        Watched { inner, last }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Watched<'_, R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.last.set(Instant::now());
-        }
-        polled
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for Watched<'_, W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.last.set(Instant::now());
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -206,16 +135,30 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    /// A connected pair of TCP sockets on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (near, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (near.unwrap(), accepted.unwrap().0)
+    }
+
+    /// client <-> near (the balancer) carry far <-> replica, carried with
+    /// `idle`; the carrying's outcome comes out of the handle.
+    async fn carried(idle: Duration) -> (TcpStream, TcpStream, actix_rt::task::JoinHandle<bool>) {
+        let (client, near) = pair().await;
+        let (far, replica) = pair().await;
+        let carrying = actix_rt::spawn(async move { carry(&near, &far, idle).await });
+        (client, replica, carrying)
+    }
+
     #[actix_rt::test]
     async fn a_connection_is_carried_while_bytes_move_and_closed_once_idle() {
-        tokio::time::pause();
-        let idle = Duration::from_secs(60);
-        let (mut client, mut near) = tokio::io::duplex(1024);
-        let (mut far, mut replica) = tokio::io::duplex(1024);
-        let carried = actix_rt::spawn(async move { carry(&mut near, &mut far, idle).await });
-        // Bytes every 50 s keep it open well past 60 s.
-        for round in 0..4u8 {
-            tokio::time::sleep(Duration::from_secs(50)).await;
+        let idle = Duration::from_secs(1);
+        let (mut client, mut replica, carrying) = carried(idle).await;
+        // A byte each way every 0.3 s keeps it open well past 1 s.
+        for round in 0..6u8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
             client.write_all(&[round]).await.unwrap();
             let mut got = [0u8; 1];
             replica.read_exact(&mut got).await.unwrap();
@@ -223,41 +166,46 @@ mod tests {
             client.read_exact(&mut got).await.unwrap();
             assert_eq!(got, [round]);
         }
-        assert!(!carried.is_finished());
-        // Then silence: closed once 60 s have passed with no byte.
-        let closed = tokio::time::timeout(Duration::from_secs(61), carried).await;
-        assert!(!closed.expect("closed by 60 s of silence").unwrap());
+        assert!(!carrying.is_finished(), "closed while bytes moved");
+        // Then silence: closed once 1 s has passed with no byte.
+        let closed = tokio::time::timeout(Duration::from_secs(10), carrying).await;
+        assert!(!closed.expect("closed by 1 s of silence").unwrap());
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     }
 
     #[actix_rt::test]
     async fn a_slow_reader_being_written_to_is_not_idle() {
-        tokio::time::pause();
-        let idle = Duration::from_secs(60);
-        // The client's side holds 1 KiB at a time.
-        let (mut client, mut near) = tokio::io::duplex(1024);
-        let (mut far, mut replica) = tokio::io::duplex(256 * 1024);
-        let carried = actix_rt::spawn(async move { carry(&mut near, &mut far, idle).await });
-        // The replica sends everything at once; the client then reads a
-        // KiB every 40 s, so only the writes to it move for minutes.
-        replica.write_all(&vec![7u8; 128 * 1024]).await.unwrap();
-        let mut got = vec![0u8; 1024];
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_secs(40)).await;
+        let idle = Duration::from_secs(1);
+        let (client, near) = pair().await;
+        let (far, mut replica) = pair().await;
+        // Small buffers towards the client, so the balancer's writes to
+        // it follow its reads (the kernel's buffers would otherwise take
+        // everything at once and leave the balancer nothing to do).
+        rustix::net::sockopt::set_socket_recv_buffer_size(&client, 16 * 1024).unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&near, 16 * 1024).unwrap();
+        let carrying = actix_rt::spawn(async move { carry(&near, &far, idle).await });
+        let mut client = client;
+        // The replica sends far more than the buffers hold; the client
+        // reads 64 KiB every 0.4 s, so for seconds only the writes to it
+        // move.
+        let sender = actix_rt::spawn(async move {
+            let _ = replica.write_all(&vec![7u8; 64 << 20]).await;
+            replica
+        });
+        let mut got = vec![0u8; 64 * 1024];
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
             client.read_exact(&mut got).await.unwrap();
-            assert!(!carried.is_finished(), "closed while bytes still moved");
+            assert!(!carrying.is_finished(), "closed while bytes still moved");
         }
+        carrying.abort();
+        sender.abort();
     }
 
     #[actix_rt::test]
     async fn both_sides_done_ends_the_carrying() {
-        let (mut client, mut near) = tokio::io::duplex(1024);
-        let (mut far, mut replica) = tokio::io::duplex(1024);
-        let carried =
-            actix_rt::spawn(
-                async move { carry(&mut near, &mut far, Duration::from_secs(60)).await },
-            );
+        let (mut client, mut replica, carrying) = carried(Duration::from_secs(60)).await;
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -269,7 +217,7 @@ mod tests {
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"pong");
-        assert!(carried.await.unwrap(), "ended as both sides finished");
+        assert!(carrying.await.unwrap(), "ended as both sides finished");
     }
 
     #[test]

@@ -397,7 +397,15 @@ fn view(info: ContainerInspectResponse) -> ContainerView {
     let state = info.state.unwrap_or_default();
     let running = state.running.unwrap_or(false);
     let mut host_ports = BTreeMap::new();
-    if let Some(ports) = info.network_settings.and_then(|n| n.ports) {
+    let network = info.network_settings.unwrap_or_default();
+    // Cube's containers join one network (or none).
+    let ip = network
+        .networks
+        .unwrap_or_default()
+        .into_values()
+        .find_map(|n| n.ip_address.and_then(|ip| ip.parse().ok()))
+        .filter(|_| running);
+    if let Some(ports) = network.ports {
         for (key, bindings) in ports {
             let Some(container_port) = key.split('/').next().and_then(|p| p.parse().ok()) else {
                 continue;
@@ -418,6 +426,7 @@ fn view(info: ContainerInspectResponse) -> ContainerView {
         running,
         exit_code: if running { None } else { state.exit_code },
         host_ports,
+        ip,
         started_at: started
             .then(|| state.started_at.as_deref().and_then(parse_time))
             .flatten(),

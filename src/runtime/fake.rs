@@ -48,6 +48,8 @@ pub struct FakeContainer {
     pub exit_code: Option<i64>,
     pub started_at: Option<DateTime<Utc>>,
     pub host_ports: BTreeMap<u16, u16>,
+    /// Its address on its network (while it runs).
+    pub ip: std::net::IpAddr,
     /// What `exec` answers in it.
     pub exec_exit_code: i64,
     /// Killed for its memory limit.
@@ -70,6 +72,7 @@ impl FakeContainer {
             running: self.state == FakeState::Running,
             exit_code: self.exit_code,
             host_ports: self.host_ports.clone(),
+            ip: (self.state == FakeState::Running).then_some(self.ip),
             started_at: self.started_at,
             oom_killed: self.oom_killed,
         }
@@ -270,6 +273,8 @@ impl FakeEngine {
             exit_code: None,
             started_at: None,
             host_ports,
+            // 10.88.0.0/16, one address per container made.
+            ip: std::net::Ipv4Addr::from(0x0a58_0000 | (state.next_id & 0xffff) as u32).into(),
             exec_exit_code: 0,
             oom_killed: false,
         };

@@ -229,6 +229,9 @@ pub struct ContainerView {
     pub exit_code: Option<i64>,
     /// Container port -> host port.
     pub host_ports: BTreeMap<u16, u16>,
+    /// Its address on its network, while it runs there (the node's own
+    /// balancer reaches it there, past the engine's port proxy).
+    pub ip: Option<std::net::IpAddr>,
     /// When it (last) started.
     pub started_at: Option<DateTime<Utc>>,
     /// The kernel killed it for its memory limit (last run).

@@ -21,6 +21,11 @@ pub struct Endpoint {
     pub address: String,
     /// Container port -> host port.
     pub ports: BTreeMap<u16, u16>,
+    /// The container's address on its node's network: the balancer of
+    /// that node reaches the container ports there directly (no other
+    /// node can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip: Option<std::net::IpAddr>,
 }
 
 /// One service's endpoints and the ports it exposes through the cluster,

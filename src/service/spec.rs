@@ -53,13 +53,24 @@ pub struct Expose {
     #[serde(default)]
     pub proxy_protocol: bool,
     /// A `tcp` connection that carries no byte either way for this long is
-    /// closed (so idle clients cannot hold the port's places forever).
-    #[serde(default = "default_idle_timeout_s")]
-    pub idle_timeout_s: u32,
+    /// closed (so idle clients cannot hold the port's places forever); on
+    /// an `http` port, a replica that sends nothing for this long is given
+    /// up on (504 before its answer began). Default: [`Expose::idle_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u32>,
 }
 
-fn default_idle_timeout_s() -> u32 {
-    300
+impl Expose {
+    /// `idle_timeout_s`, or by default 300 s for `tcp` (long-lived
+    /// connections) and 60 s for `http` (a replica's answer, as nginx's
+    /// `proxy_read_timeout`).
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        let seconds = self.idle_timeout_s.unwrap_or(match self.protocol {
+            Protocol::Tcp => 300,
+            Protocol::Http => 60,
+        });
+        std::time::Duration::from_secs(u64::from(seconds))
+    }
 }
 
 /// The longest `idle_timeout_s`: a day.
@@ -242,7 +253,9 @@ fn expose_of(value: &Value, task: &TaskSpec) -> Result<Vec<Expose>, SpecError> {
                 format!("{} is published twice", e.publish),
             ));
         }
-        if !(1..=MAX_IDLE_TIMEOUT_S).contains(&e.idle_timeout_s) {
+        if let Some(s) = e.idle_timeout_s
+            && !(1..=MAX_IDLE_TIMEOUT_S).contains(&s)
+        {
             return Err(SpecError::field(
                 &format!("expose[{i}].idle_timeout_s"),
                 format!("must be from 1 to {MAX_IDLE_TIMEOUT_S} (seconds)"),

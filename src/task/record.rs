@@ -30,6 +30,9 @@ pub struct TaskRecord {
     pub container_id: Option<String>,
     /// Container port -> host port.
     pub host_ports: BTreeMap<u16, u16>,
+    /// The container's address on its node's network, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip: Option<std::net::IpAddr>,
     /// Restarts of the current attempt's container by its restart policy.
     pub restart_count: u32,
     /// When the current container started.
@@ -109,6 +112,7 @@ impl TaskRecord {
             attempt: 0,
             container_id: None,
             host_ports: BTreeMap::new(),
+            container_ip: None,
             restart_count: 0,
             started_at: None,
             next_restart_at: None,
@@ -152,6 +156,7 @@ impl TaskRecord {
         self.health = None;
         self.container_id = None;
         self.host_ports.clear();
+        self.container_ip = None;
         self.error = None;
         self.touch(now);
         Ok(())
@@ -185,6 +190,7 @@ impl TaskRecord {
         self.node = None;
         self.container_id = None;
         self.host_ports.clear();
+        self.container_ip = None;
         self.exit_code = None;
         self.started_at = None;
         self.next_restart_at = None;
@@ -203,6 +209,7 @@ impl TaskRecord {
     ) -> Result<(), IllegalTransition> {
         self.transition(TaskState::Completed)?;
         self.host_ports.clear();
+        self.container_ip = None;
         self.error = Some(reason.to_string());
         self.touch(now);
         Ok(())
@@ -243,6 +250,7 @@ impl TaskRecord {
             state,
             container_id: self.container_id.clone(),
             host_ports: Default::default(),
+            container_ip: None,
             exit_code: None,
             error,
             at,
@@ -283,6 +291,7 @@ impl TaskRecord {
             self.state,
             self.container_id.clone(),
             self.host_ports.clone(),
+            self.container_ip,
             self.exit_code,
             self.error.clone(),
             (self.restart_count, self.started_at, self.next_restart_at),
@@ -298,6 +307,9 @@ impl TaskRecord {
         if !status.host_ports.is_empty() || status.state != TaskState::Running {
             self.host_ports = status.host_ports.clone();
         }
+        if status.container_ip.is_some() || status.state != TaskState::Running {
+            self.container_ip = status.container_ip;
+        }
         self.exit_code = status.exit_code;
         self.error = status.error.clone();
         self.status_seq = status.seq;
@@ -309,6 +321,7 @@ impl TaskRecord {
             self.state,
             self.container_id.clone(),
             self.host_ports.clone(),
+            self.container_ip,
             self.exit_code,
             self.error.clone(),
             (self.restart_count, self.started_at, self.next_restart_at),
@@ -348,6 +361,7 @@ mod tests {
             state,
             container_id: Some("c1".into()),
             host_ports: BTreeMap::from([(80, 32768)]),
+            container_ip: None,
             exit_code: None,
             error: None,
             at: Utc::now(),

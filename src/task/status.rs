@@ -3,6 +3,7 @@
 //! and is applied to the task record (`record`).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,9 @@ pub struct TaskStatus {
     /// Container port -> host port.
     #[serde(default)]
     pub host_ports: BTreeMap<u16, u16>,
+    /// The container's address on the node's network, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip: Option<IpAddr>,
     pub exit_code: Option<i64>,
     pub error: Option<String>,
     pub at: DateTime<Utc>,

@@ -136,6 +136,7 @@ mod tests {
                     node: "w1".into(),
                     address: "127.0.0.1".into(),
                     ports: Default::default(),
+                    container_ip: None,
                 })
                 .collect(),
         }

@@ -28,6 +28,7 @@ impl WorkerTaskRecord {
             state: TaskState::Scheduled,
             container_id: None,
             host_ports: Default::default(),
+            container_ip: None,
             exit_code: None,
             error: None,
             at: Utc::now(),

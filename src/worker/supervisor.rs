@@ -179,6 +179,7 @@ impl TaskSupervisor {
         if state.is_terminal() {
             self.phase = Phase::Done;
             self.status.host_ports.clear();
+            self.status.container_ip = None;
             self.answer_stops(Ok(self.status.clone()));
         }
         let notify = self.parent.send(StatusChanged(self.status.clone()));
@@ -260,6 +261,7 @@ impl TaskSupervisor {
                 self.set(TaskState::Running, ctx, |s| {
                     s.container_id = Some(view.id.clone());
                     s.host_ports = view.host_ports.clone();
+                    s.container_ip = view.ip;
                     s.error = None;
                     s.next_restart_at = None;
                     s.started_at = Some(started_at);
@@ -423,6 +425,7 @@ impl TaskSupervisor {
             s.exit_code = exit_code;
             s.container_id = None;
             s.host_ports.clear();
+            s.container_ip = None;
             s.started_at = None;
             s.next_restart_at = Some(due);
             s.error = Some(format!(

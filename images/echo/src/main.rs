@@ -4,7 +4,8 @@
 //! - `/echo [serve [PORT]]`: HTTP on 0.0.0.0:PORT (env PORT, default 7777).
 //!   `GET /` answers "$GREETING from $HOSTNAME", `GET /health` answers 200
 //!   (503 once /tmp/unhealthy exists, or once $UNHEALTHY_AFTER_MS ms have
-//!   passed since the start), `GET /env` lists the environment, `GET /headers` the request headers.
+//!   passed since the start), `GET /env` lists the environment, `GET /headers` the request headers,
+//!   `GET /redirect` a 302 to `/`, and `GET /stall` nothing for two minutes.
 //! - `/echo sleep SECS`: sleeps, then exits 0.
 //! - `/echo exit CODE [AFTER_MS]`: waits AFTER_MS ms, then exits with CODE.
 //! - `/echo eat MB`: allocates and touches MB MiB, then sleeps.
@@ -267,6 +268,11 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
         ("GET", "/redirect") => {
             extra = "Location: /\r\n";
             ("302 Found", "see /\n".to_string())
+        }
+        ("GET", "/stall") => {
+            // Sends nothing for two minutes (a replica that hangs).
+            std::thread::sleep(Duration::from_secs(120));
+            ("200 OK", "late\n".to_string())
         }
         ("GET", "/env") => {
             let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
