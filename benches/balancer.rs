@@ -6,14 +6,19 @@
 //! haproxy from Debian's packages when missing, builds the nginx image with
 //! debootstrap, cached), starts a release `cube` dev node whose balancer
 //! listens on 127.0.0.7, creates a service of 3 nginx replicas published as
-//! `http` and as `tcp`, and starts HAProxy (`balance roundrobin`, keep-alive
-//! to the replicas, `http-reuse always`, its default threads) on 127.0.0.8
-//! in front of the same replicas, at the same addresses Cube's balancer
-//! uses for replicas on its own node: the containers' addresses on the
-//! node's network. Then, per path:
+//! `http` and as `tcp`, and starts HAProxy twice (`balance roundrobin`,
+//! keep-alive to the replicas, `http-reuse always`, `option
+//! splice-request` and `splice-response` for TCP): with one thread on 127.0.0.8 and with one per core (its
+//! default) on 127.0.0.9. HAProxy reaches the replicas where Cube's
+//! balancer reaches those of its own node: at their containers' addresses
+//! on the node's network. Then, per path:
 //! - HTTP: `wrk` (2 threads, 64 connections, 8 s, `--latency`): requests/s,
 //!   p50 and p99; direct is one replica, once at its published host port
-//!   (through the engine's port proxy) and once at its container address;
+//!   (through the engine's port proxy) and once at its container address.
+//!   First both direct paths, HAProxy and Cube at one thread (Cube's
+//!   default `ingress_threads`); then Cube is restarted with one thread per
+//!   core (its replicas adopted, untouched) and measured beside HAProxy
+//!   with as many;
 //! - TCP: 64 MiB fetched over a fresh connection, 6 times; MiB/s.
 //!
 //! Prints tables of medians over the rounds. Not a test: it asserts
@@ -29,6 +34,7 @@ use serde_json::{Value, json};
 const NGINX: &str = "cube-bench/nginx:latest";
 const CUBE_IP: &str = "127.0.0.7";
 const HAPROXY_IP: &str = "127.0.0.8";
+const HAPROXY_MANY_IP: &str = "127.0.0.9";
 const REPLICAS: usize = 3;
 const ROUNDS: usize = 3;
 const WRK_SECONDS: u32 = 8;
@@ -108,7 +114,15 @@ async fn transfer(addr: &str) -> f64 {
     total as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn haproxy(dir: &std::path::Path, http: u16, tcp: u16, replicas: &[Replica]) -> Child {
+/// HAProxy with `threads` threads on `ip`: HTTP on `http`, TCP (spliced
+/// by the kernel, `option splice-request` and `splice-response`) on `tcp`.
+fn haproxy(
+    dir: &std::path::Path,
+    ip: &str,
+    (http, tcp): (u16, u16),
+    threads: usize,
+    replicas: &[Replica],
+) -> Child {
     let servers = |prefix: &str| {
         replicas
             .iter()
@@ -117,17 +131,17 @@ fn haproxy(dir: &std::path::Path, http: u16, tcp: u16, replicas: &[Replica]) -> 
             .collect::<String>()
     };
     let config = format!(
-        "global\n    maxconn 4096\n\
+        "global\n    maxconn 4096\n    nbthread {threads}\n\
          defaults\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
-         frontend web\n    mode http\n    bind {HAPROXY_IP}:{http}\n    default_backend web\n\
+         frontend web\n    mode http\n    bind {ip}:{http}\n    default_backend web\n\
          backend web\n    mode http\n    balance roundrobin\n    option http-keep-alive\n    \
          http-reuse always\n{}\
-         frontend raw\n    mode tcp\n    bind {HAPROXY_IP}:{tcp}\n    default_backend raw\n\
-         backend raw\n    mode tcp\n    balance roundrobin\n{}",
+         frontend raw\n    mode tcp\n    bind {ip}:{tcp}\n    default_backend raw\n\
+         backend raw\n    mode tcp\n    balance roundrobin\n    option splice-request\n    option splice-response\n{}",
         servers("h"),
         servers("t"),
     );
-    let path = dir.join("haproxy.cfg");
+    let path = dir.join(format!("haproxy-{threads}.cfg"));
     std::fs::write(&path, config).expect("haproxy config");
     Command::new("haproxy")
         .arg("-db")
@@ -205,7 +219,7 @@ async fn main() {
     let (node, base, admin) = common::start_dev_node_with(
         dir.path(),
         &node_name,
-        &format!("ingress_addr = \"{CUBE_IP}\"\nnetwork = \"{node_name}\"\n"),
+        &format!("ingress_addr = \"{CUBE_IP}\"\nnetwork = \"{node_name}\"\ningress_threads = 1\n"),
     )
     .await;
     let (http_port, tcp_port) = (common::free_port(), common::free_port());
@@ -262,34 +276,42 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let (haproxy_http, haproxy_tcp) = (common::free_port(), common::free_port());
-    let mut proxy = haproxy(dir.path(), haproxy_http, haproxy_tcp, &replicas);
-
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let one = (common::free_port(), common::free_port());
+    let many = (common::free_port(), common::free_port());
+    let mut proxies = [
+        haproxy(dir.path(), HAPROXY_IP, one, 1, &replicas),
+        haproxy(dir.path(), HAPROXY_MANY_IP, many, cores, &replicas),
+    ];
+    let cube_http = format!("http://{CUBE_IP}:{http_port}/");
+    let haproxy_many = format!("http://{HAPROXY_MANY_IP}:{}/", many.0);
+    // Block 1: everything at one balancer thread (Cube's default).
     let paths = [
         (
-            "direct (one replica, published port)",
+            "direct (one replica, published port)".to_string(),
             format!("http://127.0.0.1:{}/", replicas[0].host_port),
             format!("127.0.0.1:{}", replicas[0].host_port),
         ),
         (
-            "direct (one replica, container address)",
+            "direct (one replica, container address)".to_string(),
             format!("http://{}:8080/", replicas[0].ip),
             format!("{}:8080", replicas[0].ip),
         ),
         (
-            "HAProxy",
-            format!("http://{HAPROXY_IP}:{haproxy_http}/"),
-            format!("{HAPROXY_IP}:{haproxy_tcp}"),
+            "HAProxy, 1 thread".to_string(),
+            format!("http://{HAPROXY_IP}:{}/", one.0),
+            format!("{HAPROXY_IP}:{}", one.1),
         ),
         (
-            "cube",
-            format!("http://{CUBE_IP}:{http_port}/"),
+            "cube, 1 thread (its default)".to_string(),
+            cube_http.clone(),
             format!("{CUBE_IP}:{tcp_port}"),
         ),
     ];
     for (_, url, _) in &paths {
         answers(url).await;
     }
+    answers(&haproxy_many).await;
     let mut http: Vec<Vec<Http>> = vec![Vec::new(); paths.len()];
     let mut tcp: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     for _ in 0..ROUNDS {
@@ -302,8 +324,35 @@ async fn main() {
             tcp[i].push(transfer(addr).await);
         }
     }
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    // Block 2: Cube restarted with one thread per core (its replicas
+    // adopted as they are), beside HAProxy with as many.
+    drop(node);
+    let (node, base, admin) = common::start_dev_node_with(
+        dir.path(),
+        &node_name,
+        &format!(
+            "ingress_addr = \"{CUBE_IP}\"\nnetwork = \"{node_name}\"\ningress_threads = {cores}\n"
+        ),
+    )
+    .await;
+    answers(&cube_http).await;
+    let many_paths = [
+        (
+            format!("HAProxy, {cores} threads (its default)"),
+            haproxy_many,
+        ),
+        (format!("cube, {cores} threads"), cube_http),
+    ];
+    let mut many_http: Vec<Vec<Http>> = vec![Vec::new(); many_paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, url)) in many_paths.iter().enumerate() {
+            many_http[i].push(wrk(url));
+        }
+    }
+    for proxy in &mut proxies {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    }
     let _ = admin.delete(format!("{base}/services/nginx")).send().await;
 
     println!(
@@ -312,17 +361,28 @@ async fn main() {
     );
     println!("| path | requests/s | p50 (ms) | p99 (ms) |");
     println!("|---|---:|---:|---:|");
-    for (i, (name, _, _)) in paths.iter().enumerate() {
+    let rows: Vec<(&str, &Vec<Http>)> = paths
+        .iter()
+        .map(|(name, _, _)| name.as_str())
+        .zip(&http)
+        .chain(
+            many_paths
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .zip(&many_http),
+        )
+        .collect();
+    for (name, runs) in &rows {
         println!(
             "| {name} | {:.0} | {:.3} | {:.3} |",
-            median_of(&http[i], |h| h.rps),
-            median_of(&http[i], |h| h.p50_ms),
-            median_of(&http[i], |h| h.p99_ms),
+            median_of(runs, |h| h.rps),
+            median_of(runs, |h| h.p50_ms),
+            median_of(runs, |h| h.p99_ms),
         );
     }
-    for (i, (name, _, _)) in paths.iter().enumerate() {
-        let runs: Vec<String> = http[i].iter().map(|h| format!("{:.0}", h.rps)).collect();
-        println!("{name}: requests/s per run {}", runs.join(", "));
+    for (name, runs) in &rows {
+        let each: Vec<String> = runs.iter().map(|h| format!("{:.0}", h.rps)).collect();
+        println!("{name}: requests/s per run {}", each.join(", "));
     }
     println!("\nTCP: 64 MiB over a fresh connection, median of {TRANSFERS}\n");
     println!("| path | MiB/s | of direct (published port) | of direct (container) |");
@@ -330,6 +390,9 @@ async fn main() {
     let published = common::median(tcp[0].clone());
     let container = common::median(tcp[1].clone());
     for (i, (name, _, _)) in paths.iter().enumerate() {
+        let name = name
+            .replace(", 1 thread (its default)", "")
+            .replace(", 1 thread", "");
         let m = common::median(tcp[i].clone());
         println!(
             "| {name} | {m:.0} | {:.0}% | {:.0}% |",

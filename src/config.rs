@@ -15,6 +15,7 @@
 //! ingress_addr = "0.0.0.0"         # where the load balancer listens on published ports
 //! network = "cube"                 # the bridge network the containers join
 //! dns_listen = "127.0.0.2:5353"    # optional: where the host can ask the node's DNS
+//! ingress_threads = 1              # threads serving each published HTTP port
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -218,7 +219,20 @@ pub struct WorkerConfig {
     /// One more address the node's DNS server answers on (UDP and TCP),
     /// for the host: `web.cube` there is the balancer on `ingress_addr`.
     pub dns_listen: Option<SocketAddr>,
+    /// Threads serving each published HTTP port (1 to 64). One suits a
+    /// node whose cores run its replicas (a second thread there measured
+    /// slower: more switching, no more CPU); more for a node with idle
+    /// cores and one very busy port.
+    #[serde(default = "default_ingress_threads")]
+    pub ingress_threads: usize,
 }
+
+fn default_ingress_threads() -> usize {
+    1
+}
+
+/// The most threads a published HTTP port may be given.
+pub const MAX_INGRESS_THREADS: usize = 64;
 
 fn default_network() -> String {
     "cube".to_string()
@@ -440,6 +454,12 @@ impl NodeConfig {
                 return Err(ConfigError::key(
                     "worker.network",
                     "must be a bridge network: not the engine's \"host\" or \"none\"",
+                ));
+            }
+            if !(1..=MAX_INGRESS_THREADS).contains(&worker.ingress_threads) {
+                return Err(ConfigError::key(
+                    "worker.ingress_threads",
+                    format!("must be from 1 to {MAX_INGRESS_THREADS}"),
                 ));
             }
             if !valid_network_name(&worker.network) {
@@ -794,6 +814,10 @@ manager = "https://127.0.0.1:5555/"
         for bad in ["", "-x", "a b", "net/1", &"n".repeat(65), "host", "none"] {
             let e = err(&DEV.replace("[worker]", &format!("[worker]\nnetwork = {bad:?}")));
             assert!(e.contains("worker.network"), "{bad}: {e}");
+        }
+        for bad in ["0", "65"] {
+            let e = err(&DEV.replace("[worker]", &format!("[worker]\ningress_threads = {bad}")));
+            assert!(e.contains("worker.ingress_threads"), "{bad}: {e}");
         }
         let e = err(&DEV.replace("[worker]", "[worker]\ndns_listen = \"127.0.0.2\""));
         assert!(e.contains("dns_listen"), "{e}");

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cube::config::NodeConfig;
 
+/// mimalloc: the balancer allocates per request, and glibc's allocator
+/// took about a tenth of its user time (perf) under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "cube", version, about = "A small container orchestrator")]
 struct Cli {

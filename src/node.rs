@@ -220,6 +220,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 node: wc.name.clone(),
                 addr: wc.ingress_addr,
                 allow: None,
+                threads: wc.ingress_threads,
             },
             endpoint_view.clone(),
         ));
@@ -247,6 +248,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             worker.network_view(),
             wc.name.clone(),
             wc.ingress_addr,
+            wc.ingress_threads,
             endpoint_view.clone(),
         ));
         let endpoint_view: web::Data<EndpointView> = web::Data::new(endpoint_view);
@@ -297,6 +299,7 @@ async fn serve_containers(
     mut network: tokio::sync::watch::Receiver<Option<crate::runtime::ContainerNetwork>>,
     node: String,
     ingress: IpAddr,
+    threads: usize,
     view: EndpointView,
 ) {
     let mut serving: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -319,6 +322,7 @@ async fn serve_containers(
                         node: node.clone(),
                         addr: net.gateway,
                         allow: net.subnet,
+                        threads,
                     };
                     serving.push(actix_rt::spawn(crate::ingress::run(place, view.clone())));
                 }

@@ -9,8 +9,9 @@
 //! retry can send them again; responses stream through as they come.
 //!
 //! HTTP/1 on both sides is hyper's (server and pooled client), on
-//! actix-server's threads: one per core, each with its own client, whose
-//! connections to the replicas live on that thread. Requests and
+//! actix-server's threads (`[worker] ingress_threads`, default 1), each
+//! with its own client, whose connections to the replicas live on that
+//! thread. Requests and
 //! responses pass through as they are parsed, only their connection
 //! headers changed.
 
@@ -38,9 +39,6 @@ use crate::api_error::ApiError;
 use crate::service::spec::Balance;
 use crate::worker::endpoints::EndpointView;
 
-/// The most threads one published port is served by (one per core).
-const MAX_THREADS: usize = 4;
-
 /// The largest request body the balancer takes.
 pub const MAX_BODY: usize = 16 << 20;
 
@@ -54,16 +52,18 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 const SHUTDOWN_S: u64 = 5;
 
 /// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    hyper::header::PROXY_AUTHENTICATE,
+    hyper::header::PROXY_AUTHORIZATION,
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 type ReplicaClient = Client<HttpConnector, Full<Bytes>>;
 type Answer = Response<Either<Passed, Full<Bytes>>>;
@@ -119,6 +119,7 @@ pub fn serve(
     view: EndpointView,
     place: Place,
 ) -> std::io::Result<actix_server::Server> {
+    let threads = place.threads.max(1);
     let balancer = Arc::new(Balancer {
         route,
         view,
@@ -126,7 +127,6 @@ pub fn serve(
         turn: AtomicUsize::new(0),
         in_flight: Mutex::new(HashMap::new()),
     });
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
     Ok(actix_server::Server::build()
         .workers(threads)
         .disable_signals()
@@ -219,17 +219,17 @@ async fn pass(
     strip_connection_headers(&mut head.headers);
     let forwarded = match head
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
         Some(before) => format!("{before}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        head.headers.insert("x-forwarded-for", v);
+        head.headers.insert(X_FORWARDED_FOR, v);
     }
     head.headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     // HTTP/1.1 to the replicas, whatever the client spoke: kept alive.
     head.version = hyper::Version::HTTP_11;
     let path = head
@@ -322,18 +322,22 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
 /// Takes out the headers of one connection: the hop-by-hop ones and those
 /// the `Connection` header names.
 fn strip_connection_headers(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(hyper::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
 }
 

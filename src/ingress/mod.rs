@@ -97,6 +97,8 @@ pub struct Place {
     pub addr: IpAddr,
     /// Who may use it, beside loopback (`None`: anyone).
     pub allow: Option<IpNet>,
+    /// Threads serving each HTTP port.
+    pub threads: usize,
 }
 
 /// A published port being served.

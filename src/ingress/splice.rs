@@ -16,32 +16,42 @@ use tokio::time::Instant;
 const CHUNK: usize = 64 * 1024;
 
 /// The pipe one direction's bytes pass through.
-struct Pipe {
+pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
 }
 
 impl Pipe {
-    fn new() -> io::Result<Self> {
+    /// Fails when the process has no file descriptors left.
+    pub fn new() -> io::Result<Self> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
         Ok(Pipe { read, write })
     }
 }
 
-/// Moves bytes from `from` to `to` until `from` has no more (its peer
-/// shut its side) or either fails; then shuts `to`'s writing side, so its
-/// peer sees the end. Every move notes the time in `last`. Returns the
-/// bytes moved.
-pub async fn forward(from: &TcpStream, to: &TcpStream, last: &Cell<Instant>) -> io::Result<u64> {
-    let moved = pass(from, to, last).await;
+/// Moves bytes from `from` to `to` through `pipe` until `from` has no
+/// more (its peer shut its side) or either fails; then shuts `to`'s
+/// writing side, so its peer sees the end. Every move notes the time in
+/// `last`. Returns the bytes moved.
+pub async fn forward(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: Pipe,
+    last: &Cell<Instant>,
+) -> io::Result<u64> {
+    let moved = pass(from, to, &pipe, last).await;
     // The peer learns nothing more comes; an error here (it is gone)
     // changes nothing.
     let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
     moved
 }
 
-async fn pass(from: &TcpStream, to: &TcpStream, last: &Cell<Instant>) -> io::Result<u64> {
-    let pipe = Pipe::new()?;
+async fn pass(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    last: &Cell<Instant>,
+) -> io::Result<u64> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut held = 0usize; // bytes in the pipe
     let mut ended = false; // `from` has no more
@@ -153,7 +163,8 @@ mod tests {
             replica.read_to_end(&mut got).await.unwrap();
             got
         });
-        let moved = forward(&near, &far, &last).await.unwrap();
+        let pipe = Pipe::new().unwrap();
+        let moved = forward(&near, &far, pipe, &last).await.unwrap();
         assert_eq!(moved, expected.len() as u64);
         let got = reader.await.unwrap();
         assert!(got == expected, "the bytes arrived changed or reordered");

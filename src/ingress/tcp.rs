@@ -72,8 +72,12 @@ async fn forward(
                 return;
             }
         }
-        if !carry(&client, &upstream, idle).await {
-            log::debug!("ingress: closed a connection from {peer}, idle for {idle:?}");
+        match carry(&client, &upstream, idle).await {
+            Ok(true) => {}
+            Ok(false) => {
+                log::debug!("ingress: closed a connection from {peer}, idle for {idle:?}")
+            }
+            Err(e) => log::warn!("ingress: cannot carry a connection from {peer}: {e}"),
         }
         return;
     }
@@ -82,14 +86,17 @@ async fn forward(
 
 /// Carries bytes both ways, by the kernel (`splice`), until both sides are
 /// done (true) or no byte has moved either way for `idle` (false). Bytes
-/// passed on to a slow reader count as moving, as do bytes read.
-pub async fn carry(a: &TcpStream, b: &TcpStream, idle: Duration) -> bool {
+/// passed on to a slow reader count as moving, as do bytes read. Fails
+/// before carrying anything when no pipe can be made (no file descriptors
+/// left).
+pub async fn carry(a: &TcpStream, b: &TcpStream, idle: Duration) -> std::io::Result<bool> {
+    let (a_to_b, b_to_a) = (splice::Pipe::new()?, splice::Pipe::new()?);
     let last = Cell::new(Instant::now());
     let there = async {
-        let _ = splice::forward(a, b, &last).await;
+        let _ = splice::forward(a, b, a_to_b, &last).await;
     };
     let back = async {
-        let _ = splice::forward(b, a, &last).await;
+        let _ = splice::forward(b, a, b_to_a, &last).await;
     };
     let quiet = async {
         loop {
@@ -100,10 +107,10 @@ pub async fn carry(a: &TcpStream, b: &TcpStream, idle: Duration) -> bool {
             tokio::time::sleep_until(due).await;
         }
     };
-    tokio::select! {
+    Ok(tokio::select! {
         _ = async { tokio::join!(there, back) } => true,
         _ = quiet => false,
-    }
+    })
 }
 
 /// A PROXY protocol v2 header: the client connected from `client` to
@@ -148,7 +155,7 @@ mod tests {
     async fn carried(idle: Duration) -> (TcpStream, TcpStream, actix_rt::task::JoinHandle<bool>) {
         let (client, near) = pair().await;
         let (far, replica) = pair().await;
-        let carrying = actix_rt::spawn(async move { carry(&near, &far, idle).await });
+        let carrying = actix_rt::spawn(async move { carry(&near, &far, idle).await.unwrap() });
         (client, replica, carrying)
     }
 
@@ -184,7 +191,7 @@ mod tests {
         // everything at once and leave the balancer nothing to do).
         rustix::net::sockopt::set_socket_recv_buffer_size(&client, 16 * 1024).unwrap();
         rustix::net::sockopt::set_socket_send_buffer_size(&near, 16 * 1024).unwrap();
-        let carrying = actix_rt::spawn(async move { carry(&near, &far, idle).await });
+        let carrying = actix_rt::spawn(async move { carry(&near, &far, idle).await.unwrap() });
         let mut client = client;
         // The replica sends far more than the buffers hold; the client
         // reads 64 KiB every 0.4 s, so for seconds only the writes to it
