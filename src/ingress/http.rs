@@ -217,14 +217,7 @@ async fn pass(
     let (mut head, body) = req.into_parts();
     let body = read_body(body).await?;
     strip_connection_headers(&mut head.headers);
-    let forwarded = match head
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(before) => format!("{before}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+    let forwarded = forwarded_for(&head.headers, peer.ip());
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         head.headers.insert(X_FORWARDED_FOR, v);
     }
@@ -285,6 +278,8 @@ async fn pass(
         };
         let (mut head, body) = response.into_parts();
         strip_connection_headers(&mut head.headers);
+        // Ours to the client (hyper answers an HTTP/1.0 client in kind).
+        head.version = hyper::Version::HTTP_11;
         // In flight until its body has been passed on (or dropped).
         let passed = Passed {
             body,
@@ -302,12 +297,12 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }
+    if body.size_hint().lower() > MAX_BODY as u64 {
+        return Err(too_large());
+    }
     match tokio::time::timeout(CLIENT_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(failure(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a request body is at most {MAX_BODY} bytes"),
-        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::bad_request(
             format!("the request's body: {e}"),
             None,
@@ -317,6 +312,26 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
             format!("the request's body did not arrive within {CLIENT_TIMEOUT:?}"),
         )),
     }
+}
+
+/// `X-Forwarded-For` for the replica: every earlier hop (all the header's
+/// lines), then the client (an IPv4 client on an IPv6 socket as IPv4).
+fn forwarded_for(headers: &HeaderMap, client: std::net::IpAddr) -> String {
+    let mut hops: Vec<String> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    hops.push(client.to_canonical().to_string());
+    hops.join(", ")
+}
+
+fn too_large() -> ApiError {
+    failure(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("a request body is at most {MAX_BODY} bytes"),
+    )
 }
 
 /// Takes out the headers of one connection: the hop-by-hop ones and those
@@ -432,5 +447,53 @@ impl Body for Passed {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn connection_headers_and_those_it_names_are_taken_out() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("host", "web"),
+            ("accept", "*/*"),
+        ]);
+        strip_connection_headers(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host", "accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_hop_and_adds_the_client() {
+        let client: std::net::IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        assert_eq!(forwarded_for(&HeaderMap::new(), client), "10.0.0.9");
+        let h = headers(&[
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "3.3.3.3"),
+        ]);
+        assert_eq!(
+            forwarded_for(&h, "fd00::1".parse().unwrap()),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, fd00::1"
+        );
     }
 }

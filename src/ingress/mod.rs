@@ -55,12 +55,14 @@ pub fn routes(table: &EndpointTable) -> HashMap<u16, Route> {
 /// `port`: at the container's address when it runs on `node`, else at its
 /// node's address and host port.
 pub fn target(endpoint: &Endpoint, port: u16, node: &str) -> Option<SocketAddr> {
+    // Only a port the replica's task publishes (an older version of the
+    // service may not have it).
+    let host_port = *endpoint.ports.get(&port)?;
     if endpoint.node == node
         && let Some(ip) = endpoint.container_ip
     {
         return Some(SocketAddr::new(ip, port));
     }
-    let host_port = *endpoint.ports.get(&port)?;
     let ip = endpoint.address.parse().ok()?;
     Some(SocketAddr::new(ip, host_port))
 }
@@ -239,7 +241,9 @@ mod tests {
             target(&local, 8080, "w1"),
             Some("10.0.0.5:32001".parse().expect("an address"))
         );
-        // A port it does not publish cannot be reached from elsewhere.
+        // A port it does not publish is not reached, here or elsewhere.
         assert_eq!(target(&remote, 9090, "w1"), None);
+        let local = endpoint("w1", Some("172.18.0.3"));
+        assert_eq!(target(&local, 9090, "w1"), None);
     }
 }

@@ -114,6 +114,10 @@ async fn pass(
             return Ok(total);
         }
         if moved {
+            // A transfer that never waits still lets the thread's other
+            // work (the other direction, the idle timer, other
+            // connections) run: splice spends none of tokio's budget.
+            tokio::task::consume_budget().await;
             continue;
         }
         // Neither side could move: wait for one that can.

@@ -307,9 +307,9 @@ impl TaskRecord {
         if !status.host_ports.is_empty() || status.state != TaskState::Running {
             self.host_ports = status.host_ports.clone();
         }
-        if status.container_ip.is_some() || status.state != TaskState::Running {
-            self.container_ip = status.container_ip;
-        }
+        // Always the latest report's: an address the container may have
+        // lost is never kept.
+        self.container_ip = status.container_ip;
         self.exit_code = status.exit_code;
         self.error = status.error.clone();
         self.status_seq = status.seq;
