@@ -138,11 +138,24 @@ pub async fn admin_http(client_file: &Path, pool: usize) -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// A port nothing listens on and no other caller in this process was
+/// given, below the kernel's ephemeral range (32768-60999): there the
+/// engine publishes containers' ports and outgoing connections take their
+/// own, and either could take a port between its choosing and the node's
+/// binding it (seen as a node that never came up).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: std::sync::OnceLock<AtomicU16> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU16::new((std::process::id() % u32::from(SPAN)) as u16));
+    for _ in 0..SPAN {
+        let port = LOW + next.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port from {LOW} to {}", LOW + SPAN);
 }
 
 /// The label of the containers a bench runs through the engine directly.
