@@ -138,12 +138,12 @@ async fn pass(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A connected pair of TCP sockets on loopback.
-    async fn pair() -> (TcpStream, TcpStream) {
+    pub(in crate::ingress) async fn pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (near, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());

@@ -140,15 +140,8 @@ pub fn proxy_header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::splice::tests::pair;
     use tokio::io::AsyncReadExt;
-
-    /// A connected pair of TCP sockets on loopback.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (near, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (near.unwrap(), accepted.unwrap().0)
-    }
 
     /// client <-> near (the balancer) carry far <-> replica, carried with
     /// `idle`; the carrying's outcome comes out of the handle.
