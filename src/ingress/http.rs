@@ -48,6 +48,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections to replicas kept idle for reuse this long.
 const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Client connections one thread of a port holds at once; more wait to be
+/// accepted (each may hold a request body of up to [`MAX_BODY`]).
+const MAX_CONNECTIONS: usize = 4096;
 /// Seconds a stopped port's open connections get to finish.
 const SHUTDOWN_S: u64 = 5;
 
@@ -131,6 +134,7 @@ pub fn serve(
         .workers(threads)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_S)
+        .max_concurrent_connections(MAX_CONNECTIONS)
         .listen("ingress-http", listener, move || {
             // Made on each worker thread: its pool lives there.
             let client = Rc::new(replica_client());
