@@ -224,31 +224,51 @@ pub struct ContainerGuard(pub Vec<String>);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
+        // A container the engine is still removing (its worker's own
+        // removal under way) refuses `rm -f` and keeps its network in use:
+        // both are tried again until gone, for at most 20 s.
+        let deadline = Instant::now() + Duration::from_secs(20);
         for node in &self.0 {
-            for id in containers_of_node(node) {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", &id])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+            loop {
+                for id in containers_of_node(node) {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f", &id])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                remove_networks_of_node(node);
+                let left =
+                    !containers_of_node(node).is_empty() || !networks_of_node(node).is_empty();
+                if !left || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
-            remove_networks_of_node(node);
         }
     }
 }
 
-/// Removes the networks labelled with this node.
-pub fn remove_networks_of_node(node: &str) {
-    let Ok(out) = Command::new("docker")
+/// Ids of the networks labelled with this node.
+pub fn networks_of_node(node: &str) -> Vec<String> {
+    Command::new("docker")
         .args(["network", "ls", "-q", "--filter"])
         .arg(format!("label=cube.node={node}"))
         .output()
-    else {
-        return;
-    };
-    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the networks labelled with this node.
+pub fn remove_networks_of_node(node: &str) {
+    for id in networks_of_node(node) {
         let _ = Command::new("docker")
-            .args(["network", "rm", id])
+            .args(["network", "rm", &id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
