@@ -341,22 +341,15 @@ fn too_large() -> ApiError {
 /// Takes out the headers of one connection: the hop-by-hop ones and those
 /// the `Connection` header names.
 fn strip_connection_headers(headers: &mut HeaderMap) {
-    if headers.contains_key(hyper::header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(hyper::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
     }
 }
 
