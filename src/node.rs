@@ -215,15 +215,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("worker: cannot listen on {worker_addr}"))?;
         let (follower, endpoint_view) = EndpointFollower::new(&wc.name, manager.clone());
         follower.start();
-        actix_rt::spawn(crate::ingress::run(
-            crate::ingress::Place {
-                node: wc.name.clone(),
-                addr: wc.ingress_addr,
-                allow: None,
-                threads: wc.ingress_threads,
-            },
-            endpoint_view.clone(),
-        ));
+        let ingress = crate::ingress::Place {
+            node: wc.name.clone(),
+            addr: wc.ingress_addr,
+            allow: None,
+            threads: wc.ingress_threads,
+            bodies: crate::ingress::budget::BodyBudget::new(crate::ingress::budget::BODY_BUDGET),
+        };
+        actix_rt::spawn(crate::ingress::run(ingress.clone(), endpoint_view.clone()));
         if let Some(at) = wc.dns_listen {
             let listen = crate::dns::Listen {
                 at,
@@ -246,9 +245,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir));
         actix_rt::spawn(serve_containers(
             worker.network_view(),
-            wc.name.clone(),
-            wc.ingress_addr,
-            wc.ingress_threads,
+            ingress,
             endpoint_view.clone(),
         ));
         let endpoint_view: web::Data<EndpointView> = web::Data::new(endpoint_view);
@@ -292,14 +289,12 @@ fn host_balancer(ingress: IpAddr, dns: IpAddr) -> IpAddr {
 
 /// Once the engine has made the node's container network: the DNS server
 /// on its gateway (port 53: the containers' name server) and, unless the
-/// balancer listens on every address already, the balancer there too; both
-/// answer only the network's containers (and the host). Served again on
-/// the new gateway if the network is made anew.
+/// balancer (at `ingress`) listens on every address already, the balancer
+/// there too; both answer only the network's containers (and the host).
+/// Served again on the new gateway if the network is made anew.
 async fn serve_containers(
     mut network: tokio::sync::watch::Receiver<Option<crate::runtime::ContainerNetwork>>,
-    node: String,
-    ingress: IpAddr,
-    threads: usize,
+    ingress: crate::ingress::Place,
     view: EndpointView,
 ) {
     let mut serving: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -317,12 +312,11 @@ async fn serve_containers(
                     allow: net.subnet,
                 };
                 serving.push(actix_rt::spawn(crate::dns::run(listen, view.clone())));
-                if !ingress.is_unspecified() {
+                if !ingress.addr.is_unspecified() {
                     let place = crate::ingress::Place {
-                        node: node.clone(),
                         addr: net.gateway,
                         allow: net.subnet,
-                        threads,
+                        ..ingress.clone()
                     };
                     serving.push(actix_rt::spawn(crate::ingress::run(place, view.clone())));
                 }

@@ -1076,25 +1076,33 @@ async fn a_port_held_by_another_process_opens_once_freed_and_idle_tcp_connection
 }
 
 #[tokio::test]
-async fn a_replica_that_sends_nothing_is_given_up_on_after_the_ports_idle_timeout() {
+async fn replicas_and_clients_that_go_quiet_are_given_up_on_after_the_ports_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     ensure_image();
     let cluster = Cluster::split_with("round-robin", &["ingress_addr = \"127.0.0.2\""]);
     cluster.ready().await;
     let publish = free_port();
-    let mut spec = web(1, "stalling");
+    let mut spec = web(2, "stalling");
     spec["expose"] =
         json!([{"port": 7777, "publish": publish, "protocol": "http", "idle_timeout_s": 1}]);
     cluster.client().create_service(&spec).await.unwrap();
+    running(&cluster, 2, "two replicas").await;
     let base = format!("http://127.0.0.2:{publish}");
     let root = format!("{base}/");
-    wait_for("the balancer to forward", T, || {
+    wait_for("the balancer to forward to both replicas", T, || {
         let root = root.clone();
-        async move { plain_get(&root).await.ok().filter(|r| r.status() == 200) }
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..4 {
+                seen.insert(plain_get(&root).await.ok()?.text().await.ok()?);
+            }
+            (seen.len() == 2).then_some(())
+        }
     })
     .await;
-    // The replica takes the request and sends nothing (for two minutes):
-    // the balancer answers 504 once the port's 1 s have passed, not after
-    // the default 60 s.
+    // Each replica takes the request and sends nothing (for two minutes):
+    // the balancer answers 504 once the port's 1 s has passed, not after
+    // the default 60 s, and does not try the other replica (1 s more).
     let asked = Instant::now();
     let r = plain_get(&format!("{base}/stall")).await.unwrap();
     let after = asked.elapsed();
@@ -1104,10 +1112,44 @@ async fn a_replica_that_sends_nothing_is_given_up_on_after_the_ports_idle_timeou
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.contains("did not answer within 1s"), "{body}");
     assert!(
-        after >= Duration::from_millis(900) && after < Duration::from_secs(30),
-        "answered after {after:?}: not the port's 1 s"
+        after >= Duration::from_millis(900) && after < Duration::from_millis(1900),
+        "answered after {after:?}: not one try of the port's 1 s"
     );
-    // The replica is still served to the next request.
+    // The replicas are still served to the next request.
+    let r = plain_get(&root).await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A client that asks for 64 MiB and reads none of it: cut off once
+    // the balancer has had no room to write for 1 s (it would otherwise
+    // hold the client's and the replica's connections for good).
+    const LEN: usize = 64 << 20;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.2:{publish}").parse().unwrap();
+    let mut quiet = socket.connect(addr).await.unwrap();
+    quiet
+        .write_all(format!("GET /bytes/{LEN} HTTP/1.1\r\nHost: web\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Reading nothing, past the port's idle timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let read = tokio::time::timeout(T, async {
+        loop {
+            match quiet.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was not closed");
+    println!("a client that did not read got {got} of {LEN} bytes before it was cut off");
+    assert!(
+        got < LEN,
+        "the whole answer passed: the client was not cut off"
+    );
     let r = plain_get(&root).await.unwrap();
     assert_eq!(r.status(), 200);
     cluster.client().remove_service("web").await.unwrap();
@@ -1117,10 +1159,53 @@ async fn a_replica_that_sends_nothing_is_given_up_on_after_the_ports_idle_timeou
 async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after() {
     ensure_image();
     let (cluster, publish, _) = behind_balancers(web(2, "frozen"), "http").await;
+    // The manager frozen (SIGSTOP): its connections stay open, silent.
+    keeps_balancing_apart_from_the_manager(
+        &cluster,
+        publish,
+        || cluster.nodes[0].pause(),
+        || cluster.nodes[0].resume(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_its_manager_keeps_balancing_and_follows_again_after() {
+    ensure_image();
+    // The manager in a network namespace of its own, the two workers on
+    // the host; the link between them cut (every packet dropped, both
+    // ways) and healed.
+    let cluster = Cluster::split_apart(
+        "round-robin",
+        &[
+            "ingress_addr = \"127.0.0.2\"",
+            "ingress_addr = \"127.0.0.3\"",
+        ],
+    );
+    cluster.ready().await;
+    let publish = free_port();
+    let mut spec = web(2, "cut off");
+    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "http"}]);
+    cluster.client().create_service(&spec).await.unwrap();
+    let link = cluster.netns.as_ref().expect("the manager's namespace");
+    keeps_balancing_apart_from_the_manager(&cluster, publish, || link.cut(), || link.heal()).await;
+}
+
+/// With two replicas of `web` behind the balancers of 127.0.0.2 and
+/// 127.0.0.3 on `publish`: while `apart` keeps the manager from the
+/// workers past the endpoint feed's 10 s of silence, the workers keep
+/// their table and every request is answered; once `together`, they follow
+/// the manager's endpoints again (a scale-up reaches both).
+async fn keeps_balancing_apart_from_the_manager(
+    cluster: &Cluster,
+    publish: u16,
+    apart: impl FnOnce(),
+    together: impl FnOnce(),
+) {
     let client = cluster.client();
-    running(&cluster, 2, "two replicas").await;
-    let workers = worker_addresses(&cluster).await;
-    every_worker_sees(&cluster, &workers, 2).await;
+    running(cluster, 2, "two replicas").await;
+    let workers = worker_addresses(cluster).await;
+    every_worker_sees(cluster, &workers, 2).await;
     let urls: Vec<String> = ["127.0.0.2", "127.0.0.3"]
         .iter()
         .map(|ip| format!("http://{ip}:{publish}/"))
@@ -1131,16 +1216,14 @@ async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after(
         })
         .await;
     }
-    // The manager frozen (SIGSTOP) past the feed's 10 s of silence: the
-    // workers give up on the feed, keep their table and go on balancing.
     let logged: Vec<usize> = cluster.nodes[1..]
         .iter()
         .map(|n| n.log_text().len())
         .collect();
-    cluster.nodes[0].pause();
-    let frozen = Instant::now();
+    apart();
+    let since = Instant::now();
     let mut answered = 0;
-    while frozen.elapsed() < cube::worker::endpoints::SILENCE + Duration::from_secs(4) {
+    while since.elapsed() < cube::worker::endpoints::SILENCE + Duration::from_secs(4) {
         for url in &urls {
             let r = plain_get(url).await.expect("a balancer stopped answering");
             assert_eq!(r.status(), 200);
@@ -1148,12 +1231,12 @@ async fn a_worker_whose_manager_freezes_keeps_balancing_and_follows_again_after(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("{answered} requests answered while the manager was frozen");
-    cluster.nodes[0].resume();
-    // Thawed: the workers follow the feed again.
+    println!("{answered} requests answered while apart from the manager");
+    together();
+    // Together again: the workers follow the feed again.
     client.scale_service("web", 3).await.unwrap();
     let scaled = Instant::now();
-    every_worker_sees(&cluster, &workers, 3).await;
+    every_worker_sees(cluster, &workers, 3).await;
     println!(
         "both workers hold the third replica {:?} after the scale-up",
         scaled.elapsed()

@@ -4,9 +4,13 @@
 //! reused. The request carries `X-Forwarded-For` (the client's address
 //! added) and `X-Forwarded-Proto`. A replica that cannot be connected to is
 //! skipped for the next (the request was not sent); one that fails after
-//! the request went out is retried elsewhere only for idempotent methods.
-//! Request bodies are read whole first (at most [`MAX_BODY`]), so that a
-//! retry can send them again; responses stream through as they come.
+//! the request went out is retried elsewhere only for idempotent methods;
+//! one that sends nothing for the port's idle timeout is answered 504 and
+//! not retried (the client has waited long enough). Request bodies are
+//! read whole first (at most [`MAX_BODY`] each, and the node's
+//! [`BodyBudget`] in all), so that a retry can send them again; responses
+//! stream through as they come. A client that takes nothing of an answer
+//! for the idle timeout is cut off.
 //!
 //! HTTP/1 on both sides is hyper's (server and pooled client), on
 //! actix-server's threads (`[worker] ingress_threads`, default 1), each
@@ -25,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -34,6 +38,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::budget::{BodyBudget, Held};
+use super::stall::{Stall, WriteTimeout};
 use super::{Place, Route, allowed, candidates};
 use crate::api_error::ApiError;
 use crate::service::spec::Balance;
@@ -172,6 +178,8 @@ async fn connection(
         return;
     };
     let _ = stream.set_nodelay(true);
+    // A client that takes nothing of an answer for this long is cut off.
+    let stream = WriteTimeout::new(stream, balancer.route.expose.idle_timeout());
     let service = hyper::service::service_fn(move |req| {
         let (balancer, client) = (balancer.clone(), client.clone());
         async move { Ok::<_, Infallible>(forward(req, peer, &balancer, &client).await) }
@@ -219,7 +227,8 @@ async fn pass(
         ));
     }
     let (mut head, body) = req.into_parts();
-    let body = read_body(body).await?;
+    // Held until the answer's head has come (the last retry is decided).
+    let (body, _held) = read_body(body, &balancer.place.bodies).await?;
     strip_connection_headers(&mut head.headers);
     let forwarded = forwarded_for(&head.headers, peer.ip());
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
@@ -269,15 +278,14 @@ async fn pass(
                 }
                 return Err(failed);
             }
+            // Not tried elsewhere: the client has waited the port's idle
+            // timeout already (and a slow service is not made slower by
+            // the same request on every replica).
             Err(_) => {
-                failed = failure(
+                return Err(failure(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("the replica at {target} did not answer within {patience:?}"),
-                );
-                if may_retry {
-                    continue;
-                }
-                return Err(failed);
+                ));
             }
         };
         let (mut head, body) = response.into_parts();
@@ -288,34 +296,68 @@ async fn pass(
         let passed = Passed {
             body,
             _guard: guard,
-            patience,
-            stalled: None,
+            stall: Stall::new(patience),
         };
         return Ok(Response::from_parts(head, Either::Left(passed)));
     }
     Err(failed)
 }
 
-/// The request's whole body (none read for a request without one).
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+/// The request's whole body (none read for a request without one) and
+/// its hold on the node's budget.
+async fn read_body<B>(body: B, budget: &Arc<BodyBudget>) -> Result<(Bytes, Held), ApiError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut held = budget.hold();
     if body.is_end_stream() {
-        return Ok(Bytes::new());
+        return Ok((Bytes::new(), held));
     }
-    if body.size_hint().lower() > MAX_BODY as u64 {
-        return Err(too_large());
+    // A body whose length is announced is refused before it is read.
+    let announced = usize::try_from(body.size_hint().lower())
+        .ok()
+        .filter(|&n| n <= MAX_BODY)
+        .ok_or_else(too_large)?;
+    if !held.grow(announced) {
+        return Err(busy(budget));
     }
-    match tokio::time::timeout(CLIENT_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(ApiError::bad_request(
-            format!("the request's body: {e}"),
-            None,
-        )),
+    match tokio::time::timeout(CLIENT_TIMEOUT, collect(body, &mut held, budget)).await {
+        Ok(whole) => whole.map(|whole| (whole, held)),
         Err(_) => Err(failure(
             StatusCode::REQUEST_TIMEOUT,
             format!("the request's body did not arrive within {CLIENT_TIMEOUT:?}"),
         )),
     }
+}
+
+/// Reads `body` whole, holding the budget for each byte before it is kept.
+async fn collect<B>(mut body: B, held: &mut Held, budget: &BodyBudget) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut whole = BytesMut::with_capacity(held.bytes());
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("the request's body: {e}"), None))?;
+        // Trailers are not passed on.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = whole
+            .len()
+            .checked_add(data.len())
+            .filter(|&n| n <= MAX_BODY)
+            .ok_or_else(too_large)?;
+        if let Some(more) = len.checked_sub(held.bytes())
+            && !held.grow(more)
+        {
+            return Err(busy(budget));
+        }
+        whole.extend_from_slice(&data);
+    }
+    Ok(whole.freeze())
 }
 
 /// `X-Forwarded-For` for the replica: every earlier hop (all the header's
@@ -329,6 +371,16 @@ fn forwarded_for(headers: &HeaderMap, client: std::net::IpAddr) -> String {
         .collect();
     hops.push(client.to_canonical().to_string());
     hops.join(", ")
+}
+
+fn busy(budget: &BodyBudget) -> ApiError {
+    failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the node's balancer holds {} bytes of request bodies already, its most; try again",
+            budget.cap()
+        ),
+    )
 }
 
 fn too_large() -> ApiError {
@@ -400,13 +452,12 @@ impl Drop for InFlight {
 }
 
 /// A replica's response body on its way to the client: in flight until
-/// done, and given up on when the replica sends nothing for `patience`.
+/// done, and given up on when the replica sends nothing for the port's
+/// idle timeout.
 struct Passed {
     body: Incoming,
     _guard: InFlight,
-    patience: Duration,
-    /// Armed while the replica has nothing to send.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Stall,
 }
 
 impl Body for Passed {
@@ -414,28 +465,15 @@ impl Body for Passed {
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                self.stalled = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let patience = self.patience;
-                let stalled = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(patience)));
-                match stalled.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                        "the replica sent nothing for {patience:?}"
-                    )
-                    .into()))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        this.stall.watch(cx, polled).map(|watched| match watched {
+            Ok(frame) => frame.map(|f| f.map_err(Into::into)),
+            Err(stalled) => Some(Err(format!("the replica: {stalled}").into())),
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -478,6 +516,50 @@ mod tests {
         strip_connection_headers(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["host", "accept"]);
+    }
+
+    /// A body of `chunks`, its length not announced.
+    fn chunked(
+        chunks: impl IntoIterator<Item = impl Into<Bytes>>,
+    ) -> impl Body<Data = Bytes, Error = Infallible> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks
+            .into_iter()
+            .map(|c| Ok(Frame::data(c.into())))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_nodes_budget_are_refused_and_held_bytes_given_back() {
+        let budget = BodyBudget::new(10);
+        // Announced past the budget: refused before it is read.
+        let refused = read_body(Full::new(Bytes::from(vec![0u8; 11])), &budget).await;
+        assert_eq!(refused.map(|_| ()).unwrap_err().status, 503);
+        // Not announced: refused when it crosses the budget.
+        let refused = read_body(chunked([&b"123456"[..], b"789012"]), &budget).await;
+        assert_eq!(refused.map(|_| ()).unwrap_err().status, 503);
+        // One that fits is read whole and holds its bytes until dropped.
+        let (whole, held) = read_body(chunked([&b"01234"[..], b"56789"]), &budget)
+            .await
+            .expect("within the budget");
+        assert_eq!(&whole[..], b"0123456789");
+        let refused = read_body(Full::new(Bytes::from_static(b"x")), &budget).await;
+        assert_eq!(refused.map(|_| ()).unwrap_err().status, 503);
+        drop(held);
+        let (whole, _held) = read_body(Full::new(Bytes::from_static(b"x")), &budget)
+            .await
+            .expect("the budget given back");
+        assert_eq!(&whole[..], b"x");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_largest_is_refused_whatever_the_budget() {
+        let budget = BodyBudget::new(usize::MAX);
+        let announced = read_body(Full::new(Bytes::from(vec![0u8; MAX_BODY + 1])), &budget).await;
+        assert_eq!(announced.map(|_| ()).unwrap_err().status, 413);
+        let half = vec![0u8; MAX_BODY / 2 + 1];
+        let streamed = read_body(chunked([half.clone(), half]), &budget).await;
+        assert_eq!(streamed.map(|_| ()).unwrap_err().status, 413);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! replica that refuses the connection is skipped; optional PROXY protocol
 //! v2); `http.rs` per request.
 
+pub mod budget;
 pub mod http;
 mod splice;
+mod stall;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -101,6 +103,9 @@ pub struct Place {
     pub allow: Option<IpNet>,
     /// Threads serving each HTTP port.
     pub threads: usize,
+    /// The request bodies the node's balancer may hold at once (shared by
+    /// every place of the node).
+    pub bodies: std::sync::Arc<budget::BodyBudget>,
 }
 
 /// A published port being served.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
@@ -101,15 +103,29 @@ pub struct NodeProc {
     pub log: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// What the command runs under (e.g. `ip netns exec NAME`).
+    prefix: Vec<String>,
 }
 
 impl NodeProc {
     pub fn start(config: PathBuf, log: PathBuf, env: Vec<(String, String)>) -> Self {
+        Self::start_under(Vec::new(), config, log, env)
+    }
+
+    /// Started by `prefix` (which must exec the command, keeping its
+    /// process id, as `ip netns exec` does).
+    pub fn start_under(
+        prefix: Vec<String>,
+        config: PathBuf,
+        log: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let mut node = NodeProc {
             config,
             log,
             child: None,
             env,
+            prefix,
         };
         node.spawn();
         node
@@ -121,7 +137,14 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .expect("cannot open node log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cube"));
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(env!("CARGO_BIN_EXE_cube"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cube")),
+        };
         cmd.arg("node")
             .arg("--config")
             .arg(&self.config)
@@ -428,7 +451,12 @@ pub struct Cluster {
     files: OnceLock<ManagerFiles>,
     pub nodes: Vec<NodeProc>,
     pub worker_names: Vec<String>,
+    /// The address workers listen on (and the manager reaches them at).
+    worker_host: String,
     _guard: ContainerGuard,
+    /// The manager's own network namespace, if apart (dropped after the
+    /// nodes).
+    pub netns: Option<netns::Netns>,
 }
 
 impl Cluster {
@@ -462,8 +490,10 @@ impl Cluster {
             files: OnceLock::new(),
             nodes: vec![node],
             worker_names: vec![name],
+            worker_host: "127.0.0.1".into(),
             dir,
             _guard: guard,
+            netns: None,
         }
     }
 
@@ -481,21 +511,42 @@ impl Cluster {
     /// As `split_with`, with `manager` as extra TOML for the `[manager]`
     /// section (e.g. `down_after_ms = 1500`).
     pub fn split_tuned(scheduler: &str, manager: &str, workers: &[&str]) -> Self {
+        Self::split_in(None, scheduler, manager, workers)
+    }
+
+    /// As `split_with`, the manager in a network namespace of its own
+    /// (`cluster.netns`, whose `cut` and `heal` partition it from the
+    /// workers), the workers on the host's end of its link.
+    pub fn split_apart(scheduler: &str, workers: &[&str]) -> Self {
+        Self::split_in(Some(netns::Netns::new()), scheduler, "", workers)
+    }
+
+    fn split_in(
+        netns: Option<netns::Netns>,
+        scheduler: &str,
+        manager: &str,
+        workers: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let (manager_host, worker_host, prefix) = match &netns {
+            Some(ns) => (ns.ns_ip.clone(), ns.host_ip.clone(), ns.exec()),
+            None => ("127.0.0.1".into(), "127.0.0.1".into(), Vec::new()),
+        };
         let mport = free_port();
         let mconfig = dir.path().join("manager.toml");
         std::fs::write(
             &mconfig,
             format!(
-                "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{mport}\"\n\
+                "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"{manager_host}:{mport}\"\n\
                  scheduler = \"{scheduler}\"\nclient_file = \"{}\"\n{manager}\n",
                 dir.path().join("manager").display(),
                 dir.path().join("client.toml").display()
             ),
         )
         .unwrap();
-        let manager_url = format!("https://127.0.0.1:{mport}");
-        let nodes = vec![NodeProc::start(
+        let manager_url = format!("https://{manager_host}:{mport}");
+        let nodes = vec![NodeProc::start_under(
+            prefix,
             mconfig,
             dir.path().join("manager.log"),
             vec![],
@@ -506,8 +557,10 @@ impl Cluster {
             files: OnceLock::new(),
             nodes,
             worker_names: Vec::new(),
+            worker_host,
             dir,
             _guard: ContainerGuard(Vec::new()),
+            netns,
         };
         for extra in workers {
             cluster.add_worker(extra);
@@ -542,11 +595,12 @@ impl Cluster {
             &config,
             format!(
                 "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
-                 listen = \"127.0.0.1:{}\"\nmanager = \"{}\"\njoin_token = \"{}\"\n{}{extra}\n",
+                 listen = \"{}:{}\"\nmanager = \"{}\"\njoin_token = \"{}\"\n{}{extra}\n",
                 self.dir
                     .path()
                     .join(format!("{name}-{}", self.nodes.len()))
                     .display(),
+                self.worker_host,
                 free_port(),
                 self.manager_url,
                 self.files().worker_token,

@@ -5,7 +5,8 @@
 //!   `GET /` answers "$GREETING from $HOSTNAME", `GET /health` answers 200
 //!   (503 once /tmp/unhealthy exists, or once $UNHEALTHY_AFTER_MS ms have
 //!   passed since the start), `GET /env` lists the environment, `GET /headers` the request headers,
-//!   `GET /redirect` a 302 to `/`, and `GET /stall` nothing for two minutes.
+//!   `GET /redirect` a 302 to `/`, `GET /stall` nothing for two minutes,
+//!   and `GET /bytes/N` N bytes (at most 1 GiB).
 //! - `/echo sleep SECS`: sleeps, then exits 0.
 //! - `/echo exit CODE [AFTER_MS]`: waits AFTER_MS ms, then exits with CODE.
 //! - `/echo eat MB`: allocates and touches MB MiB, then sleeps.
@@ -250,6 +251,11 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("");
+    if method == "GET" {
+        if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse().ok()) {
+            return send_bytes(stream, n);
+        }
+    }
     let mut extra = "";
     let (status, body) = match (method, path) {
         ("GET", "/") => {
@@ -287,5 +293,23 @@ fn answer(mut stream: TcpStream) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
+    stream.flush()
+}
+
+/// Answers with `n` bytes (at most 1 GiB), written as the client takes them.
+fn send_bytes(mut stream: TcpStream, n: usize) -> std::io::Result<()> {
+    let n = n.min(1 << 30);
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+    )?;
+    let chunk = [b'x'; 64 << 10];
+    let mut left = n;
+    while left > 0 {
+        let part = left.min(chunk.len());
+        stream.write_all(&chunk[..part])?;
+        left -= part;
+    }
+    say(&format!("GET /bytes/{n} 200"));
     stream.flush()
 }
