@@ -25,6 +25,7 @@ pub mod ingress;
 pub mod listener;
 pub mod manager;
 pub mod node;
+pub mod raft;
 pub mod runtime;
 pub mod scheduler;
 pub mod security;

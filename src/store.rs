@@ -10,12 +10,22 @@
 //! syncing and commits their records together (group commit). A store
 //! whose map is full answers [`StoreError::Full`]; removing records frees
 //! room again.
+//!
+//! `raft.rs` holds the Raft log and its metadata (vote, applied, ...) in
+//! two more tables, and applies replicated changes to the records.
+
+mod raft;
+pub use raft::{
+    ApplyWrites, Dump, DumpRecords, LogAppend, LogLast, LogPurge, LogRange, LogTruncate, MetaGet,
+    MetaPut, RawWrite, ReplaceRecords,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
-use heed::types::{Bytes, Str};
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, EnvOpenOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,8 +37,11 @@ pub const MAP_SIZE_BYTES: usize = 1 << 30;
 /// refused as full; removals still go through and make room.
 const SOFT_LIMIT_PERCENT: u64 = 85;
 
-/// Tables (LMDB named databases) this store holds.
+/// Tables (LMDB named databases) of records this store holds.
 const TABLES: &[&str] = &["tasks", "nodes", "worker_tasks", "tokens", "services"];
+/// The Raft log (by index) and the Raft metadata (by name).
+const RAFT_LOG: &str = "raft_log";
+const RAFT_META: &str = "raft_meta";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +63,8 @@ pub enum StoreError {
     },
     #[error("the store is unavailable: {0}")]
     Mailbox(#[from] MailboxError),
+    #[error("no table named {0:?}")]
+    NoTable(String),
 }
 
 /// A kind of record the Store keeps: its table and key.
@@ -66,6 +81,8 @@ pub trait Stored: Serialize + DeserializeOwned + Send + 'static {
 pub struct Store {
     env: Env,
     tables: HashMap<&'static str, Database<Str, Bytes>>,
+    raft_log: Database<U64<BigEndian>, Bytes>,
+    raft_meta: Database<Str, Bytes>,
     map_size: usize,
 }
 
@@ -92,7 +109,7 @@ impl Store {
         let env = unsafe {
             EnvOpenOptions::new()
                 .map_size(map_size)
-                .max_dbs(TABLES.len() as u32)
+                .max_dbs(TABLES.len() as u32 + 2)
                 .open(&path)?
         };
         let mut wtxn = env.write_txn()?;
@@ -101,11 +118,15 @@ impl Store {
             let db: Database<Str, Bytes> = env.create_database(&mut wtxn, Some(name))?;
             tables.insert(*name, db);
         }
+        let raft_log = env.create_database(&mut wtxn, Some(RAFT_LOG))?;
+        let raft_meta = env.create_database(&mut wtxn, Some(RAFT_META))?;
         wtxn.commit()?;
         log::info!("store: LMDB opened at {}", path.display());
         Ok(SyncArbiter::start(1, move || Store {
             env: env.clone(),
             tables: tables.clone(),
+            raft_log,
+            raft_meta,
             map_size,
         }))
     }
@@ -113,6 +134,15 @@ impl Store {
     fn table(&self, name: &'static str) -> Database<Str, Bytes> {
         // TABLES lists every Stored::TABLE; all were created at start.
         self.tables[name]
+    }
+
+    /// A table of records named by data (a replicated change): one of
+    /// [`TABLES`], or an error.
+    fn table_named(&self, name: &str) -> Result<Database<Str, Bytes>, StoreError> {
+        self.tables
+            .get(name)
+            .copied()
+            .ok_or_else(|| StoreError::NoTable(name.to_string()))
     }
 
     /// Whether the records use more than [`SOFT_LIMIT_PERCENT`] of the map.

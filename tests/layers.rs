@@ -1,10 +1,11 @@
 //! The crate's layers, lowest first, and who may speak to LMDB and to the
 //! engine. A module may name modules of its own layer's rank or lower
-//! (`crate::x`), never a higher one; `heed` is named only in `store.rs` and
-//! `bollard` only in `runtime/docker.rs`.
+//! (`crate::x`), never a higher one; `heed` is named only in the Store
+//! (`store.rs`, `store/`), `openraft` only in `raft/` and `bollard` only in
+//! `runtime/docker.rs`.
 //!
-//! store, api_error → task, security → wire, service, listener → config → scheduler, runtime →
-//! core → client → manager, worker → ingress, dns → node, cli
+//! store, api_error → task, security, raft → wire, service, listener → config → scheduler,
+//! runtime → core → client → manager, worker → ingress, dns → node, cli
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("api_error", 0),
     ("task", 1),
     ("security", 1),
+    ("raft", 1),
     ("wire", 2),
     ("service", 2),
     ("listener", 2),
@@ -115,7 +117,7 @@ fn the_layer_check_sees_a_violation() {
 }
 
 #[test]
-fn only_the_store_names_heed_and_only_the_docker_runtime_names_bollard() {
+fn only_the_store_names_heed_only_raft_names_openraft_and_only_the_docker_runtime_names_bollard() {
     let sources = sources();
     let naming = |word: &str| -> Vec<String> {
         sources
@@ -124,6 +126,11 @@ fn only_the_store_names_heed_and_only_the_docker_runtime_names_bollard() {
             .map(|(path, _)| path.clone())
             .collect()
     };
-    assert_eq!(naming("heed"), vec!["store.rs"]);
+    assert_eq!(naming("heed"), vec!["store.rs", "store/raft.rs"]);
+    let openraft = naming("openraft");
+    assert!(
+        !openraft.is_empty() && openraft.iter().all(|p| p.starts_with("raft/")),
+        "{openraft:?}"
+    );
     assert_eq!(naming("bollard"), vec!["runtime/docker.rs"]);
 }
