@@ -10,11 +10,14 @@
 //!   Store (`store::raft`).
 //! - `state_machine.rs`: applying entries to the records, and snapshots
 //!   (every record, with the last applied id and membership).
+//! - `network.rs`: the RPCs between managers as JSON over a `Transport`,
+//!   and `answer`, their receiving side.
 
 // openraft's traits fix the error type (`StorageError`, 200-odd bytes).
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 pub mod types;
 

@@ -132,3 +132,243 @@ mod changes {
         assert_eq!(applied.map(|l| l.index), Some(2));
     }
 }
+
+/// Three managers' Rafts in one process, each on a Store of its own (real
+/// LMDB files), their RPCs passed in memory by a simulated network whose
+/// members can be cut off: elections, replication, a leader's loss and a
+/// member catching up.
+mod cluster {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use openraft::{Config, Raft};
+    use serde_json::value::RawValue;
+
+    use crate::raft::network::{Network, Rpc, Transport, TransportError, answer};
+    use crate::raft::types::{Change, Cube, Member, NodeId, Record};
+    use crate::raft::{LogStore, StateMachine};
+    use crate::store::{DumpRecords, Store};
+
+    /// The simulated network: the members it reaches, by URL.
+    #[derive(Clone, Default)]
+    struct Memory {
+        reached: Arc<Mutex<HashMap<String, Raft<Cube>>>>,
+    }
+
+    impl Memory {
+        fn join(&self, url: &str, raft: Raft<Cube>) {
+            self.reached.lock().unwrap().insert(url.into(), raft);
+        }
+        fn cut(&self, url: &str) {
+            self.reached.lock().unwrap().remove(url);
+        }
+    }
+
+    impl Transport for Memory {
+        async fn call(
+            &self,
+            to: &Member,
+            rpc: Rpc,
+            body: Vec<u8>,
+            _timeout: Duration,
+        ) -> Result<Vec<u8>, TransportError> {
+            let raft = self.reached.lock().unwrap().get(&to.url).cloned();
+            let raft =
+                raft.ok_or_else(|| TransportError::Unreachable(to.url.clone(), "cut off".into()))?;
+            answer(&raft, rpc, &body)
+                .await
+                .map_err(|e| TransportError::Failed(to.url.clone(), e.to_string()))
+        }
+    }
+
+    fn member(id: NodeId) -> Member {
+        Member {
+            name: format!("m{id}"),
+            url: format!("memory://m{id}"),
+        }
+    }
+
+    async fn start(id: NodeId, store: &actix::Addr<Store>, net: &Memory) -> Raft<Cube> {
+        let config = Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        };
+        let raft = Raft::new(
+            id,
+            Arc::new(config.validate().unwrap()),
+            Network::new(net.clone()),
+            LogStore::new(store.clone()),
+            StateMachine::new(store.clone()),
+        )
+        .await
+        .expect("raft starts");
+        net.join(&member(id).url, raft.clone());
+        raft
+    }
+
+    fn change(key: &str) -> Change {
+        Change {
+            records: vec![Record {
+                table: "tokens".into(),
+                key: key.into(),
+                value: Some(RawValue::from_string(format!("{{\"name\":\"{key}\"}}")).unwrap()),
+            }],
+        }
+    }
+
+    async fn keys(store: &actix::Addr<Store>) -> Vec<String> {
+        let (records, _) = store
+            .send(DumpRecords { meta: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        records.into_iter().map(|r| r.key).collect()
+    }
+
+    async fn leader_among(rafts: &[&Raft<Cube>], not: Option<NodeId>) -> NodeId {
+        let wait = rafts[0].wait(Some(Duration::from_secs(10)));
+        let metrics = wait
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != not,
+                "a leader",
+            )
+            .await
+            .expect("a leader within 10 s");
+        metrics.current_leader.expect("a leader")
+    }
+
+    #[actix_rt::test]
+    async fn three_members_elect_replicate_survive_the_leaders_loss_and_catch_up() {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<actix::Addr<Store>> = dirs
+            .iter()
+            .map(|d| Store::start(d.path()).unwrap())
+            .collect();
+        let net = Memory::default();
+        let mut rafts = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            rafts.push(start(i as NodeId + 1, store, &net).await);
+        }
+        let members: BTreeMap<NodeId, Member> = (1..=3).map(|id| (id, member(id))).collect();
+        rafts[0].initialize(members).await.expect("initialized");
+        let leader = leader_among(&[&rafts[0]], None).await;
+        let written = rafts[(leader - 1) as usize]
+            .client_write(change("first"))
+            .await
+            .expect("written");
+        let index = written.log_id.index;
+        for raft in &rafts {
+            raft.wait(Some(Duration::from_secs(10)))
+                .applied_index_at_least(Some(index), "applied everywhere")
+                .await
+                .expect("applied");
+        }
+        for store in &stores {
+            assert_eq!(keys(store).await, ["first"]);
+        }
+
+        // The leader is lost: cut off and stopped.
+        let lost = (leader - 1) as usize;
+        net.cut(&member(leader).url);
+        rafts[lost].shutdown().await.expect("shut down");
+        let left: Vec<&Raft<Cube>> = (0..3).filter(|&i| i != lost).map(|i| &rafts[i]).collect();
+        let since = std::time::Instant::now();
+        let new_leader = leader_among(&left, Some(leader)).await;
+        println!(
+            "a new leader ({new_leader}) {:?} after the leader's loss",
+            since.elapsed()
+        );
+        let written = rafts[(new_leader - 1) as usize]
+            .client_write(change("second"))
+            .await
+            .expect("written by the new leader");
+        for raft in &left {
+            raft.wait(Some(Duration::from_secs(10)))
+                .applied_index_at_least(Some(written.log_id.index), "applied by the two")
+                .await
+                .expect("applied");
+        }
+
+        // The lost one comes back on its store and catches up.
+        let back = start(leader, &stores[lost], &net).await;
+        back.wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(written.log_id.index), "caught up")
+            .await
+            .expect("the member that came back caught up");
+        for store in &stores {
+            assert_eq!(keys(store).await, ["first", "second"]);
+        }
+        for raft in left.into_iter().chain([&back]) {
+            raft.shutdown().await.expect("shut down");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_member_with_no_data_catches_up_from_a_snapshot_once_the_log_is_purged() {
+        let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<actix::Addr<Store>> = dirs
+            .iter()
+            .map(|d| Store::start(d.path()).unwrap())
+            .collect();
+        let net = Memory::default();
+        let first = start(1, &stores[0], &net).await;
+        first
+            .initialize(BTreeMap::from([(1, member(1))]))
+            .await
+            .expect("initialized");
+        leader_among(&[&first], None).await;
+        let mut last = 0;
+        for key in ["a", "b", "c"] {
+            last = first
+                .client_write(change(key))
+                .await
+                .expect("written")
+                .log_id
+                .index;
+        }
+        // A snapshot, and the log up to it gone: the log alone cannot bring
+        // a new member up to date.
+        first.trigger().snapshot().await.expect("snapshot asked");
+        first
+            .wait(Some(Duration::from_secs(10)))
+            .snapshot(
+                openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), last),
+                "snapshot built",
+            )
+            .await
+            .expect("a snapshot");
+        first.trigger().purge_log(last).await.expect("purge asked");
+        first
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.purged.map(|p| p.index) == Some(last), "purged")
+            .await
+            .expect("purged");
+        // A member with an empty store joins as a learner, then a voter.
+        let second = start(2, &stores[1], &net).await;
+        first
+            .add_learner(2, member(2), true)
+            .await
+            .expect("the learner caught up");
+        first
+            .change_membership([1, 2], false)
+            .await
+            .expect("a voter");
+        second
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(last), "caught up")
+            .await
+            .expect("caught up");
+        assert_eq!(keys(&stores[1]).await, ["a", "b", "c"]);
+        let metrics = second.metrics().borrow().clone();
+        assert!(
+            metrics.snapshot.is_some_and(|s| s.index >= last),
+            "not caught up from a snapshot: {metrics:?}"
+        );
+        for raft in [first, second] {
+            raft.shutdown().await.expect("shut down");
+        }
+    }
+}
