@@ -39,6 +39,9 @@ const SOFT_LIMIT_PERCENT: u64 = 85;
 
 /// Tables (LMDB named databases) of records this store holds.
 const TABLES: &[&str] = &["tasks", "nodes", "worker_tasks", "tokens", "services"];
+/// The tables of the manager's records, which managers replicate (not
+/// `worker_tasks`: a worker's own, in the same file on a `dev` node).
+const REPLICATED: &[&str] = &["tasks", "nodes", "tokens", "services"];
 /// The Raft log (by index) and the Raft metadata (by name).
 const RAFT_LOG: &str = "raft_log";
 const RAFT_META: &str = "raft_meta";
@@ -136,12 +139,13 @@ impl Store {
         self.tables[name]
     }
 
-    /// A table of records named by data (a replicated change): one of
-    /// [`TABLES`], or an error.
-    fn table_named(&self, name: &str) -> Result<Database<Str, Bytes>, StoreError> {
-        self.tables
-            .get(name)
-            .copied()
+    /// A replicated table named by data (a replicated change): one of
+    /// [`REPLICATED`], or an error.
+    fn replicated_table(&self, name: &str) -> Result<Database<Str, Bytes>, StoreError> {
+        REPLICATED
+            .contains(&name)
+            .then(|| self.tables.get(name).copied())
+            .flatten()
             .ok_or_else(|| StoreError::NoTable(name.to_string()))
     }
 

@@ -43,7 +43,20 @@ mod changes {
 
     use crate::raft::StateMachine;
     use crate::raft::types::{Change, Entry, LogId, Record};
-    use crate::store::{ApplyWrites, DumpRecords, RawWrite, Store};
+    use crate::store::{ApplyWrites, DumpRecords, LoadAll, Put, RawWrite, Store, Stored};
+
+    /// A worker's own record, in the same file on a `dev` node.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Own {
+        id: String,
+    }
+
+    impl Stored for Own {
+        const TABLE: &'static str = "worker_tasks";
+        fn key(&self) -> String {
+            self.id.clone()
+        }
+    }
 
     fn record(table: &str, key: &str, json: Option<&str>) -> Record {
         Record {
@@ -110,6 +123,8 @@ mod changes {
         .await
         .unwrap()
         .unwrap();
+        let own = Own { id: "mine".into() };
+        b.send(Put(own.clone())).await.unwrap().unwrap();
         let snapshot = leader
             .get_current_snapshot()
             .await
@@ -121,13 +136,18 @@ mod changes {
             .await
             .expect("installed");
         assert_eq!(records(&b).await, on_a);
+        // The worker's own records are not the managers': they stay.
+        let kept = b.send(LoadAll::<Own>::new()).await.unwrap().unwrap();
+        assert_eq!(kept, [own]);
         let (applied, _) = follower.applied_state().await.expect("read");
         assert_eq!(applied.map(|l| l.index), Some(2));
-        // A change naming no table of the store is refused, not applied.
-        let forged = follower
-            .apply([entry(3, vec![record("nope", "x", Some("{}"))])])
-            .await;
-        assert!(forged.is_err());
+        // A change naming no replicated table is refused, not applied.
+        for table in ["nope", "worker_tasks"] {
+            let forged = follower
+                .apply([entry(3, vec![record(table, "x", Some("{}"))])])
+                .await;
+            assert!(forged.is_err(), "{table}");
+        }
         let (applied, _) = follower.applied_state().await.expect("read");
         assert_eq!(applied.map(|l| l.index), Some(2));
     }

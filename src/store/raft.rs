@@ -5,7 +5,7 @@
 
 use actix::prelude::*;
 
-use super::{Store, StoreError, TABLES};
+use super::{REPLICATED, Store, StoreError};
 
 /// Entries appended to the log: (index, encoded entry), in index order.
 pub struct LogAppend(pub Vec<(u64, Vec<u8>)>);
@@ -202,7 +202,7 @@ impl Handler<ApplyWrites> for Store {
     }
 }
 
-/// Every record of every table, and the metadata asked for, read in one
+/// Every replicated record, and the metadata asked for, read in one
 /// transaction (a snapshot's content).
 pub struct DumpRecords {
     pub meta: Vec<&'static str>,
@@ -221,7 +221,7 @@ impl Handler<DumpRecords> for Store {
     fn handle(&mut self, msg: DumpRecords, _ctx: &mut SyncContext<Self>) -> Self::Result {
         let rtxn = self.env.read_txn()?;
         let mut records = Vec::new();
-        for name in TABLES {
+        for name in REPLICATED {
             for entry in self.table(name).iter(&rtxn)? {
                 let (key, value) = entry?;
                 records.push(RawWrite {
@@ -240,8 +240,8 @@ impl Handler<DumpRecords> for Store {
     }
 }
 
-/// Replaces every record with `records` (a snapshot installed) and notes
-/// `meta`, in one transaction.
+/// Replaces every replicated record with `records` (a snapshot installed)
+/// and notes `meta`, in one transaction; the worker's own records stay.
 pub struct ReplaceRecords {
     pub records: Vec<RawWrite>,
     pub meta: Vec<(&'static str, Vec<u8>)>,
@@ -256,7 +256,7 @@ impl Handler<ReplaceRecords> for Store {
 
     fn handle(&mut self, msg: ReplaceRecords, _ctx: &mut SyncContext<Self>) -> Self::Result {
         let mut wtxn = self.env.write_txn()?;
-        for name in TABLES {
+        for name in REPLICATED {
             self.table(name)
                 .clear(&mut wtxn)
                 .map_err(|e| self.classify(e))?;
@@ -276,7 +276,7 @@ impl Store {
         meta: &[(&'static str, Vec<u8>)],
     ) -> Result<(), StoreError> {
         for write in writes {
-            let table = self.table_named(&write.table)?;
+            let table = self.replicated_table(&write.table)?;
             match &write.value {
                 Some(value) => table.put(wtxn, &write.key, value),
                 None => table.delete(wtxn, &write.key).map(|_| ()),
