@@ -7,6 +7,7 @@ pub mod events;
 pub mod join;
 pub mod join_tokens;
 pub mod members;
+pub mod raft_rpc;
 pub mod routes;
 pub mod services;
 pub mod tokens;

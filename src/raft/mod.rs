@@ -12,18 +12,21 @@
 //!   (every record, with the last applied id and membership).
 //! - `network.rs`: the RPCs between managers as JSON over a `Transport`,
 //!   and `answer`, their receiving side.
+//! - `start.rs`: a manager's Raft started on its Store, with its `Timing`.
 
 // openraft's traits fix the error type (`StorageError`, 200-odd bytes).
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
 pub mod network;
+pub mod start;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use start::{Timing, start};
 pub use state_machine::StateMachine;
-pub use types::{Change, Cube, Member, NodeId, Record};
+pub use types::{Change, Cube, Member, NodeId, Raft, Record};
 
 #[cfg(test)]
 mod tests;

@@ -162,12 +162,12 @@ mod cluster {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use openraft::{Config, Raft};
+    use openraft::Raft;
     use serde_json::value::RawValue;
 
-    use crate::raft::network::{Network, Rpc, Transport, TransportError, answer};
+    use crate::raft::Timing;
+    use crate::raft::network::{Rpc, Transport, TransportError, answer};
     use crate::raft::types::{Change, Cube, Member, NodeId, Record};
-    use crate::raft::{LogStore, StateMachine};
     use crate::store::{DumpRecords, Store};
 
     /// The simulated network: the members it reaches, by URL.
@@ -210,21 +210,14 @@ mod cluster {
     }
 
     async fn start(id: NodeId, store: &actix::Addr<Store>, net: &Memory) -> Raft<Cube> {
-        let config = Config {
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
-            ..Default::default()
+        let timing = Timing {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(600),
         };
-        let raft = Raft::new(
-            id,
-            Arc::new(config.validate().unwrap()),
-            Network::new(net.clone()),
-            LogStore::new(store.clone()),
-            StateMachine::new(store.clone()),
-        )
-        .await
-        .expect("raft starts");
+        let raft = crate::raft::start(id, timing, store.clone(), net.clone())
+            .await
+            .expect("raft starts");
         net.join(&member(id).url, raft.clone());
         raft
     }

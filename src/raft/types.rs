@@ -10,6 +10,8 @@ use serde_json::value::RawValue;
 use crate::store::RawWrite;
 
 pub type NodeId = u64;
+/// A manager's Raft.
+pub type Raft = openraft::Raft<Cube>;
 pub type Entry = openraft::Entry<Cube>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;

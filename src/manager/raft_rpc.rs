@@ -1,0 +1,105 @@
+//! Raft's RPCs between managers over HTTPS, mutual TLS with the cluster's
+//! certificates: the route `POST /raft/{rpc}` (only a manager's
+//! certificate gets in) hands each one to this manager's Raft, and
+//! [`Https`] is the transport that sends them.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+
+use crate::api_error::ApiError;
+use crate::raft::network::{Rpc, Transport, TransportError, answer};
+use crate::raft::{Member, Raft};
+use crate::security::peer::ManagerPeer;
+
+/// The largest RPC body taken: a batch of entries or a snapshot's chunk.
+pub const MAX_RPC_BYTES: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Below the managers' keep-alive (5 s), as every client of Cube's.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// The transport of one manager: its client certificate, a manager
+/// expected at the other end.
+#[derive(Clone)]
+pub struct Https {
+    http: reqwest::Client,
+}
+
+impl Https {
+    /// `tls`: this manager's client configuration, expecting a manager.
+    pub fn new(tls: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE)
+            .build()?;
+        Ok(Https { http })
+    }
+}
+
+impl Transport for Https {
+    async fn call(
+        &self,
+        to: &Member,
+        rpc: Rpc,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let url = format!("{}/raft/{}", to.url.trim_end_matches('/'), rpc.path());
+        let sent = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                let reason = e.to_string();
+                if e.is_connect() {
+                    TransportError::Unreachable(url.clone(), reason)
+                } else {
+                    TransportError::Failed(url.clone(), reason)
+                }
+            })?;
+        let status = sent.status();
+        let answer = sent
+            .bytes()
+            .await
+            .map_err(|e| TransportError::Failed(url.clone(), e.to_string()))?;
+        if !status.is_success() {
+            return Err(TransportError::Failed(
+                url,
+                format!("{status}: {}", String::from_utf8_lossy(&answer)),
+            ));
+        }
+        Ok(answer.to_vec())
+    }
+}
+
+/// `POST /raft/{rpc}`: from another manager only.
+async fn receive(
+    _manager: ManagerPeer,
+    raft: web::Data<Raft>,
+    rpc: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let rpc = Rpc::from_path(&rpc)
+        .ok_or_else(|| ApiError::not_found(format!("no Raft RPC named {rpc:?}")))?;
+    let answered = answer(&raft, rpc, &body)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string(), None))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(answered))
+}
+
+/// The route, with `raft` as the Raft it feeds.
+pub fn configure(cfg: &mut web::ServiceConfig, raft: Raft) {
+    cfg.service(
+        web::resource("/raft/{rpc}")
+            .app_data(web::Data::new(raft))
+            .app_data(web::PayloadConfig::new(MAX_RPC_BYTES))
+            .route(web::post().to(receive)),
+    );
+}
