@@ -66,8 +66,6 @@ pub enum StoreError {
     },
     #[error("the store is unavailable: {0}")]
     Mailbox(#[from] MailboxError),
-    #[error("no table named {0:?}")]
-    NoTable(String),
 }
 
 /// A kind of record the Store keeps: its table and key.
@@ -140,13 +138,12 @@ impl Store {
     }
 
     /// A replicated table named by data (a replicated change): one of
-    /// [`REPLICATED`], or an error.
-    fn replicated_table(&self, name: &str) -> Result<Database<Str, Bytes>, StoreError> {
+    /// [`REPLICATED`], if it is.
+    fn replicated_table(&self, name: &str) -> Option<Database<Str, Bytes>> {
         REPLICATED
             .contains(&name)
             .then(|| self.tables.get(name).copied())
             .flatten()
-            .ok_or_else(|| StoreError::NoTable(name.to_string()))
     }
 
     /// Whether the records use more than [`SOFT_LIMIT_PERCENT`] of the map.

@@ -55,7 +55,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections to replicas kept idle for reuse this long.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 /// Client connections one thread of a port holds at once; more wait to be
-/// accepted (each may hold a request body of up to [`MAX_BODY`]).
+/// accepted (their request bodies count against the node's
+/// [`BodyBudget`]).
 const MAX_CONNECTIONS: usize = 4096;
 /// Seconds a stopped port's open connections get to finish.
 const SHUTDOWN_S: u64 = 5;
@@ -265,7 +266,11 @@ async fn pass(
         let mut out = Request::from_parts(head.clone(), Full::new(body.clone()));
         *out.uri_mut() = uri;
         let guard = InFlight::new(balancer, target);
-        let response = match tokio::time::timeout(patience, client.request(out)).await {
+        // Never shorter than a connection attempt's own limit, so that a
+        // replica that cannot be connected to is skipped for the next, not
+        // answered 504 (a port's idle timeout may be 1 s).
+        let wait = patience.max(CONNECT_TIMEOUT + CONNECT_TIMEOUT / 2);
+        let response = match tokio::time::timeout(wait, client.request(out)).await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 let retry = e.is_connect() || may_retry;
@@ -314,14 +319,13 @@ where
     if body.is_end_stream() {
         return Ok((Bytes::new(), held));
     }
-    // A body whose length is announced is refused before it is read.
-    let announced = usize::try_from(body.size_hint().lower())
+    // A body announced too large is refused before it is read. The budget
+    // is taken as bytes arrive, not for what is announced: headers alone
+    // must not hold it.
+    usize::try_from(body.size_hint().lower())
         .ok()
         .filter(|&n| n <= MAX_BODY)
         .ok_or_else(too_large)?;
-    if !held.grow(announced) {
-        return Err(busy(budget));
-    }
     match tokio::time::timeout(CLIENT_TIMEOUT, collect(body, &mut held, budget)).await {
         Ok(whole) => whole.map(|whole| (whole, held)),
         Err(_) => Err(failure(
@@ -337,7 +341,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut whole = BytesMut::with_capacity(held.bytes());
+    let mut whole = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| ApiError::bad_request(format!("the request's body: {e}"), None))?;
@@ -532,7 +536,7 @@ mod tests {
     #[tokio::test]
     async fn bodies_past_the_nodes_budget_are_refused_and_held_bytes_given_back() {
         let budget = BodyBudget::new(10);
-        // Announced past the budget: refused before it is read.
+        // Past the budget: refused as it arrives.
         let refused = read_body(Full::new(Bytes::from(vec![0u8; 11])), &budget).await;
         assert_eq!(refused.map(|_| ()).unwrap_err().status, 503);
         // Not announced: refused when it crosses the budget.

@@ -60,6 +60,13 @@ pub async fn start<T: Transport>(
         heartbeat_interval: millis(timing.heartbeat),
         election_timeout_min: millis(timing.election_min),
         election_timeout_max: millis(timing.election_max),
+        // A snapshot goes in chunks of 1 MiB (about 3.5 MB as JSON), each
+        // with 10 s to arrive and, the last, to be installed (openraft's
+        // 200 ms would start a large one over and over on a slow link).
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 10_000,
+        // Entries per append, well under the route's body limit.
+        max_payload_entries: 64,
         ..Default::default()
     }
     .validate()

@@ -141,15 +141,21 @@ mod changes {
         assert_eq!(kept, [own]);
         let (applied, _) = follower.applied_state().await.expect("read");
         assert_eq!(applied.map(|l| l.index), Some(2));
-        // A change naming no replicated table is refused, not applied.
-        for table in ["nope", "worker_tasks"] {
-            let forged = follower
-                .apply([entry(3, vec![record(table, "x", Some("{}"))])])
-                .await;
-            assert!(forged.is_err(), "{table}");
-        }
+        // A change naming a table that is not replicated is skipped, the
+        // same on every manager (failing would stop them all on it, at
+        // every start): the worker's own records stay as they are.
+        follower
+            .apply([
+                entry(3, vec![record("nope", "x", Some("{}"))]),
+                entry(4, vec![record("worker_tasks", "mine", None)]),
+            ])
+            .await
+            .expect("applied, the unknown writes skipped");
         let (applied, _) = follower.applied_state().await.expect("read");
-        assert_eq!(applied.map(|l| l.index), Some(2));
+        assert_eq!(applied.map(|l| l.index), Some(4));
+        assert_eq!(records(&b).await, on_a);
+        let kept = b.send(LoadAll::<Own>::new()).await.unwrap().unwrap();
+        assert_eq!(kept, [Own { id: "mine".into() }]);
     }
 }
 

@@ -181,7 +181,8 @@ pub struct RawWrite {
 /// Applies committed changes to the records, and notes `meta` (what was
 /// applied last), in one transaction. Not refused past the soft limit:
 /// what the cluster committed is applied (the leader checks for room
-/// before it proposes).
+/// before it proposes). A write to a table that is not replicated is
+/// skipped.
 pub struct ApplyWrites {
     pub writes: Vec<RawWrite>,
     pub meta: Vec<(&'static str, Vec<u8>)>,
@@ -276,7 +277,16 @@ impl Store {
         meta: &[(&'static str, Vec<u8>)],
     ) -> Result<(), StoreError> {
         for write in writes {
-            let table = self.replicated_table(&write.table)?;
+            // Skipped the same way on every manager (a change from a newer
+            // version, say): failing would stop each of them for good, on
+            // this entry, at every start.
+            let Some(table) = self.replicated_table(&write.table) else {
+                log::warn!(
+                    "store: a replicated change names table {:?}, not replicated here: skipped",
+                    write.table
+                );
+                continue;
+            };
             match &write.value {
                 Some(value) => table.put(wtxn, &write.key, value),
                 None => table.delete(wtxn, &write.key).map(|_| ()),

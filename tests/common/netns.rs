@@ -31,22 +31,24 @@ fn run(args: &[&str]) {
 
 impl Netns {
     /// A new namespace with its link up, on a /30 of 10.201.0.0/16 of its
-    /// own (chosen by process and count, so that test binaries running at
-    /// once do not meet).
+    /// own: the first number free from one chosen by process and count
+    /// (taken when the namespace's name is: test binaries running at once,
+    /// or one killed before it cleaned up, keep theirs).
     pub fn new() -> Self {
+        const SLOTS: u32 = 16_384;
         static COUNT: AtomicU32 = AtomicU32::new(0);
-        let n = (std::process::id() * 8 + COUNT.fetch_add(1, Ordering::Relaxed)) % 16_384;
-        let (third, fourth) = (n / 64, (n % 64) * 4);
-        let ns = Netns {
-            name: format!("cube-{n}"),
-            host_if: format!("cvh{n}"),
-            ns_if: format!("cvn{n}"),
-            host_ip: format!("10.201.{third}.{}", fourth + 1),
-            ns_ip: format!("10.201.{third}.{}", fourth + 2),
-        };
-        // Left over from a run that was killed: gone first.
-        ns.remove();
-        run(&["ip", "netns", "add", &ns.name]);
+        let first = std::process::id()
+            .wrapping_mul(8)
+            .wrapping_add(COUNT.fetch_add(1, Ordering::Relaxed));
+        let ns = (0..SLOTS)
+            .map(|step| Self::numbered(first.wrapping_add(step) % SLOTS))
+            .find(|ns| {
+                Command::new("ip")
+                    .args(["netns", "add", &ns.name])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("a free network namespace (root and iproute2 needed)");
         run(&[
             "ip",
             "link",
@@ -79,6 +81,17 @@ impl Netns {
         ns
     }
 
+    fn numbered(n: u32) -> Self {
+        let (third, fourth) = (n / 64, (n % 64) * 4);
+        Netns {
+            name: format!("cube-{n}"),
+            host_if: format!("cvh{n}"),
+            ns_if: format!("cvn{n}"),
+            host_ip: format!("10.201.{third}.{}", fourth + 1),
+            ns_ip: format!("10.201.{third}.{}", fourth + 2),
+        }
+    }
+
     /// The command line prefix that runs a program inside.
     pub fn exec(&self) -> Vec<String> {
         ["ip", "netns", "exec", &self.name]
@@ -88,44 +101,36 @@ impl Netns {
 
     /// Drops every packet over the link, both ways, until `heal`.
     pub fn cut(&self) {
-        run(&["iptables", "-I", "INPUT", "-i", &self.host_if, "-j", "DROP"]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.name,
-            "iptables",
-            "-I",
-            "INPUT",
-            "-i",
-            &self.ns_if,
-            "-j",
-            "DROP",
-        ]);
+        self.drop_rules("-I");
     }
 
     pub fn heal(&self) {
-        run(&["iptables", "-D", "INPUT", "-i", &self.host_if, "-j", "DROP"]);
+        self.drop_rules("-D");
+    }
+
+    /// Inserts (`-I`) or deletes (`-D`) the rule at each end of the link
+    /// that drops what comes in over it.
+    fn drop_rules(&self, action: &str) {
+        // -w: wait for the lock (the engine changes rules too).
         run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.name,
             "iptables",
-            "-D",
+            "-w",
+            action,
             "INPUT",
             "-i",
-            &self.ns_if,
+            &self.host_if,
             "-j",
             "DROP",
         ]);
+        let inside = ["ip", "netns", "exec", &self.name, "iptables", "-w", action];
+        run(&[&inside[..], &["INPUT", "-i", &self.ns_if, "-j", "DROP"]].concat());
     }
 
     fn remove(&self) {
         // The host's rule, if cut; the namespace (its rules with it); the
         // host's end of the link now, not when the kernel gets to it.
         while Command::new("iptables")
-            .args(["-D", "INPUT", "-i", &self.host_if, "-j", "DROP"])
+            .args(["-w", "-D", "INPUT", "-i", &self.host_if, "-j", "DROP"])
             .output()
             .is_ok_and(|o| o.status.success())
         {}
