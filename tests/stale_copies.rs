@@ -143,7 +143,7 @@ async fn converge_and_stay(cluster: &Cluster, tasks: &[String], deadline: Instan
         };
         if Instant::now() >= deadline {
             panic!(
-                "{after}: the cluster did not converge within {DEADLINE:?}: {why}\n{}",
+                "{after}: the cluster did not converge by its deadline: {why}\n{}",
                 diagnose(cluster, tasks)
             );
         }
@@ -278,13 +278,17 @@ async fn stale_assignments_taken_by_a_thawed_worker_are_stopped() {
         paused.elapsed()
     );
 
-    // The manager moves them to the other worker as attempt 2.
+    // The manager moves them to the other worker as attempt 2. Thawed as
+    // soon as they are sent there (not once they run): a longer freeze
+    // lets the frozen worker's keep-alive (5 s) run out, and on waking it
+    // would close the connection holding the stale assignments unread
+    // (the manager then finds the task moved and sends nothing stale).
     let client = cluster.client();
     let deadline = Instant::now() + SETUP;
     until(
         &cluster,
         &ids,
-        "every task to run on the live worker",
+        "every task to be sent to the live worker",
         deadline,
         || {
             let client = client.clone();
@@ -296,7 +300,7 @@ async fn stale_assignments_taken_by_a_thawed_worker_are_stopped() {
                 ids.iter().all(|id| {
                     records.iter().any(|r| {
                         r.id.to_string() == *id
-                            && r.state == TaskState::Running
+                            && matches!(r.state, TaskState::Scheduled | TaskState::Running)
                             && r.node.as_deref() == Some(other.as_str())
                             && r.attempt == if moved.contains(id) { 2 } else { 1 }
                     })
@@ -306,9 +310,13 @@ async fn stale_assignments_taken_by_a_thawed_worker_are_stopped() {
     )
     .await;
     assert_eq!(node_state(&cluster, &frozen).await.as_deref(), Some("down"));
-    // The frozen worker has started nothing: one copy of each task sent
-    // after the freeze so far (the warm one's first copy runs on, frozen).
-    assert_eq!(violation(&client, &ids[2..]).await, None);
+    // The frozen worker has started nothing of what was sent after the
+    // freeze (the warm one's first copy runs on, frozen).
+    let started: Vec<Copy> = copies(&ids[2..])
+        .into_iter()
+        .filter(|c| c.node == frozen)
+        .collect();
+    assert!(started.is_empty(), "{started:?}");
 
     // SIGCONT: it takes the stale assignments...
     cluster.nodes[1].resume();
@@ -344,7 +352,9 @@ async fn stale_assignments_taken_by_a_thawed_worker_are_stopped() {
         },
     )
     .await;
-    converge_and_stay(&cluster, &ids, deadline, "after SIGCONT").await;
+    // The moved tasks may still be starting on the live worker (it was
+    // thawed as soon as they were sent there): converged within SETUP.
+    converge_and_stay(&cluster, &ids, thawed + SETUP, "after SIGCONT").await;
     println!(
         "{} stale assignments taken and stopped; converged {:.2} s after SIGCONT",
         stale.len(),
