@@ -61,6 +61,14 @@ fn decode<T: for<'de> Deserialize<'de> + Default>(
     }
 }
 
+/// The last applied id and the membership, from the metadata read as
+/// `[APPLIED, MEMBERSHIP]`.
+fn applied_of(meta: &[Option<Vec<u8>>]) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let applied = decode(meta.first().and_then(Option::as_ref))?;
+    let membership = decode(meta.get(1).and_then(Option::as_ref))?;
+    Ok((applied, membership))
+}
+
 impl StateMachine {
     /// Every record, the last applied id and the membership, as one
     /// snapshot.
@@ -73,8 +81,7 @@ impl StateMachine {
             .await
             .map_err(read_error)?
             .map_err(read_error)?;
-        let applied: Option<LogId> = decode(meta.first().and_then(Option::as_ref))?;
-        let membership: StoredMembership = decode(meta.get(1).and_then(Option::as_ref))?;
+        let (applied, membership) = applied_of(&meta)?;
         let meta = SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
@@ -119,9 +126,7 @@ impl RaftStateMachine<Cube> for StateMachine {
             .await
             .map_err(read_error)?
             .map_err(read_error)?;
-        let applied = decode(meta.first().and_then(Option::as_ref))?;
-        let membership = decode(meta.get(1).and_then(Option::as_ref))?;
-        Ok((applied, membership))
+        applied_of(&meta)
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>

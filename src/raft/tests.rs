@@ -73,7 +73,7 @@ mod changes {
         }
     }
 
-    async fn records(store: &actix::Addr<Store>) -> Vec<RawWrite> {
+    pub(super) async fn records(store: &actix::Addr<Store>) -> Vec<RawWrite> {
         store
             .send(DumpRecords { meta: vec![] })
             .await
@@ -174,7 +174,7 @@ mod cluster {
     use crate::raft::Timing;
     use crate::raft::network::{Rpc, Transport, TransportError, answer};
     use crate::raft::types::{Change, Cube, Member, NodeId, Record};
-    use crate::store::{DumpRecords, Store};
+    use crate::store::Store;
 
     /// The simulated network: the members it reaches, by URL.
     #[derive(Clone, Default)]
@@ -239,12 +239,11 @@ mod cluster {
     }
 
     async fn keys(store: &actix::Addr<Store>) -> Vec<String> {
-        let (records, _) = store
-            .send(DumpRecords { meta: vec![] })
+        super::changes::records(store)
             .await
-            .unwrap()
-            .unwrap();
-        records.into_iter().map(|r| r.key).collect()
+            .into_iter()
+            .map(|r| r.key)
+            .collect()
     }
 
     async fn leader_among(rafts: &[&Raft<Cube>], not: Option<NodeId>) -> NodeId {
