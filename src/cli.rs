@@ -1,6 +1,7 @@
 //! The user-facing commands: they talk to the manager's API and print tables
 //! for people or JSON (`--json`) for scripts.
 
+pub mod managers;
 pub mod service;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! The HTTP client of Cube's APIs: the CLI and workers talk to the manager
 //! with it, the manager talks to workers with it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,8 +16,9 @@ use crate::core::tokens::{CreatedToken, NewToken, TokenView};
 use crate::service::ServiceView;
 use crate::task::TaskRecord;
 use crate::wire::{
-    Assignment, CaCertificate, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, NodeStats,
-    Registration, RegistrationReply, RenewRequest, ReportReply, TaskStatus,
+    AddManager, Assignment, CaCertificate, ClusterView, Heartbeat, HeartbeatReply, JoinReply,
+    JoinRequest, ManagerJoinReply, ManagerJoinRequest, NodeStats, Registration, RegistrationReply,
+    RenewRequest, ReportReply, TaskStatus,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,9 +53,16 @@ impl ClientError {
 /// A client of one Cube node (manager or worker), by base URL, over TLS:
 /// `tls` says which CA to trust, whom to expect at the other end and which
 /// certificate (if any) to present. A user's client also carries a token.
+///
+/// The base may list several URLs separated by commas (the managers of one
+/// cluster): a request that reaches none at one goes to the next, and the
+/// one that answered (or that a redirect led to) is asked first from then
+/// on.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    bases: Arc<[String]>,
+    /// Which of `bases` to ask first (shared by the clones of a client).
+    first: Arc<AtomicUsize>,
     http: reqwest::Client,
     tls: rustls::ClientConfig,
     token: Option<String>,
@@ -79,8 +89,17 @@ impl Client {
             .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|e| ClientError::Setup(describe(&e)))?;
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::Setup(format!("no URL in {base:?}")));
+        }
         Ok(Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases.into(),
+            first: Arc::new(AtomicUsize::new(0)),
             http,
             tls: tls.clone(),
             token: None,
@@ -100,8 +119,68 @@ impl Client {
         }
     }
 
+    /// The URL asked first.
     pub fn base(&self) -> &str {
-        &self.base
+        let first = self.first.load(Ordering::Relaxed) % self.bases.len();
+        &self.bases[first]
+    }
+
+    /// The bases in the order to try them: the one asked first, then the
+    /// others.
+    fn in_turn(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.bases.len();
+        let first = self.first.load(Ordering::Relaxed) % n;
+        (0..n).map(move |i| (first + i) % n)
+    }
+
+    /// Notes which base answered: the one a redirect ended at, if listed.
+    fn answered(&self, asked: usize, at: &reqwest::Url) {
+        let at = at.as_str();
+        let found = self
+            .bases
+            .iter()
+            .position(|b| {
+                at.strip_prefix(b.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .unwrap_or(asked);
+        self.first.store(found, Ordering::Relaxed);
+    }
+
+    /// Sends a request to the first base that can be reached.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<(String, reqwest::Response), ClientError> {
+        let mut last = None;
+        for i in self.in_turn() {
+            let url = format!("{}{}", self.bases[i], path);
+            let mut request = self.authorized(self.http.request(method.clone(), &url));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            match request.send().await {
+                Ok(response) => {
+                    self.answered(i, response.url());
+                    return Ok((url, response));
+                }
+                // Only a request that never reached anyone goes on to
+                // the next: one sent may have been done.
+                Err(e) if e.is_connect() => last = Some(unreachable(&url, &e)),
+                Err(e) => {
+                    // Reached but silent (a stopped process): the next
+                    // request asks the next one.
+                    if self.bases.len() > 1 {
+                        self.first
+                            .store((i + 1) % self.bases.len(), Ordering::Relaxed);
+                    }
+                    return Err(unreachable(&url, &e));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Setup("no URL to ask".into())))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -110,12 +189,7 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(u16, T), ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut request = self.authorized(self.http.request(method, &url));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| unreachable(&url, &e))?;
+        let (url, response) = self.send(method, path, body).await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
         if status >= 400 {
@@ -198,7 +272,7 @@ impl Client {
         ClientError,
     > {
         use futures_util::StreamExt;
-        let url = format!("{}{}", self.base, path);
+        let url = format!("{}{}", self.base(), path);
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(self.tls.clone())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -358,9 +432,67 @@ impl Client {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| ClientError::Decode {
-                url: format!("{}{path}", self.base),
+                url: format!("{}{path}", self.base()),
                 reason: "no token in the answer".into(),
             })
+    }
+
+    /// The manager join token (`GET /join-token/manager`), or a new one.
+    pub async fn manager_join_token(&self, rotate: bool) -> Result<String, ClientError> {
+        let (method, path) = if rotate {
+            (reqwest::Method::POST, "/join-token/manager/rotate")
+        } else {
+            (reqwest::Method::GET, "/join-token/manager")
+        };
+        let value: serde_json::Value = self.call(method, path, None::<&()>).await?.1;
+        value["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Decode {
+                url: format!("{}{path}", self.base()),
+                reason: "no token in the answer".into(),
+            })
+    }
+
+    // --- managers among themselves ---
+
+    /// The managers, as the one asked sees them (`consistent`: the
+    /// leader's view).
+    pub async fn cluster(&self, consistent: bool) -> Result<ClusterView, ClientError> {
+        let path = if consistent {
+            "/cluster?consistent=true"
+        } else {
+            "/cluster"
+        };
+        Ok(self.call(reqwest::Method::GET, path, None::<&()>).await?.1)
+    }
+
+    /// Removes a manager (`force`: even when the rest would be no majority).
+    pub async fn remove_manager(&self, id: u64, force: bool) -> Result<ClusterView, ClientError> {
+        let path = format!("/managers/{id}?force={force}");
+        Ok(self
+            .call(reqwest::Method::DELETE, &path, None::<&()>)
+            .await?
+            .1)
+    }
+
+    /// A joining manager gets the cluster's keys.
+    pub async fn manager_join(
+        &self,
+        request: &ManagerJoinRequest,
+    ) -> Result<ManagerJoinReply, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/managers/join", Some(request))
+            .await?
+            .1)
+    }
+
+    /// A manager holding the cluster's keys asks to be made a member.
+    pub async fn add_manager(&self, request: &AddManager) -> Result<ClusterView, ClientError> {
+        Ok(self
+            .call(reqwest::Method::POST, "/managers", Some(request))
+            .await?
+            .1)
     }
 
     // --- manager, worker-facing ---

@@ -97,6 +97,15 @@ pub struct ManagerConfig {
     /// is good for (default 90 days); each renews at 50-80% of it.
     #[serde(default = "default_node_cert_ttl_s")]
     pub node_cert_ttl_s: u64,
+    /// A manager of the cluster this one joins (its URL); without it, a
+    /// manager starting on an empty data dir makes a cluster of its own.
+    pub join: Option<String>,
+    /// The manager join token (`<a manager's data_dir>/manager.token`);
+    /// `CUBE_MANAGER_JOIN_TOKEN` in the environment also does.
+    pub join_token: Option<String>,
+    /// The URL the other managers reach this one at (default: https:// and
+    /// the listen address).
+    pub advertise: Option<String>,
 }
 
 fn default_node_cert_ttl_s() -> u64 {
@@ -395,11 +404,25 @@ impl NodeConfig {
             }
             _ => {}
         }
+        if let Some(manager) = &self.manager {
+            if let Some(url) = &manager.join {
+                validate_urls(url).map_err(|m| ConfigError::key("manager.join", m))?;
+            }
+            if let Some(url) = &manager.advertise {
+                validate_url(url).map_err(|m| ConfigError::key("manager.advertise", m))?;
+            }
+            if manager.join.is_some() && self.role == Role::Dev {
+                return Err(ConfigError::key(
+                    "manager.join",
+                    "a dev node makes its own cluster: only role \"manager\" joins one",
+                ));
+            }
+        }
         if let Some(worker) = &self.worker {
             validate_node_name(&worker.name).map_err(|m| ConfigError::key("worker.name", m))?;
             match &worker.manager {
-                Some(url) => {
-                    validate_url(url).map_err(|m| ConfigError::key("worker.manager", m))?
+                Some(urls) => {
+                    validate_urls(urls).map_err(|m| ConfigError::key("worker.manager", m))?
                 }
                 None if self.role == Role::Worker => {
                     return Err(ConfigError::key(
@@ -548,6 +571,9 @@ impl ManagerConfig {
         if !self.listen.ip().is_unspecified() {
             hosts.push(self.listen.ip().to_string());
         }
+        if let Some(url) = &self.advertise {
+            hosts.push(host_of(url));
+        }
         hosts.extend(self.tls_names.iter().cloned());
         hosts.sort();
         hosts.dedup();
@@ -556,6 +582,15 @@ impl ManagerConfig {
 
     pub fn node_cert_ttl(&self) -> Duration {
         Duration::from_secs(self.node_cert_ttl_s)
+    }
+
+    /// Where the other managers (and the workers, once told) reach this
+    /// manager.
+    pub fn advertise_url(&self) -> String {
+        match &self.advertise {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("https://{}", reachable(self.listen)),
+        }
     }
 }
 
@@ -646,7 +681,12 @@ pub fn default_client_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cube").join("client.toml"))
 }
 
-fn validate_url(url: &str) -> Result<(), String> {
+/// One URL, or several separated by commas (managers of one cluster).
+fn validate_urls(urls: &str) -> Result<(), String> {
+    urls.split(',').map(str::trim).try_for_each(validate_url)
+}
+
+pub fn validate_url(url: &str) -> Result<(), String> {
     if url.starts_with("https://") {
         validate_host(&host_of(url))
     } else if url.starts_with("http://") {

@@ -61,14 +61,19 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Show (or rotate) the token workers join with (admin).
+    /// Show (or rotate) the token workers or managers join with (admin).
     JoinToken {
-        /// Only `worker` (managers come with replication).
+        /// `worker` or `manager`.
         role: JoinRole,
         /// Make a new one; the old one is refused from now on (joined
-        /// workers keep their certificates).
+        /// nodes keep their certificates).
         #[arg(long)]
         rotate: bool,
+    },
+    /// The cluster's managers: list (`ls`) or remove (`rm ID`).
+    Manager {
+        #[command(subcommand)]
+        command: ManagerCommand,
     },
     /// Services: replicas kept running, scaled, updated and rolled back.
     Service {
@@ -119,6 +124,20 @@ enum NodeCommand {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum JoinRole {
     Worker,
+    Manager,
+}
+
+#[derive(Subcommand)]
+enum ManagerCommand {
+    /// The managers: who leads, the term, each one's last contact.
+    Ls,
+    /// Remove a manager (admin); refused when the managers left would not
+    /// be a reachable majority, unless `--force`.
+    Rm {
+        id: u64,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,6 +199,16 @@ fn main() -> ExitCode {
                         role: JoinRole::Worker,
                         rotate,
                     } => cube::cli::join_token(&client, rotate).await,
+                    Command::JoinToken {
+                        role: JoinRole::Manager,
+                        rotate,
+                    } => cube::cli::managers::join_token(&client, rotate).await,
+                    Command::Manager { command } => match command {
+                        ManagerCommand::Ls => cube::cli::managers::list(&client, json).await,
+                        ManagerCommand::Rm { id, force } => {
+                            cube::cli::managers::remove(&client, id, force, json).await
+                        }
+                    },
                     Command::Service { command } => match command {
                         ServiceCommand::Create { spec } => {
                             cube::cli::service::create(&client, &spec, json).await

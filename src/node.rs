@@ -14,17 +14,21 @@ use anyhow::Context as _;
 
 use crate::client::Client;
 use crate::config::{
-    ClientFile, ManagerConfig, NodeConfig, Role, WorkerConfig, default_client_file, reachable,
+    ClientFile, ManagerConfig, NodeConfig, Role, WorkerConfig, default_client_file,
 };
-use crate::core::ClusterState;
-use crate::core::nodes::NodeRecord;
 use crate::core::tokens::{Role as TokenRole, TokenRecord};
+use crate::listener::divert::Divert;
 use crate::manager::Manager;
 use crate::manager::actor::Published;
+use crate::manager::actor::Settled;
 use crate::manager::auth::Tokens;
+use crate::manager::consensus;
+use crate::manager::forward::ToLeader;
 use crate::manager::join::JoinAuthority;
 use crate::manager::join_tokens::JoinTokens;
+use crate::manager::joining;
 use crate::manager::members::GenerationTable;
+use crate::manager::replica::{Records, Shape};
 use crate::manager::services::EndpointFeed;
 use crate::runtime::docker::DockerEngine;
 use crate::security::files::MANAGER_NAME;
@@ -34,9 +38,7 @@ use crate::security::pki::write_file;
 use crate::security::renewal::Renewal;
 use crate::security::secret::sha256_hex;
 use crate::security::tls::{ClientCerts, Expect, NodeTls};
-use crate::service::ServiceRecord;
-use crate::store::{LoadAll, Put, Store};
-use crate::task::TaskRecord;
+use crate::store::{LoadAll, Store};
 use crate::wire::RenewRequest;
 use crate::worker::Worker;
 use crate::worker::actor::HEARTBEAT_TIMEOUT;
@@ -44,6 +46,9 @@ use crate::worker::endpoints::{EndpointFollower, EndpointView};
 use crate::worker::join::{JoinError, join};
 use crate::worker::record::WorkerTaskRecord;
 use crate::worker::stats::{SAMPLE_EVERY, Stats};
+
+/// How long a manager waits at start to lead or follow before it serves.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// The longest wait between tries to reach a manager to join.
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -58,32 +63,41 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
 
     if let Some(mc) = &config.manager {
-        let tasks = store
-            .send(LoadAll::<TaskRecord>::new())
-            .await?
-            .context("cannot load tasks")?;
-        let nodes = store
-            .send(LoadAll::<NodeRecord>::new())
-            .await?
-            .context("cannot load nodes")?;
-        let services = store
-            .send(LoadAll::<ServiceRecord>::new())
-            .await?
-            .context("cannot load services")?;
+        let joining = mc
+            .join
+            .clone()
+            .filter(|_| !joining::has_keys(&config.data_dir));
+        if let Some(join) = &joining {
+            let token = std::env::var("CUBE_MANAGER_JOIN_TOKEN")
+                .ok()
+                .or_else(|| mc.join_token.clone())
+                .context(
+                    "manager: to join a cluster it needs the manager join token \
+                     ([manager] join_token or CUBE_MANAGER_JOIN_TOKEN; a manager wrote it to \
+                     <its data_dir>/manager.token)",
+                )?;
+            joining::fetch_keys(&config.data_dir, join, &token).await?;
+        }
         let keys = manager_keys(&config.data_dir, &mc.cert_hosts(), mc.node_cert_ttl())
             .context("manager: cannot set up its certificates and tokens")?;
         log_manager_keys(&config.data_dir, keys.new_cluster);
-        let tokens = tokens_or_first_admin(&store, &keys.admin_secret).await?;
-        let state = ClusterState::new(
-            tasks,
-            nodes,
-            mc.scheduler,
-            mc.down_after(),
-            (&mc.retain_ended).into(),
-            std::time::Instant::now(),
-        )
-        .with_tokens(tokens)
-        .with_services(services);
+        let url = mc.advertise_url();
+        let consensus = consensus::start(&store, &keys.tls, &url, mc.join.is_some()).await?;
+        let join_later = mc
+            .join
+            .clone()
+            .filter(|_| !consensus::is_member(&consensus.raft, consensus.id));
+        consensus::first_admin(&consensus, &store, first_admin(&keys.admin_secret)).await?;
+        let shape = Shape {
+            scheduler: mc.scheduler,
+            down_after: mc.down_after(),
+            retention: (&mc.retain_ended).into(),
+        };
+        let (dump, _) = crate::raft::state_machine::applied_records(&store)
+            .await
+            .context("manager: cannot read the store")?;
+        let records = Records::from_dump(&dump).context("manager: cannot read the store")?;
+        let state = shape.build(records, std::time::Instant::now());
         let (tokens_tx, tokens_rx) = watch::channel(Arc::new(state.token_table()));
         let (generations_tx, generations_rx) = watch::channel(Arc::new(state.generations()));
         if let Some(wc) = config.worker.as_ref().filter(|_| config.role == Role::Dev) {
@@ -112,18 +126,49 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .tls
             .server(ClientCerts::Optional)
             .context("manager: TLS set-up")?;
-        let url = format!("https://{}", reachable(mc.listen));
         write_client_file(mc, &config.data_dir, &url, &keys.admin_secret);
         let own_tls = keys.tls.clone();
         let (endpoints_tx, endpoints_rx) =
             watch::channel(Arc::new(crate::core::services::endpoint_table(&state)));
+        let (leader_tx, leader_rx) = watch::channel(None);
         let published = Published {
             tokens: tokens_tx,
             generations: generations_tx,
             endpoints: endpoints_tx,
+            leader: leader_tx,
         };
         let endpoints: web::Data<EndpointFeed> = web::Data::new(endpoints_rx);
-        let manager = Manager::new(store.clone(), state, keys.tls, published).start();
+        let raft = web::Data::new(consensus.raft.clone());
+        let contacts: web::Data<crate::manager::managers::Contacts> =
+            web::Data::new(consensus.contacts.clone());
+        let id = consensus.id;
+        let to_leader = keys
+            .tls
+            .client(Expect::Manager)
+            .context("manager: TLS set-up")
+            .and_then(|tls| {
+                reqwest::Client::builder()
+                    .tls_backend_preconfigured(tls)
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(70))
+                    .pool_idle_timeout(Duration::from_secs(4))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .context("manager: its client of the leader")
+            })?;
+        let divert: web::Data<dyn Divert> =
+            web::Data::from(Arc::new(ToLeader::new(leader_rx, to_leader)) as Arc<dyn Divert>);
+        let manager_tls = keys.tls.clone();
+        let manager =
+            Manager::new(store.clone(), consensus, shape, state, keys.tls, published).start();
+        // Requests are taken once it leads (or knows whom it follows).
+        if join_later.is_none()
+            && tokio::time::timeout(LEADER_WAIT, manager.send(Settled))
+                .await
+                .is_err()
+        {
+            log::warn!("manager: no role yet after {LEADER_WAIT:?}; serving anyway");
+        }
         let data = web::Data::new(manager);
         let tokens: web::Data<Tokens> = web::Data::new(tokens_rx);
         let generations: web::Data<GenerationTable> = web::Data::new(generations_rx);
@@ -134,6 +179,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 crate::security::files::worker_token_path(&config.data_dir),
             )
             .start(),
+            managers: JoinTokens::new(
+                keys.manager_token,
+                crate::security::files::manager_token_path(&config.data_dir),
+            )
+            .start(),
+            admin_secret: keys.admin_secret.clone(),
             ttl: mc.node_cert_ttl(),
         });
         // The manager renews its own certificate with its CA.
@@ -159,7 +210,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 .app_data(authority.clone())
                 .app_data(tokens.clone())
                 .app_data(generations.clone())
-                .app_data(endpoints.clone());
+                .app_data(endpoints.clone())
+                .app_data(raft.clone())
+                .app_data(contacts.clone())
+                .app_data(divert.clone());
+            crate::manager::raft_rpc::configure(cfg, raft.get_ref().clone());
+            crate::manager::managers::configure(cfg);
             crate::manager::join::configure(cfg);
             crate::manager::tokens::configure(cfg);
             crate::manager::services::configure(cfg);
@@ -173,6 +229,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             mc.down_after_ms
         );
         servers.push(server);
+        if let Some(join) = join_later {
+            actix_rt::spawn(consensus::ask_to_join(join, manager_tls, id, url.clone()));
+        }
     }
 
     if let Some(wc) = &config.worker {
@@ -329,34 +388,17 @@ async fn serve_containers(
     }
 }
 
-/// The users' tokens in the store; on a cluster's first start (none yet),
-/// the first admin token, `admin`, whose secret the manager wrote to
-/// `admin.token`.
-async fn tokens_or_first_admin(
-    store: &Addr<Store>,
-    admin_secret: &str,
-) -> anyhow::Result<Vec<TokenRecord>> {
-    let tokens = store
-        .send(LoadAll::<TokenRecord>::new())
-        .await?
-        .context("cannot load tokens")?;
-    if !tokens.is_empty() {
-        return Ok(tokens);
-    }
-    let admin = TokenRecord {
+/// The first admin token, `admin`, of a new cluster: its secret is the
+/// one the manager wrote to `admin.token`.
+fn first_admin(admin_secret: &str) -> TokenRecord {
+    TokenRecord {
         name: "admin".into(),
         role: TokenRole::Admin,
         hash: sha256_hex(admin_secret.as_bytes()),
         created_at: chrono::Utc::now(),
         expires_at: None,
         created_by: None,
-    };
-    store
-        .send(Put(admin.clone()))
-        .await?
-        .context("cannot store the first admin token")?;
-    log::info!("manager: the first admin token, admin, is in admin.token");
-    Ok(vec![admin])
+    }
 }
 
 /// A worker's certificate: the one it holds, or one it gets by joining.

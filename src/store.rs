@@ -16,8 +16,8 @@
 
 mod raft;
 pub use raft::{
-    ApplyWrites, Dump, DumpRecords, LogAppend, LogLast, LogPurge, LogRange, LogTruncate, MetaGet,
-    MetaPut, RawWrite, ReplaceRecords,
+    ApplyWrites, CheckRoom, Dump, DumpRecords, LogAppend, LogLast, LogPurge, LogRange, LogTruncate,
+    MetaGet, MetaPut, RawWrite, ReplaceRecords,
 };
 
 use std::collections::HashMap;

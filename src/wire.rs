@@ -152,3 +152,68 @@ pub struct RenewRequest {
 pub struct JoinReply {
     pub certificate: String,
 }
+
+/// A manager asks to join a cluster with the manager join token's secret;
+/// it has checked the CA against the token already.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerJoinRequest {
+    pub secret: String,
+}
+
+/// What every manager of a cluster holds: the CA (certificate and key, to
+/// issue certificates), the join tokens and the first admin token's
+/// secret (PEM and token texts).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerJoinReply {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub worker_token: String,
+    pub manager_token: String,
+    pub admin_secret: String,
+}
+
+/// Secrets stay out of logs and debug output.
+impl std::fmt::Debug for ManagerJoinReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ManagerJoinReply { .. }")
+    }
+}
+
+/// A manager that holds the cluster's keys asks to be made a member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddManager {
+    pub id: u64,
+    /// Where the other managers reach it.
+    pub url: String,
+}
+
+/// The managers as one of them sees them (`GET /cluster`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The manager that answered.
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The last entry of its log, and the last applied to its state.
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: u64,
+    pub name: String,
+    pub url: String,
+    /// A voter (else a learner, catching up).
+    pub voter: bool,
+    pub leader: bool,
+    /// Since it last answered the manager that answered (itself: 0); the
+    /// leader hears from every member, a follower from none but itself.
+    pub last_contact_ms: Option<u64>,
+    /// The last entry the leader knows it holds (leader's view only).
+    pub matched_index: Option<u64>,
+}

@@ -40,9 +40,15 @@ async fn manager(ca: &Ca, id: NodeId) -> Manager {
     let dir = tempfile::tempdir().expect("a data dir");
     let store = Store::start(dir.path()).expect("the store opens");
     let transport = Https::new(tls.client(Expect::Manager).expect("client TLS")).expect("client");
-    let raft = raft::start(id, Timing::default(), store.clone(), transport)
-        .await
-        .expect("raft starts");
+    let raft = raft::start(
+        id,
+        Timing::default(),
+        store.clone(),
+        transport,
+        Default::default(),
+    )
+    .await
+    .expect("raft starts");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let url = format!("https://{}", listener.local_addr().expect("bound"));
     let served = raft.clone();

@@ -4,6 +4,7 @@
 //! connections below the process's file descriptors, a deadline for the
 //! TLS handshake, the request head and the body.
 
+pub mod divert;
 pub mod per_peer;
 
 use std::time::Duration;
@@ -78,6 +79,7 @@ where
         let configure = configure.clone();
         let app = fn_factory(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(divert::divert))
                 .wrap(actix_web::middleware::from_fn(
                     crate::api_error::deadline::body_deadline,
                 ))

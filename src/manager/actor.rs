@@ -2,13 +2,22 @@
 //!
 //! Every message that changes the cluster becomes a `core::Command` and
 //! joins the queue. The queue is applied in batches: every command that
-//! arrived while the previous commit was syncing is applied (in arrival
-//! order) to the `ClusterState`, their staged records are committed in one
-//! LMDB transaction, and only then are their senders answered, their events
-//! published and their effects (assignments, stops) carried out. While a
-//! commit is in flight the actor takes no message (`ctx.wait`), so every
-//! read sees committed state only; a failed commit rolls the state back and
-//! every command of the batch gets the error.
+//! arrived while the previous change was being replicated is applied (in
+//! arrival order) to the `ClusterState`, their staged records are proposed
+//! to the managers' Raft as one `Change`, and only once a majority has it
+//! and it is applied to this manager's Store are their senders answered,
+//! their events published and their effects (assignments, stops) carried
+//! out. While a change is in flight the actor takes no message
+//! (`ctx.wait`), so every read sees committed state only; a change that
+//! fails rolls the state back and every command of the batch gets the
+//! error.
+//!
+//! Only the leader takes commands. The others follow the log: the changes
+//! their state machine applies are applied to their state too
+//! (`replica::follow`), so they answer reads. When this manager starts or
+//! stops leading, its state is rebuilt from its Store (`settle`); a new
+//! leader gives every node a fresh liveness period and catches up with the
+//! workers as a restarted manager does.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -17,22 +26,30 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+mod leadership;
+
+pub use leadership::Settled;
+use leadership::leadership;
+
 use super::events::{Event, EventLog};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::consensus::Consensus;
+use super::replica::{Shape, change_of};
 use crate::client::Client;
 use crate::core::apply::namesake;
 use crate::core::nodes::{Generations, NodeRecord, NodeView};
 use crate::core::services::refresh;
-use crate::core::tokens::{TokenRecord, TokenTable, TokenView};
+use crate::core::tokens::{TokenTable, TokenView};
 use crate::core::{
     ClusterState, Command, CoreError, Effect, Now, Reply, Staged, TaskPage, TaskQuery, apply,
 };
+use crate::raft::{NodeId, Raft, Replicated};
 use crate::security::tls::{Expect, NodeTls};
-use crate::service::{EndpointTable, ServiceRecord, ServiceView};
-use crate::store::{Commit, Store, StoreError, Write};
+use crate::service::{EndpointTable, ServiceView};
+use crate::store::{CheckRoom, Store, StoreError};
 use crate::task::{DesiredState, TaskRecord, TaskSpec, TaskState};
 use crate::wire::{
     Heartbeat, HeartbeatReply, Registration, RegistrationReply, ReportReply, TaskStatus,
@@ -45,6 +62,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The wait before an assignment that could not be delivered is sent again.
 const DISPATCH_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a change may wait for a majority of the managers.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a new leader may take to confirm it leads, and the wait
+/// before it tries again.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// How long cutting back the log may wait for its snapshot.
+const COMPACT_WITHIN: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error(transparent)]
@@ -53,6 +81,38 @@ pub enum ManagerError {
     NotStored { full: bool, reason: String },
     #[error("the manager is not available: {0}")]
     Gone(String),
+    #[error("this manager does not lead the cluster{}", leader_hint(.leader))]
+    NotLeader { leader: Option<String> },
+    #[error(
+        "the change was not confirmed by a majority of the managers ({0}); it may still take effect"
+    )]
+    Unconfirmed(String),
+}
+
+fn leader_hint(leader: &Option<String>) -> String {
+    match leader {
+        Some(url) => format!(": the leader is at {url}"),
+        None => ": no leader is known now".to_string(),
+    }
+}
+
+/// Why a batch's change was not applied.
+#[derive(Debug)]
+enum WriteError {
+    /// Refused before it was proposed (the store is full) or not encoded.
+    Store(StoreError),
+    /// This manager lost the lead, or no majority answered in time: the
+    /// change may still be committed.
+    Unconfirmed(String),
+}
+
+impl WriteError {
+    fn answer(&self) -> ManagerError {
+        match self {
+            WriteError::Store(e) => ManagerError::not_stored(e),
+            WriteError::Unconfirmed(why) => ManagerError::Unconfirmed(why.clone()),
+        }
+    }
 }
 
 impl ManagerError {
@@ -87,10 +147,32 @@ pub struct Published {
     pub generations: watch::Sender<Arc<Generations>>,
     /// Every service's endpoints.
     pub endpoints: watch::Sender<Arc<EndpointTable>>,
+    /// The leader's URL while another manager leads (where writes go).
+    pub leader: watch::Sender<Option<String>>,
 }
 
 pub struct Manager {
     store: Addr<Store>,
+    raft: Raft,
+    /// This manager's id among the managers.
+    id: NodeId,
+    /// How its state is built (after a change of leader).
+    shape: Shape,
+    /// The changes its state machine applies, until `started` takes them.
+    feed: Option<tokio::sync::mpsc::UnboundedReceiver<Replicated>>,
+    /// It leads and its state was rebuilt for it: it takes commands.
+    leading: bool,
+    /// Who leads as Raft last said, and where.
+    leader: Option<(NodeId, Option<String>)>,
+    /// The index of the last log entry `state` holds.
+    applied: u64,
+    /// A rebuild is in flight; `resettle`: look again after it.
+    settling: bool,
+    resettle: bool,
+    /// The log is being cut back.
+    compacting: bool,
+    /// Who waits for the first role taken up.
+    settled: Vec<oneshot::Sender<()>>,
     state: ClusterState,
     /// What users watch: task state changes, restarts, health.
     events: EventLog,
@@ -110,12 +192,25 @@ pub struct Manager {
 impl Manager {
     pub fn new(
         store: Addr<Store>,
+        consensus: Consensus,
+        shape: Shape,
         state: ClusterState,
         tls: NodeTls,
         published: Published,
     ) -> Self {
         Manager {
             store,
+            raft: consensus.raft,
+            id: consensus.id,
+            shape,
+            feed: Some(consensus.feed),
+            leading: false,
+            leader: None,
+            applied: 0,
+            settling: false,
+            resettle: false,
+            settled: Vec::new(),
+            compacting: false,
             state,
             events: EventLog::default(),
             queue: Vec::new(),
@@ -140,6 +235,12 @@ impl Manager {
         answer: Option<oneshot::Sender<Answer>>,
         ctx: &mut Context<Self>,
     ) {
+        if !self.leading {
+            if let Some(answer) = answer {
+                let _ = answer.send(Err(self.not_leader()));
+            }
+            return;
+        }
         self.queue.push(Queued { command, answer });
         if !self.flush_scheduled {
             self.flush_scheduled = true;
@@ -194,33 +295,120 @@ impl Manager {
             .chain(staged.removed_services.iter().cloned())
             .chain(on_nodes)
             .collect();
-        let writes = writes(staged);
-        let commit = self.store.send(Commit(writes));
-        ctx.wait(commit.into_actor(self).map(move |result, act, ctx| {
-            let result = result.map_err(StoreError::from).and_then(|r| r);
-            // Committed: requests see the change from now on.
-            if result.is_ok() && tokens_changed {
-                let table = Arc::new(act.state.token_table());
-                act.published.tokens.send_replace(table);
+        let write = self.replicate(staged);
+        ctx.wait(write.into_actor(self).map(move |result, act, ctx| {
+            if let Ok(index) = result {
+                // Committed: requests see the change from now on.
+                act.applied = act.applied.max(index);
+                act.publish(tokens_changed, nodes_changed, &services);
             }
-            if result.is_ok() && nodes_changed {
-                let generations = Arc::new(act.state.generations());
-                act.published.generations.send_replace(generations);
+            act.finish(outcomes, result.map(|_| ()), events, ctx);
+        }));
+    }
+
+    /// Proposes a batch's records as one change; its log index once a
+    /// majority has it and it is applied here.
+    fn replicate(
+        &self,
+        staged: Staged,
+    ) -> impl std::future::Future<Output = Result<u64, WriteError>> + 'static {
+        let (raft, store) = (self.raft.clone(), self.store.clone());
+        let change = change_of(staged);
+        async move {
+            let change = change.map_err(|source| {
+                WriteError::Store(StoreError::Codec {
+                    table: "change",
+                    source,
+                })
+            })?;
+            let puts = change
+                .records
+                .iter()
+                .filter(|r| r.value.is_some())
+                .map(|r| (r.table.clone(), r.key.clone()))
+                .collect();
+            store
+                .send(CheckRoom(puts))
+                .await
+                .map_err(StoreError::from)
+                .and_then(|r| r)
+                .map_err(WriteError::Store)?;
+            match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(change)).await {
+                Ok(Ok(written)) => Ok(written.log_id.index),
+                Ok(Err(e)) => Err(WriteError::Unconfirmed(e.to_string())),
+                Err(_) => Err(WriteError::Unconfirmed(format!(
+                    "no majority within {WRITE_TIMEOUT:?}"
+                ))),
             }
-            if result.is_ok() && !services.is_empty() {
-                let table = act.published.endpoints.borrow().clone();
-                if let Some(fresh) = refresh(&act.state, &table, &services) {
-                    act.published.endpoints.send_replace(Arc::new(fresh));
+        }
+    }
+
+    /// After a committed change: what requests check (tokens, removed
+    /// names) and the endpoints of the services it touched.
+    fn publish(&mut self, tokens_changed: bool, nodes_changed: bool, services: &BTreeSet<String>) {
+        if tokens_changed {
+            let table = Arc::new(self.state.token_table());
+            self.published.tokens.send_replace(table);
+        }
+        if nodes_changed {
+            let generations = Arc::new(self.state.generations());
+            self.published.generations.send_replace(generations);
+        }
+        if !services.is_empty() {
+            let table = self.published.endpoints.borrow().clone();
+            if let Some(fresh) = refresh(&self.state, &table, services) {
+                self.published.endpoints.send_replace(Arc::new(fresh));
+            }
+        }
+    }
+
+    /// After a rebuild: everything published anew.
+    fn publish_all(&mut self) {
+        self.published
+            .tokens
+            .send_replace(Arc::new(self.state.token_table()));
+        self.published
+            .generations
+            .send_replace(Arc::new(self.state.generations()));
+        self.published
+            .endpoints
+            .send_replace(Arc::new(crate::core::services::endpoint_table(&self.state)));
+    }
+
+    /// A full store first gives back the log's room: the log is cut
+    /// back to what is in a snapshot (once at a time).
+    fn compact_log(&mut self, ctx: &mut Context<Self>) {
+        if self.compacting {
+            return;
+        }
+        self.compacting = true;
+        let raft = self.raft.clone();
+        let work = async move { crate::raft::compact(&raft, COMPACT_WITHIN).await };
+        ctx.spawn(work.into_actor(self).map(|result, act, _ctx| {
+            act.compacting = false;
+            match result {
+                Ok(upto) => log::info!("manager: the store is full: the log is cut back to {upto}"),
+                Err(e) => {
+                    log::warn!("manager: the store is full and the log was not cut back: {e}")
                 }
             }
-            act.finish(outcomes, result, events, ctx);
         }));
+    }
+
+    fn not_leader(&self) -> ManagerError {
+        ManagerError::NotLeader {
+            leader: self
+                .leader
+                .as_ref()
+                .filter(|(id, _)| *id != self.id)
+                .and_then(|(_, url)| url.clone()),
+        }
     }
 
     fn finish(
         &mut self,
         outcomes: Vec<Outcome>,
-        committed: Result<(), StoreError>,
+        committed: Result<(), WriteError>,
         events: Vec<crate::core::events::EventDraft>,
         ctx: &mut Context<Self>,
     ) {
@@ -255,11 +443,15 @@ impl Manager {
             }
             Err(e) => {
                 log::error!(
-                    "manager: a batch of {} commands was not stored and is undone: {e}",
-                    outcomes.len()
+                    "manager: a batch of {} commands was not committed and is undone: {}",
+                    outcomes.len(),
+                    e.answer()
                 );
                 self.state.rollback();
-                if matches!(e, StoreError::Full { .. })
+                if matches!(e, WriteError::Store(StoreError::Full { .. })) {
+                    self.compact_log(ctx);
+                }
+                if matches!(e, WriteError::Store(StoreError::Full { .. }))
                     && !self.relieving
                     && self.state.ended_count() > 0
                 {
@@ -273,12 +465,19 @@ impl Manager {
                 }
                 for (answer, outcome) in outcomes {
                     let reply = match outcome {
-                        Ok(_) => Err(ManagerError::not_stored(&e)),
+                        Ok(_) => Err(e.answer()),
                         Err(core) => Err(ManagerError::Core(core)),
                     };
                     if let Some(answer) = answer {
                         let _ = answer.send(reply);
                     }
+                }
+                if let WriteError::Unconfirmed(why) = &e {
+                    // What this manager holds may no longer be the log:
+                    // it stops taking commands until it has confirmed
+                    // that it leads and rebuilt its state from the Store.
+                    self.stop_leading(why, ctx);
+                    return;
                 }
             }
         }
@@ -354,7 +553,7 @@ impl Manager {
                                 "manager: task {id} could not be sent to {node} ({e}); trying again in {DISPATCH_RETRY:?}"
                             );
                             ctx.run_later(DISPATCH_RETRY, move |act, ctx| {
-                                if !act.state.is_down(&node) {
+                                if act.leading && !act.state.is_down(&node) {
                                     act.execute(Effect::Dispatch { node, assignment }, ctx);
                                 }
                             });
@@ -374,7 +573,9 @@ impl Manager {
             }
             Effect::StopAfter { node, task, after } => {
                 ctx.run_later(after, move |act, ctx| {
-                    act.execute(Effect::StopOn { node, task }, ctx);
+                    if act.leading {
+                        act.execute(Effect::StopOn { node, task }, ctx);
+                    }
                 });
             }
             Effect::StopOn { node, task } => {
@@ -394,34 +595,6 @@ impl Manager {
     }
 }
 
-/// Turns a batch's staged changes into the Store's writes.
-fn writes(staged: Staged) -> Vec<Write> {
-    let mut out: Vec<Write> =
-        Vec::with_capacity(staged.tasks.len() + staged.nodes.len() + staged.removed_tasks.len());
-    out.extend(staged.nodes.into_iter().map(Write::put));
-    out.extend(staged.tasks.into_iter().map(Write::put));
-    out.extend(staged.removed_tasks.into_iter().map(|id| Write::Delete {
-        table: <TaskRecord as crate::store::Stored>::TABLE,
-        key: id.to_string(),
-    }));
-    out.extend(staged.services.into_iter().map(Write::put));
-    out.extend(
-        staged
-            .removed_services
-            .into_iter()
-            .map(|name| Write::Delete {
-                table: <ServiceRecord as crate::store::Stored>::TABLE,
-                key: name,
-            }),
-    );
-    out.extend(staged.tokens.into_iter().map(Write::put));
-    out.extend(staged.removed_tokens.into_iter().map(|name| Write::Delete {
-        table: <TokenRecord as crate::store::Stored>::TABLE,
-        key: name,
-    }));
-    out
-}
-
 impl Actor for Manager {
     type Context = Context<Self>;
 
@@ -432,14 +605,15 @@ impl Actor for Manager {
             self.state.task_count(),
             self.state.node_names().len()
         );
-        // Catch up with workers that may have changed while we were down.
-        for name in self.state.node_names() {
-            ctx.notify(SyncNode(name));
+        if let Some(feed) = self.feed.take() {
+            ctx.add_stream(futures_util::stream::unfold(feed, |mut feed| async move {
+                feed.recv().await.map(|r| (r, feed))
+            }));
         }
-        self.push(Command::Retry, None, ctx);
+        ctx.add_stream(leadership(self.raft.metrics()));
         ctx.run_interval(self.state.tick_every(), |act, ctx| {
             // A tick that finds the previous one still queued adds nothing.
-            if !act.queue.iter().any(|q| matches!(q.command, Command::Tick)) {
+            if act.leading && !act.queue.iter().any(|q| matches!(q.command, Command::Tick)) {
                 act.push(Command::Tick, None, ctx);
             }
         });

@@ -30,10 +30,16 @@ const MAX_HOSTS: usize = 8;
 /// A P-256 request is well under 1 KiB.
 const MAX_CSR_BYTES: usize = 16 * 1024;
 
-/// What issues worker certificates.
+/// What issues worker certificates, and hands a joining manager the
+/// cluster's keys.
 pub struct JoinAuthority {
     pub ca: Ca,
+    /// The worker join token.
     pub tokens: Addr<JoinTokens>,
+    /// The manager join token.
+    pub managers: Addr<JoinTokens>,
+    /// The first admin token's secret (what `admin.token` holds).
+    pub admin_secret: String,
     pub ttl: Duration,
 }
 

@@ -3,11 +3,16 @@
 
 pub mod actor;
 pub mod auth;
+pub mod consensus;
 pub mod events;
+pub mod forward;
 pub mod join;
 pub mod join_tokens;
+pub mod joining;
+pub mod managers;
 pub mod members;
 pub mod raft_rpc;
+pub mod replica;
 pub mod routes;
 pub mod services;
 pub mod tokens;

@@ -56,7 +56,9 @@ impl From<ManagerError> for ApiError {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
             }
             ManagerError::NotStored { full: false, .. } => ApiError::internal(e.to_string()),
-            ManagerError::Gone(_) => ApiError::unavailable(e.to_string()),
+            ManagerError::Gone(_)
+            | ManagerError::NotLeader { .. }
+            | ManagerError::Unconfirmed(_) => ApiError::unavailable(e.to_string()),
         }
     }
 }

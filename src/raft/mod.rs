@@ -24,9 +24,12 @@ pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
-pub use start::{Timing, start};
+pub use network::Contacts;
+pub use start::{Taps, Timing, compact, start};
 pub use state_machine::StateMachine;
-pub use types::{Change, Cube, Member, NodeId, Raft, Record};
+pub use types::{
+    Change, ChangeMembers, Cube, Feed, Member, Metrics, NodeId, Raft, Record, Replicated,
+};
 
 #[cfg(test)]
 mod tests;

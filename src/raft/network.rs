@@ -3,8 +3,12 @@
 //! request travels is a [`Transport`] (HTTPS with the cluster's
 //! certificates, in the manager); [`answer`] is the receiving side.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use openraft::Raft;
 use openraft::error::{
@@ -68,15 +72,23 @@ pub trait Transport: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
 }
 
+/// When each member last answered an RPC (any answer: it is up and
+/// reachable).
+pub type Contacts = watch::Sender<BTreeMap<NodeId, Instant>>;
+
 /// openraft's network: a [`Link`] per member, over a transport.
 #[derive(Clone)]
 pub struct Network<T> {
     transport: T,
+    contacts: Option<Arc<Contacts>>,
 }
 
 impl<T: Transport> Network<T> {
-    pub fn new(transport: T) -> Self {
-        Network { transport }
+    pub fn new(transport: T, contacts: Option<Arc<Contacts>>) -> Self {
+        Network {
+            transport,
+            contacts,
+        }
     }
 }
 
@@ -88,6 +100,7 @@ impl<T: Transport> RaftNetworkFactory<Cube> for Network<T> {
             transport: self.transport.clone(),
             target,
             member: node.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -97,6 +110,7 @@ pub struct Link<T> {
     transport: T,
     target: NodeId,
     member: Member,
+    contacts: Option<Arc<Contacts>>,
 }
 
 type Failure<E> = RPCError<NodeId, Member, E>;
@@ -123,6 +137,11 @@ impl<T: Transport> Link<T> {
                 TransportError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
                 TransportError::Failed(..) => RPCError::Network(NetworkError::new(&e)),
             })?;
+        if let Some(contacts) = &self.contacts {
+            contacts.send_modify(|c| {
+                c.insert(self.target, Instant::now());
+            });
+        }
         let answered: Result<Resp, E> = serde_json::from_slice(&answer)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answered.map_err(|e| {

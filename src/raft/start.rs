@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use actix::Addr;
 
-use super::network::{Network, Transport};
-use super::types::{NodeId, Raft};
+use super::network::{Contacts, Network, Transport};
+use super::types::{Feed, NodeId, Raft};
 use super::{LogStore, StateMachine};
 use crate::store::Store;
 
@@ -47,6 +47,14 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What a Raft tells as it goes: what it applied (`feed`), and when each
+/// member last answered (`contacts`).
+#[derive(Default)]
+pub struct Taps {
+    pub feed: Option<Feed>,
+    pub contacts: Option<Arc<Contacts>>,
+}
+
 /// Starts member `id`'s Raft on `store`, reaching the others by
 /// `transport`.
 pub async fn start<T: Transport>(
@@ -54,6 +62,7 @@ pub async fn start<T: Transport>(
     timing: Timing,
     store: Addr<Store>,
     transport: T,
+    taps: Taps,
 ) -> Result<Raft, StartError> {
     let config = openraft::Config {
         cluster_name: "cube".into(),
@@ -67,6 +76,10 @@ pub async fn start<T: Transport>(
         install_snapshot_timeout: 10_000,
         // Entries per append, well under the route's body limit.
         max_payload_entries: 64,
+        // The log is cut back to the last 500 entries after every 1000
+        // (a snapshot is the records as they are: nothing to write).
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 500,
         ..Default::default()
     }
     .validate()
@@ -74,10 +87,35 @@ pub async fn start<T: Transport>(
     Raft::new(
         id,
         Arc::new(config),
-        Network::new(transport),
+        Network::new(transport, taps.contacts),
         LogStore::new(store.clone()),
-        StateMachine::new(store),
+        StateMachine::new(store, taps.feed),
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+/// Cuts the log back as far as it can: a snapshot of everything applied,
+/// then every entry in it purged (a full store gets back the log's room).
+/// Waits at most `within` for the snapshot.
+pub async fn compact(raft: &Raft, within: Duration) -> Result<u64, StartError> {
+    let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+    raft.trigger()
+        .snapshot()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let metrics = raft
+        .wait(Some(within))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= applied),
+            "a snapshot of everything applied",
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let upto = metrics.snapshot.map_or(0, |s| s.index);
+    raft.trigger()
+        .purge_log(upto)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    Ok(upto)
 }

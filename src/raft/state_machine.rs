@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::types::{
-    Applied, Cube, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    Applied, Cube, Entry, Feed, LogId, Replicated, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership,
 };
 use crate::store::{ApplyWrites, DumpRecords, RawWrite, ReplaceRecords, Store};
 
@@ -24,11 +25,21 @@ const MEMBERSHIP: &str = "membership";
 #[derive(Clone)]
 pub struct StateMachine {
     store: Addr<Store>,
+    /// Told what was applied (the manager's in-memory state), if anyone
+    /// listens.
+    feed: Option<Feed>,
 }
 
 impl StateMachine {
-    pub fn new(store: Addr<Store>) -> Self {
-        StateMachine { store }
+    pub fn new(store: Addr<Store>, feed: Option<Feed>) -> Self {
+        StateMachine { store, feed }
+    }
+
+    /// Tells the listener, if any; one that has gone away is not missed.
+    fn tell(&self, replicated: Replicated) {
+        if let Some(feed) = &self.feed {
+            let _ = feed.send(replicated);
+        }
     }
 }
 
@@ -67,6 +78,20 @@ fn applied_of(meta: &[Option<Vec<u8>>]) -> Result<(Option<LogId>, StoredMembersh
     let applied = decode(meta.first().and_then(Option::as_ref))?;
     let membership = decode(meta.get(1).and_then(Option::as_ref))?;
     Ok((applied, membership))
+}
+
+/// The replicated records as `store` holds them, and the index of the
+/// last entry applied to them (0: none), read in one transaction.
+pub async fn applied_records(store: &Addr<Store>) -> Result<(Vec<RawWrite>, u64), StorageError> {
+    let (records, meta) = store
+        .send(DumpRecords {
+            meta: vec![APPLIED, MEMBERSHIP],
+        })
+        .await
+        .map_err(read_error)?
+        .map_err(read_error)?;
+    let (applied, _) = applied_of(&meta)?;
+    Ok((records, applied.map_or(0, |l| l.index)))
 }
 
 impl StateMachine {
@@ -138,14 +163,16 @@ impl RaftStateMachine<Cube> for StateMachine {
         let mut last = None;
         let mut membership = None;
         let mut answers = Vec::new();
+        let mut changes = Vec::new();
         for entry in entries {
-            match &entry.payload {
+            match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(change) => {
                     writes.extend(change.records.iter().map(RawWrite::from));
+                    changes.push(change);
                 }
                 EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
                 }
             }
             last = Some(entry.log_id);
@@ -163,6 +190,12 @@ impl RaftStateMachine<Cube> for StateMachine {
             .await
             .map_err(write_error)?
             .map_err(write_error)?;
+        if !changes.is_empty() {
+            self.tell(Replicated::Changes {
+                upto: last.index,
+                changes,
+            });
+        }
         Ok(answers)
     }
 
@@ -194,15 +227,22 @@ impl RaftStateMachine<Cube> for StateMachine {
                 value: Some(value.get().as_bytes().to_vec()),
             })
             .collect();
-        let meta = vec![
+        let stored_meta = vec![
             (APPLIED, encode(&meta.last_log_id)?),
             (MEMBERSHIP, encode(&meta.last_membership)?),
         ];
         self.store
-            .send(ReplaceRecords { records, meta })
+            .send(ReplaceRecords {
+                records,
+                meta: stored_meta,
+            })
             .await
             .map_err(write_error)?
-            .map_err(write_error)
+            .map_err(write_error)?;
+        self.tell(Replicated::Installed {
+            upto: meta.last_log_id.map_or(0, |l| l.index),
+        });
+        Ok(())
     }
 
     /// The state as it is now; none while nothing has been applied.

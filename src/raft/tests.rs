@@ -14,7 +14,11 @@ impl StoreBuilder<Cube, LogStore, StateMachine, tempfile::TempDir> for Fresh {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::start(dir.path()).expect("the store opens");
-        Ok((dir, LogStore::new(store.clone()), StateMachine::new(store)))
+        Ok((
+            dir,
+            LogStore::new(store.clone()),
+            StateMachine::new(store, None),
+        ))
     }
 }
 
@@ -42,7 +46,7 @@ mod changes {
     use serde_json::value::RawValue;
 
     use crate::raft::StateMachine;
-    use crate::raft::types::{Change, Entry, LogId, Record};
+    use crate::raft::types::{Change, Entry, LogId, Record, Replicated};
     use crate::store::{ApplyWrites, DumpRecords, LoadAll, Put, RawWrite, Store, Stored};
 
     /// A worker's own record, in the same file on a `dev` node.
@@ -87,7 +91,8 @@ mod changes {
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let a = Store::start(dir_a.path()).unwrap();
         let b = Store::start(dir_b.path()).unwrap();
-        let mut leader = StateMachine::new(a.clone());
+        let (feed, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let mut leader = StateMachine::new(a.clone(), Some(feed));
         leader
             .apply([
                 entry(
@@ -101,6 +106,18 @@ mod changes {
             ])
             .await
             .expect("applied");
+        // The manager is told the changes, in order, up to the last.
+        match told.try_recv() {
+            Ok(Replicated::Changes { upto, changes }) => {
+                assert_eq!(upto, 2);
+                let keys: Vec<Vec<&str>> = changes
+                    .iter()
+                    .map(|c| c.records.iter().map(|r| r.key.as_str()).collect())
+                    .collect();
+                assert_eq!(keys, [vec!["ci", "old"], vec!["old"]]);
+            }
+            other => panic!("not told the changes: {other:?}"),
+        }
         let on_a = records(&a).await;
         assert_eq!(
             on_a,
@@ -130,11 +147,16 @@ mod changes {
             .await
             .expect("read")
             .expect("a snapshot once something was applied");
-        let mut follower = StateMachine::new(b.clone());
+        let (feed, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let mut follower = StateMachine::new(b.clone(), Some(feed));
         follower
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await
             .expect("installed");
+        assert!(
+            matches!(told.try_recv(), Ok(Replicated::Installed { upto: 2 })),
+            "not told of the snapshot"
+        );
         assert_eq!(records(&b).await, on_a);
         // The worker's own records are not the managers': they stay.
         let kept = b.send(LoadAll::<Own>::new()).await.unwrap().unwrap();
@@ -221,7 +243,7 @@ mod cluster {
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(600),
         };
-        let raft = crate::raft::start(id, timing, store.clone(), net.clone())
+        let raft = crate::raft::start(id, timing, store.clone(), net.clone(), Default::default())
             .await
             .expect("raft starts");
         net.join(&member(id).url, raft.clone());

@@ -36,6 +36,10 @@ pub fn worker_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("worker.token")
 }
 
+pub fn manager_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("manager.token")
+}
+
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.token")
 }
@@ -45,6 +49,8 @@ pub struct ManagerKeys {
     pub ca: Ca,
     pub tls: NodeTls,
     pub join_token: JoinToken,
+    /// The token managers join with.
+    pub manager_token: JoinToken,
     pub admin_secret: String,
     /// Whether the CA was made by this start (a new cluster).
     pub new_cluster: bool,
@@ -64,18 +70,8 @@ pub fn manager_keys(
     save_keyed(&pki, "manager", &issued)?;
     let tls = NodeTls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem)?;
 
-    let token_path = worker_token_path(data_dir);
-    let join_token = match read(&token_path)
-        .ok()
-        .and_then(|text| text.parse::<JoinToken>().ok())
-    {
-        Some(token) if token.ca_digest == ca.digest() => token,
-        _ => {
-            let token = JoinToken::new(ca.digest())?;
-            write_file(&token_path, format!("{token}\n").as_bytes(), true)?;
-            token
-        }
-    };
+    let join_token = token_file(&worker_token_path(data_dir), &ca)?;
+    let manager_token = token_file(&manager_token_path(data_dir), &ca)?;
     let admin_path = admin_token_path(data_dir);
     let admin_secret = match read(&admin_path) {
         Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
@@ -89,9 +85,25 @@ pub fn manager_keys(
         ca,
         tls,
         join_token,
+        manager_token,
         admin_secret,
         new_cluster,
     })
+}
+
+/// The join token kept at `path`, or a new one for `ca` (written there).
+fn token_file(path: &Path, ca: &Ca) -> Result<JoinToken, SecurityError> {
+    match read(path)
+        .ok()
+        .and_then(|text| text.parse::<JoinToken>().ok())
+    {
+        Some(token) if token.ca_digest == ca.digest() => Ok(token),
+        _ => {
+            let token = JoinToken::new(ca.digest())?;
+            write_file(path, format!("{token}\n").as_bytes(), true)?;
+            Ok(token)
+        }
+    }
 }
 
 fn save_keyed(pki: &Path, stem: &str, issued: &KeyedCert) -> Result<(), SecurityError> {

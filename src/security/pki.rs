@@ -101,6 +101,11 @@ impl Ca {
         &self.cert_pem
     }
 
+    /// The CA's private key (PEM): only for managers joining the cluster.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// The SHA-256 of the CA certificate (DER), hex: what join tokens pin.
     pub fn digest(&self) -> &str {
         &self.digest

@@ -203,6 +203,38 @@ impl Handler<ApplyWrites> for Store {
     }
 }
 
+/// Whether the records named (table, key), about to be put, fit: past
+/// the soft limit a batch that adds a record is refused (`Full`), as a
+/// commit would be. The leader asks before it proposes a change, since
+/// what the cluster committed is applied whatever the room.
+pub struct CheckRoom(pub Vec<(String, String)>);
+
+impl Message for CheckRoom {
+    type Result = Result<(), StoreError>;
+}
+
+impl Handler<CheckRoom> for Store {
+    type Result = Result<(), StoreError>;
+
+    fn handle(&mut self, msg: CheckRoom, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        if msg.0.is_empty() || !self.over_soft_limit()? {
+            return Ok(());
+        }
+        let rtxn = self.env.read_txn()?;
+        for (table, key) in &msg.0 {
+            let Some(db) = self.replicated_table(table) else {
+                continue;
+            };
+            if db.get(&rtxn, key)?.is_none() {
+                return Err(StoreError::Full {
+                    map_mb: self.map_size >> 20,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every replicated record, and the metadata asked for, read in one
 /// transaction (a snapshot's content).
 pub struct DumpRecords {

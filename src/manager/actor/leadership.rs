@@ -1,0 +1,234 @@
+//! The Manager's part among the managers: Raft says who leads; the
+//! leader takes commands, the others follow the log. On every change of
+//! role the state is rebuilt from the Store (`settle`), a would-be leader
+//! first confirming with a majority that it leads and that everything
+//! committed before is applied.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use super::{CLAIM_RETRY, CLAIM_TIMEOUT, Command, Manager, SyncNode};
+use crate::manager::replica::{Records, follow};
+use crate::raft::{Metrics, NodeId, Replicated};
+
+/// Who leads, as this manager's Raft says: the leader's id and URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader: Option<(NodeId, Option<String>)>,
+}
+
+/// A stream of every change of leader in `metrics`.
+pub fn leadership(metrics: watch::Receiver<Metrics>) -> impl Stream<Item = Leadership> {
+    futures_util::stream::unfold((metrics, None), |(mut metrics, last)| async move {
+        loop {
+            let now = {
+                let m = metrics.borrow_and_update();
+                let url = |id: &NodeId| {
+                    m.membership_config
+                        .membership()
+                        .get_node(id)
+                        .map(|member| member.url.clone())
+                };
+                Leadership {
+                    leader: m.current_leader.map(|id| (id, url(&id))),
+                }
+            };
+            if last.as_ref() != Some(&now) {
+                return Some((now.clone(), (metrics, Some(now))));
+            }
+            metrics.changed().await.ok()?;
+        }
+    })
+}
+
+impl StreamHandler<Leadership> for Manager {
+    fn handle(&mut self, msg: Leadership, ctx: &mut Context<Self>) {
+        log::info!(
+            "manager {}: the leader is {}",
+            self.id,
+            match &msg.leader {
+                Some((id, _)) if *id == self.id => "this manager".to_string(),
+                Some((id, url)) => format!("manager {id} at {}", url.as_deref().unwrap_or("?")),
+                None => "not known".to_string(),
+            }
+        );
+        self.leader = msg.leader;
+        let elsewhere = match &self.leader {
+            Some((id, url)) if *id != self.id => url.clone(),
+            _ => None,
+        };
+        self.published.leader.send_replace(elsewhere);
+        if !self.leads() && self.leading {
+            self.stop_leading("another manager leads", ctx);
+        } else {
+            self.settle(ctx);
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        log::warn!("manager {}: its Raft stopped", self.id);
+    }
+}
+
+impl StreamHandler<Replicated> for Manager {
+    fn handle(&mut self, msg: Replicated, ctx: &mut Context<Self>) {
+        match msg {
+            Replicated::Installed { upto } => {
+                if upto > self.applied {
+                    log::info!("manager {}: a snapshot up to {upto} was installed", self.id);
+                    self.leading = false;
+                    self.settle(ctx);
+                }
+            }
+            Replicated::Changes { upto, changes } => {
+                if upto <= self.applied {
+                    return;
+                }
+                if self.leading {
+                    // A change this leader did not see committed: one it
+                    // answered as unconfirmed. Its state is rebuilt.
+                    self.stop_leading("a change it had given up on was committed", ctx);
+                    return;
+                }
+                match follow(&mut self.state, &changes, chrono::Utc::now()) {
+                    Ok(followed) => {
+                        self.applied = upto;
+                        self.events.publish(followed.events);
+                        self.publish(
+                            followed.tokens_changed,
+                            followed.nodes_changed,
+                            &followed.services,
+                        );
+                    }
+                    Err(e) => {
+                        log::error!("manager {}: {e}; rebuilding from the store", self.id);
+                        self.settle(ctx);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        log::warn!("manager {}: its state machine stopped", self.id);
+    }
+}
+
+impl Manager {
+    /// Whether Raft says this manager leads.
+    pub(super) fn leads(&self) -> bool {
+        self.leader.as_ref().is_some_and(|(id, _)| *id == self.id)
+    }
+
+    /// Stops taking commands (the queued ones get the error) and rebuilds
+    /// its state; if it still leads, it claims the lead again.
+    pub(super) fn stop_leading(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if self.leading {
+            log::warn!("manager {}: stops leading: {why}", self.id);
+        }
+        self.leading = false;
+        for queued in std::mem::take(&mut self.queue) {
+            if let Some(answer) = queued.answer {
+                let _ = answer.send(Err(self.not_leader()));
+            }
+        }
+        self.settle(ctx);
+    }
+
+    /// Rebuilds the state from the Store for the role Raft gives: a leader
+    /// first confirms that it leads and has applied everything committed
+    /// (then it takes commands), a follower follows from what it applied.
+    pub(super) fn settle(&mut self, ctx: &mut Context<Self>) {
+        if self.leading && self.leads() {
+            return;
+        }
+        if self.settling {
+            self.resettle = true;
+            return;
+        }
+        self.settling = true;
+        let claim = self.leads();
+        let (raft, store) = (self.raft.clone(), self.store.clone());
+        let work = async move {
+            if claim {
+                match tokio::time::timeout(CLAIM_TIMEOUT, raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err(format!("no majority within {CLAIM_TIMEOUT:?}")),
+                }
+            }
+            let (dump, upto) = crate::raft::state_machine::applied_records(&store)
+                .await
+                .map_err(|e| e.to_string())?;
+            let records = Records::from_dump(&dump).map_err(|e| e.to_string())?;
+            Ok((records, upto))
+        };
+        ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
+            act.settling = false;
+            match result {
+                Ok((records, upto)) => {
+                    act.state = act.shape.build(records, Instant::now());
+                    act.applied = upto;
+                    act.publish_all();
+                    if claim && act.leads() {
+                        act.lead(ctx);
+                    }
+                    for waiter in std::mem::take(&mut act.settled) {
+                        let _ = waiter.send(());
+                    }
+                }
+                Err(e) => {
+                    log::warn!("manager {}: cannot take up its role yet: {e}", act.id);
+                    ctx.run_later(CLAIM_RETRY, |act, ctx| act.settle(ctx));
+                }
+            }
+            if std::mem::take(&mut act.resettle) {
+                act.settle(ctx);
+            }
+        }));
+    }
+
+    /// Takes commands from now on: catches up with the workers (what they
+    /// hold may have changed while no one led) and places what waits.
+    fn lead(&mut self, ctx: &mut Context<Self>) {
+        log::info!(
+            "manager {}: leading with {} tasks and {} nodes (log at {})",
+            self.id,
+            self.state.task_count(),
+            self.state.node_names().len(),
+            self.applied
+        );
+        self.leading = true;
+        for name in self.state.node_names() {
+            ctx.notify(SyncNode(name));
+        }
+        self.push(Command::Retry, None, ctx);
+    }
+}
+
+/// Answers once this manager has taken up a role (leading, or following
+/// a leader), at once if it has.
+pub struct Settled;
+
+impl Message for Settled {
+    type Result = ();
+}
+
+impl Handler<Settled> for Manager {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: Settled, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.leading || (self.leader.is_some() && !self.leads() && !self.settling) {
+            let _ = tx.send(());
+        } else {
+            self.settled.push(tx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

@@ -1,0 +1,90 @@
+//! What a manager that does not lead passes on to the leader: users'
+//! writes (and the reads that need the leader's liveness view: `GET
+//! /nodes`, or any read asked `?consistent=true`) are sent on and their
+//! answers handed back; workers are redirected (`307`), since they prove
+//! who they are by their certificate. Reads are served from this
+//! manager's own state, which follows the log. Raft's RPCs and the join
+//! of new managers are this manager's own.
+
+use actix_web::dev::ServiceRequest;
+use actix_web::http::Method;
+use tokio::sync::watch;
+
+use crate::listener::divert::{Diversion, Divert};
+
+/// The leader's URL while another manager leads (`None`: this one leads,
+/// or no leader is known: the request is answered here).
+pub type LeaderUrl = watch::Receiver<Option<String>>;
+
+pub struct ToLeader {
+    leader: LeaderUrl,
+    http: reqwest::Client,
+}
+
+impl ToLeader {
+    pub fn new(leader: LeaderUrl, http: reqwest::Client) -> Self {
+        ToLeader { leader, http }
+    }
+}
+
+/// Where a request to a manager that does not lead goes, given the path,
+/// the method and the query.
+pub fn diversion(leader: &str, method: &Method, path: &str, query: &str) -> Option<Diversion> {
+    let own = path.starts_with("/raft/") || path == "/join/ca" || path == "/managers/join";
+    let read = method == Method::GET || method == Method::HEAD;
+    let consistent = query.split('&').any(|kv| kv == "consistent=true");
+    if own {
+        return None;
+    }
+    if path.starts_with("/workers/") || path == "/join" {
+        // A worker's endpoint feed follows this manager's copy.
+        if read && path == "/workers/endpoints" {
+            return None;
+        }
+        return Some(Diversion::Redirect(leader.to_string()));
+    }
+    if read && !consistent && path != "/nodes" {
+        return None;
+    }
+    Some(Diversion::Proxy(leader.to_string()))
+}
+
+impl Divert for ToLeader {
+    fn divert(&self, req: &ServiceRequest) -> Option<Diversion> {
+        let leader = self.leader.borrow().clone()?;
+        diversion(&leader, req.method(), req.path(), req.query_string())
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: &str = "https://10.0.0.1:5555";
+
+    fn to(method: Method, path: &str, query: &str) -> Option<Diversion> {
+        diversion(L, &method, path, query)
+    }
+
+    #[test]
+    fn writes_go_to_the_leader_reads_stay_and_workers_are_redirected() {
+        let proxy = Some(Diversion::Proxy(L.into()));
+        let redirect = Some(Diversion::Redirect(L.into()));
+        assert_eq!(to(Method::POST, "/tasks", ""), proxy);
+        assert_eq!(to(Method::DELETE, "/tasks/x", ""), proxy);
+        assert_eq!(to(Method::POST, "/services/web/scale", ""), proxy);
+        assert_eq!(to(Method::GET, "/tasks", ""), None);
+        assert_eq!(to(Method::GET, "/tasks", "consistent=true"), proxy);
+        assert_eq!(to(Method::GET, "/nodes", ""), proxy);
+        assert_eq!(to(Method::POST, "/workers/heartbeat", ""), redirect);
+        assert_eq!(to(Method::POST, "/join", ""), redirect);
+        assert_eq!(to(Method::GET, "/workers/endpoints", ""), None);
+        assert_eq!(to(Method::POST, "/raft/append", ""), None);
+        assert_eq!(to(Method::POST, "/managers/join", ""), None);
+        assert_eq!(to(Method::GET, "/join/ca", ""), None);
+    }
+}

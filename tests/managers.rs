@@ -1,0 +1,463 @@
+//! Managers replicated on Raft, as real processes on loopback: three
+//! managers (the second and third join the first with the manager join
+//! token), two workers that know all three, and the real engine.
+//!
+//! Needs Docker (the workers run real containers) and the example image,
+//! built by the tests themselves.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{
+    ContainerGuard, ManagerFiles, NodeProc, containers_of_task, ensure_image, free_port,
+    manager_files, own_network, unique, wait_for,
+};
+use cube::client::Client;
+use cube::task::DesiredState;
+use cube::wire::ClusterView;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+const SETUP: Duration = Duration::from_secs(60);
+
+struct Managers {
+    dir: tempfile::TempDir,
+    urls: Vec<String>,
+    managers: Vec<NodeProc>,
+    workers: Vec<NodeProc>,
+    worker_names: Vec<String>,
+    files: ManagerFiles,
+    _guard: ContainerGuard,
+}
+
+impl Managers {
+    /// `n` managers (the first makes the cluster, the others join it) and
+    /// `workers` workers that know every manager.
+    async fn start(n: usize, workers: usize) -> Self {
+        ensure_image();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("https://127.0.0.1:{p}"))
+            .collect();
+        let config = |i: usize, join: &str| -> PathBuf {
+            let path = dir.path().join(format!("m{i}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{}\"\n\
+                     client_file = \"{}\"\ndown_after_ms = 3000\n{join}\n",
+                    dir.path().join(format!("m{i}")).display(),
+                    ports[i],
+                    dir.path().join(format!("client-{i}.toml")).display()
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let log = |i: usize| dir.path().join(format!("m{i}.log"));
+        let mut managers = vec![NodeProc::start(config(0, ""), log(0), vec![])];
+        let files = manager_files(&dir.path().join("m0"));
+        let token = wait_for("the manager join token", SETUP, || async {
+            std::fs::read_to_string(dir.path().join("m0/manager.token")).ok()
+        })
+        .await;
+        for i in 1..n {
+            let join = format!("join = \"{}\"\njoin_token = \"{}\"", urls[0], token.trim());
+            managers.push(NodeProc::start(config(i, &join), log(i), vec![]));
+        }
+        let mut cluster = Managers {
+            urls,
+            managers,
+            workers: Vec::new(),
+            worker_names: Vec::new(),
+            files,
+            _guard: ContainerGuard(Vec::new()),
+            dir,
+        };
+        let voters = wait_or_logs(
+            cluster.dir.path(),
+            "every manager a voter",
+            SETUP,
+            || async {
+                let view = cluster.view(0, true).await?;
+                (view.members.iter().filter(|m| m.voter).count() == n).then_some(view)
+            },
+        )
+        .await;
+        println!("cluster: {} managers, leader {:?}", n, voters.leader);
+        for _ in 0..workers {
+            cluster.add_worker();
+        }
+        let want = cluster.worker_names.len();
+        wait_or_logs(
+            cluster.dir.path(),
+            "every worker registered and ready",
+            SETUP,
+            || async {
+                let nodes = cluster.any().nodes().await.ok()?;
+                (nodes.iter().filter(|n| n.state.as_str() == "ready").count() == want).then_some(())
+            },
+        )
+        .await;
+        cluster
+    }
+
+    fn add_worker(&mut self) {
+        let name = unique(&format!("w{}", self.worker_names.len()));
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "role = \"worker\"\ndata_dir = \"{}\"\n[worker]\nname = \"{name}\"\n\
+                 listen = \"127.0.0.1:{}\"\nmanager = \"{}\"\njoin_token = \"{}\"\n\
+                 heartbeat_ms = 500\n{}\n",
+                self.dir.path().join(&name).display(),
+                free_port(),
+                self.urls.join(","),
+                self.files.worker_token,
+                own_network(&name, ""),
+            ),
+        )
+        .unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.workers.push(NodeProc::start(path, log, vec![]));
+        self.worker_names.push(name.clone());
+        self._guard.0.push(name);
+    }
+
+    /// The admin's client of manager `i` alone.
+    fn one(&self, i: usize) -> Client {
+        self.files.client(&self.urls[i])
+    }
+
+    /// The admin's client of every manager (the next tried when one is down).
+    fn any(&self) -> Client {
+        self.files.client(&self.urls.join(","))
+    }
+
+    async fn view(&self, i: usize, consistent: bool) -> Option<ClusterView> {
+        self.one(i).cluster(consistent).await.ok()
+    }
+
+    /// The index of the manager that leads, as the live managers say (all
+    /// of those that answer agree, and it is one of them).
+    async fn leader(&mut self, within: Duration) -> usize {
+        let urls = self.urls.clone();
+        let live: Vec<usize> = (0..self.managers.len())
+            .filter(|i| self.managers[*i].alive())
+            .collect();
+        let this = &*self;
+        wait_or_logs(
+            this.dir.path(),
+            "a leader the live managers agree on",
+            within,
+            || {
+                let (urls, live) = (urls.clone(), live.clone());
+                async move {
+                    let mut seen = BTreeSet::new();
+                    for i in &live {
+                        let view = this.view(*i, false).await?;
+                        let leader = view.leader?;
+                        let url = view.members.iter().find(|m| m.id == leader)?.url.clone();
+                        seen.insert(urls.iter().position(|u| *u == url)?);
+                    }
+                    let only = *seen.iter().next()?;
+                    (seen.len() == 1 && live.contains(&only)).then_some(only)
+                }
+            },
+        )
+        .await
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, m) in self.managers.iter().enumerate() {
+            out.push_str(&format!("--- manager {i}\n{}\n", tail(&m.log_text(), 60)));
+        }
+        for w in &self.workers {
+            out.push_str(&format!(
+                "--- {}\n{}\n",
+                w.log.display(),
+                tail(&w.log_text(), 30)
+            ));
+        }
+        out
+    }
+}
+
+/// As `wait_for`, with the nodes' logs in the panic.
+async fn wait_or_logs<T, F, Fut>(
+    dir: &std::path::Path,
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            let mut logs = String::new();
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.sort();
+            for f in files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "log"))
+            {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                logs.push_str(&format!("--- {}\n{}\n", f.display(), tail(&text, 40)));
+            }
+            panic!("timed out after {timeout:?} waiting for {what}\n{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn spec(name: &str) -> Value {
+    json!({"name": name, "image": "cube-demo/echo:latest", "memory_mb": 32})
+}
+
+/// What a bounded client loop saw: the tasks it was told were accepted
+/// (201), and those it was told were stopped.
+#[derive(Default)]
+struct Acknowledged {
+    submitted: Vec<String>,
+    stopped: Vec<String>,
+    refused: usize,
+}
+
+/// Submits and stops tasks through every manager, one request at a time
+/// with a pause, until `stop` is set; keeps at most four of its tasks up.
+async fn client_loop(client: Client, acked: Arc<Mutex<Acknowledged>>, stop: Arc<AtomicBool>) {
+    let mut live: Vec<String> = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        match client.submit(&spec(&format!("loop-{n}"))).await {
+            Ok(task) => {
+                let id = task.id.to_string();
+                acked.lock().await.submitted.push(id.clone());
+                live.push(id);
+            }
+            Err(e) => {
+                let mut acked = acked.lock().await;
+                acked.refused += 1;
+                if acked.refused <= 5 {
+                    println!("client loop: submission refused: {e}");
+                }
+            }
+        }
+        if live.len() > 4 {
+            let id = live.remove(0);
+            match client.stop(&id).await {
+                Ok(_) => acked.lock().await.stopped.push(id),
+                Err(e) => {
+                    let mut acked = acked.lock().await;
+                    acked.refused += 1;
+                    if acked.refused <= 5 {
+                        println!("client loop: stop refused: {e}");
+                    }
+                    live.insert(0, id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_managers_lose_their_leader_ten_times_and_lose_nothing() {
+    let mut cluster = Managers::start(3, 2).await;
+
+    // Writes through any manager: a follower passes them to the leader.
+    let mut first = BTreeMap::new();
+    for i in 0..3 {
+        let task = cluster
+            .one(i)
+            .submit(&spec(&format!("first-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("submit through manager {i}: {e}\n{}", cluster.logs()));
+        first.insert(task.id.to_string(), ());
+    }
+    let placed: BTreeMap<String, (String, u32)> = wait_or_logs(
+        cluster.dir.path(),
+        "the first tasks running",
+        SETUP,
+        || async {
+            let mut out = BTreeMap::new();
+            for id in first.keys() {
+                let t = cluster.any().task(id).await.ok()?;
+                if t.state.to_string() != "Running" {
+                    return None;
+                }
+                out.insert(id.clone(), (t.node.clone()?, t.attempt));
+            }
+            Some(out)
+        },
+    )
+    .await;
+    // Every manager holds them (reads are its own).
+    for i in 0..3 {
+        wait_or_logs(
+            cluster.dir.path(),
+            "every manager holding the first tasks",
+            SETUP,
+            || async {
+                let tasks = cluster.one(i).tasks().await.ok()?;
+                let ids: BTreeSet<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+                first.keys().all(|id| ids.contains(id)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping = tokio::spawn(client_loop(cluster.any(), acked.clone(), stop.clone()));
+
+    let kills = std::env::var("CUBE_TEST_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut to_leader = Vec::new();
+    let mut to_write = Vec::new();
+    for round in 0..kills {
+        let old = cluster.leader(SETUP).await;
+        cluster.managers[old].kill9();
+        let killed = Instant::now();
+        let new = cluster.leader(Duration::from_secs(20)).await;
+        to_leader.push(killed.elapsed());
+        assert_ne!(new, old);
+        let writer = cluster.any();
+        wait_or_logs(
+            cluster.dir.path(),
+            "a write accepted after the leader's death",
+            Duration::from_secs(20),
+            || async {
+                writer
+                    .submit(&spec(&format!("after-kill-{round}")))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        to_write.push(killed.elapsed());
+        println!(
+            "round {round}: manager {old} killed; manager {new} leads after {:?}, a write accepted after {:?}",
+            to_leader[round], to_write[round]
+        );
+        cluster.managers[old].restart();
+        // Back among the voters and caught up before the next kill.
+        wait_or_logs(
+            cluster.dir.path(),
+            "the restarted manager back and caught up",
+            SETUP,
+            || async {
+                let mine = cluster.view(old, false).await?;
+                let leader = cluster.view(new, false).await?;
+                (mine.leader.is_some() && mine.applied_index >= leader.applied_index).then_some(())
+            },
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    looping.await.expect("the client loop");
+
+    let sorted = |v: &mut Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (lead_median, lead_max) = sorted(&mut to_leader);
+    let (write_median, write_max) = sorted(&mut to_write);
+    println!(
+        "{kills} leader kills: new leader median {lead_median:?} max {lead_max:?}; \
+         writes accepted median {write_median:?} max {write_max:?}"
+    );
+
+    let acked = acked.lock().await;
+    println!(
+        "client loop: {} submissions and {} stops acknowledged, {} refused",
+        acked.submitted.len(),
+        acked.stopped.len(),
+        acked.refused
+    );
+    assert!(!acked.submitted.is_empty(), "the loop got nothing through");
+    // Every acknowledged task is on every manager; every acknowledged stop
+    // holds there.
+    let every: Vec<String> = acked
+        .submitted
+        .iter()
+        .chain(placed.keys())
+        .cloned()
+        .collect();
+    for i in 0..3 {
+        let client = cluster.one(i);
+        wait_or_logs(
+            cluster.dir.path(),
+            "every acknowledged task on every manager",
+            SETUP,
+            || async {
+                let tasks = client.tasks().await.ok()?;
+                let by_id: BTreeMap<String, _> =
+                    tasks.into_iter().map(|t| (t.id.to_string(), t)).collect();
+                let missing = every.iter().find(|id| !by_id.contains_key(*id));
+                let not_stopped = acked.stopped.iter().find(|id| {
+                    by_id
+                        .get(*id)
+                        .is_none_or(|t| t.desired_state != DesiredState::Stopped)
+                });
+                (missing.is_none() && not_stopped.is_none()).then_some(())
+            },
+        )
+        .await;
+    }
+    // No task moved, and none has two containers.
+    for (id, (node, attempt)) in &placed {
+        let t = cluster.any().task(id).await.expect("the task");
+        assert_eq!(
+            (t.node.as_deref(), t.attempt, t.state.to_string().as_str()),
+            (Some(node.as_str()), *attempt, "Running"),
+            "task {id} was disturbed by the failovers\n{}",
+            cluster.logs()
+        );
+    }
+    for id in &every {
+        let containers = containers_of_task(id);
+        assert!(
+            containers.len() <= 1,
+            "task {id} has containers {containers:?}"
+        );
+    }
+    // No node was marked down by any manager.
+    for (i, m) in cluster.managers.iter().enumerate() {
+        assert!(
+            !m.log_text().contains("is down (no heartbeat"),
+            "manager {i} marked a worker down\n{}",
+            cluster.logs()
+        );
+    }
+    let nodes = cluster.any().nodes().await.expect("nodes");
+    assert!(
+        nodes.iter().all(|n| n.state.as_str() == "ready"),
+        "{nodes:?}"
+    );
+}
