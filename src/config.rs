@@ -106,6 +106,14 @@ pub struct ManagerConfig {
     /// The URL the other managers reach this one at (default: https:// and
     /// the listen address).
     pub advertise: Option<String>,
+    /// The Raft log grows by this many entries before a snapshot cuts it
+    /// back to half of that.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+fn default_snapshot_every() -> u64 {
+    1000
 }
 
 fn default_node_cert_ttl_s() -> u64 {
@@ -410,6 +418,12 @@ impl NodeConfig {
             }
             if let Some(url) = &manager.advertise {
                 validate_url(url).map_err(|m| ConfigError::key("manager.advertise", m))?;
+            }
+            if !(10..=1_000_000).contains(&manager.snapshot_every) {
+                return Err(ConfigError::key(
+                    "manager.snapshot_every",
+                    "must be between 10 and 1000000 (log entries)",
+                ));
             }
             if manager.join.is_some() && self.role == Role::Dev {
                 return Err(ConfigError::key(

@@ -82,7 +82,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .context("manager: cannot set up its certificates and tokens")?;
         log_manager_keys(&config.data_dir, keys.new_cluster);
         let url = mc.advertise_url();
-        let consensus = consensus::start(&store, &keys.tls, &url, mc.join.is_some()).await?;
+        let consensus = consensus::start(
+            &store,
+            &keys.tls,
+            &url,
+            mc.join.is_some(),
+            mc.snapshot_every,
+        )
+        .await?;
         let join_later = mc
             .join
             .clone()

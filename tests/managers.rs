@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::netns::Netns;
 use common::{
     ContainerGuard, ManagerFiles, NodeProc, containers_of_task, ensure_image, free_port,
     manager_files, own_network, unique, wait_for,
@@ -33,36 +34,79 @@ struct Managers {
     worker_names: Vec<String>,
     files: ManagerFiles,
     _guard: ContainerGuard,
+    /// The first manager's network namespace, if apart (dropped after the
+    /// processes).
+    netns: Option<Netns>,
+}
+
+/// Where the managers run.
+struct Layout {
+    /// The address each manager listens on.
+    hosts: Vec<String>,
+    /// The first manager in a network namespace of its own (the others on
+    /// the host's end of its link).
+    netns: Option<Netns>,
+    /// More TOML for every manager's `[manager]`.
+    extra: String,
+}
+
+impl Layout {
+    fn loopback(n: usize) -> Self {
+        Layout {
+            hosts: vec!["127.0.0.1".to_string(); n],
+            netns: None,
+            extra: String::new(),
+        }
+    }
+
+    /// The first manager alone in a namespace, the others on the host.
+    fn first_apart(n: usize) -> Self {
+        let netns = Netns::new();
+        let mut hosts = vec![netns.ns_ip.clone()];
+        hosts.extend(std::iter::repeat_n(netns.host_ip.clone(), n - 1));
+        Layout {
+            hosts,
+            netns: Some(netns),
+            extra: String::new(),
+        }
+    }
 }
 
 impl Managers {
-    /// `n` managers (the first makes the cluster, the others join it) and
-    /// `workers` workers that know every manager.
+    /// `n` managers on loopback (the first makes the cluster, the others
+    /// join it) and `workers` workers that know every manager.
     async fn start(n: usize, workers: usize) -> Self {
+        Self::start_in(Layout::loopback(n), workers).await
+    }
+
+    async fn start_in(layout: Layout, workers: usize) -> Self {
         ensure_image();
+        let n = layout.hosts.len();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let urls: Vec<String> = ports
-            .iter()
-            .map(|p| format!("https://127.0.0.1:{p}"))
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("https://{}:{}", layout.hosts[i], ports[i]))
             .collect();
         let config = |i: usize, join: &str| -> PathBuf {
             let path = dir.path().join(format!("m{i}.toml"));
             std::fs::write(
                 &path,
                 format!(
-                    "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"127.0.0.1:{}\"\n\
-                     client_file = \"{}\"\ndown_after_ms = 3000\n{join}\n",
+                    "role = \"manager\"\ndata_dir = \"{}\"\n[manager]\nlisten = \"{}:{}\"\n\
+                     client_file = \"{}\"\ndown_after_ms = 3000\n{}\n{join}\n",
                     dir.path().join(format!("m{i}")).display(),
+                    layout.hosts[i],
                     ports[i],
-                    dir.path().join(format!("client-{i}.toml")).display()
+                    dir.path().join(format!("client-{i}.toml")).display(),
+                    layout.extra,
                 ),
             )
             .unwrap();
             path
         };
         let log = |i: usize| dir.path().join(format!("m{i}.log"));
-        let mut managers = vec![NodeProc::start(config(0, ""), log(0), vec![])];
+        let prefix = layout.netns.as_ref().map(Netns::exec).unwrap_or_default();
+        let mut managers = vec![NodeProc::start_under(prefix, config(0, ""), log(0), vec![])];
         let files = manager_files(&dir.path().join("m0"));
         let token = wait_for("the manager join token", SETUP, || async {
             std::fs::read_to_string(dir.path().join("m0/manager.token")).ok()
@@ -80,6 +124,7 @@ impl Managers {
             files,
             _guard: ContainerGuard(Vec::new()),
             dir,
+            netns: layout.netns,
         };
         let voters = wait_or_logs(
             cluster.dir.path(),
@@ -135,6 +180,11 @@ impl Managers {
     /// The admin's client of manager `i` alone.
     fn one(&self, i: usize) -> Client {
         self.files.client(&self.urls[i])
+    }
+
+    /// The admin's client of these managers.
+    fn client_of(files: &ManagerFiles, urls: &[String]) -> Client {
+        files.client(&urls.join(","))
     }
 
     /// The admin's client of every manager (the next tried when one is down).
@@ -459,5 +509,253 @@ async fn three_managers_lose_their_leader_ten_times_and_lose_nothing() {
     assert!(
         nodes.iter().all(|n| n.state.as_str() == "ready"),
         "{nodes:?}"
+    );
+}
+
+/// Submits `n` tasks no worker takes (there is none), one at a time
+/// through any manager: `n` entries in the log; their ids.
+async fn pending_tasks(cluster: &Managers, prefix: &str, n: usize) -> Vec<String> {
+    let client = cluster.any();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let task = client
+            .submit(&spec(&format!("{prefix}-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("submission {i}: {e}\n{}", cluster.logs()));
+        ids.push(task.id.to_string());
+    }
+    ids
+}
+
+/// Waits until manager `i` holds every task of `ids` (its own reads).
+async fn holds(cluster: &Managers, i: usize, ids: &[String]) {
+    let client = cluster.one(i);
+    wait_or_logs(
+        cluster.dir.path(),
+        &format!("manager {i} holding every acknowledged task"),
+        SETUP,
+        || async {
+            let tasks = client.tasks().await.ok()?;
+            let have: BTreeSet<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+            ids.iter().all(|id| have.contains(id)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_whose_data_dir_is_lost_joins_again_and_catches_up_from_a_snapshot() {
+    let mut layout = Layout::loopback(3);
+    layout.extra = "snapshot_every = 10".into();
+    let mut cluster = Managers::start_in(layout, 0).await;
+    let before = cluster.view(0, true).await.expect("the cluster");
+    let lost = 2;
+    let old_id = before
+        .members
+        .iter()
+        .find(|m| m.url == cluster.urls[lost])
+        .expect("the manager to lose")
+        .id;
+    // More entries than a snapshot leaves in the log.
+    let mut ids = pending_tasks(&cluster, "before", 30).await;
+    cluster.managers[lost].kill9();
+    std::fs::remove_dir_all(cluster.dir.path().join(format!("m{lost}"))).expect("data dir");
+    ids.extend(pending_tasks(&cluster, "while-gone", 15).await);
+    cluster.managers[lost].restart();
+    // It joins as a new member in its old self's place, and holds
+    // everything acknowledged, got from a snapshot.
+    let after = wait_or_logs(
+        cluster.dir.path(),
+        "the manager back as a voter in its old self's place",
+        SETUP,
+        || async {
+            let view = cluster.view(0, true).await?;
+            let at_url: Vec<_> = view
+                .members
+                .iter()
+                .filter(|m| m.url == cluster.urls[lost])
+                .collect();
+            (view.members.len() == 3
+                && at_url.len() == 1
+                && at_url[0].voter
+                && at_url[0].id != old_id)
+                .then_some(view)
+        },
+    )
+    .await;
+    println!("manager {old_id} came back as {:?}", after.members);
+    holds(&cluster, lost, &ids).await;
+    let log = cluster.managers[lost].log_text();
+    assert!(
+        log.contains("a snapshot up to"),
+        "it did not catch up from a snapshot\n{}",
+        cluster.logs()
+    );
+    // And it takes part: a write through it reaches every manager.
+    let task = cluster
+        .one(lost)
+        .submit(&spec("after"))
+        .await
+        .expect("a write through the manager back");
+    ids.push(task.id.to_string());
+    for i in 0..3 {
+        holds(&cluster, i, &ids).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_past_the_election_timeout_steps_down_when_it_resumes() {
+    let mut cluster = Managers::start(3, 0).await;
+    let mut ids = pending_tasks(&cluster, "before", 3).await;
+    let old = cluster.leader(SETUP).await;
+    cluster.managers[old].pause();
+    // A client that reaches only the stopped leader: its request waits.
+    let stranded = cluster.one(old);
+    let asked = tokio::spawn(async move { stranded.submit(&spec("to-the-stopped")).await });
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = wait_or_logs(
+        cluster.dir.path(),
+        "a new leader among the others",
+        SETUP,
+        || async {
+            let view = cluster.view(others[0], false).await?;
+            let leader = view.members.iter().find(|m| Some(m.id) == view.leader)?;
+            let index = cluster.urls.iter().position(|u| *u == leader.url)?;
+            (index != old).then_some(index)
+        },
+    )
+    .await;
+    ids.extend(pending_tasks(&cluster, "while-stopped", 3).await);
+    cluster.managers[old].resume();
+    // It steps down: it names the new leader.
+    wait_or_logs(
+        cluster.dir.path(),
+        "the resumed manager following the new leader",
+        SETUP,
+        || async {
+            let view = cluster.view(old, false).await?;
+            let leader = view.members.iter().find(|m| Some(m.id) == view.leader)?;
+            (leader.url == cluster.urls[new]).then_some(())
+        },
+    )
+    .await;
+    // What it answered: an error, or (passed on to the new leader once
+    // it knew it) a task every manager holds. Never a write only it had.
+    match asked.await.expect("the stranded request") {
+        Ok(task) => {
+            println!("the stranded request was passed to the new leader");
+            ids.push(task.id.to_string());
+        }
+        Err(e) => println!("the stranded request was refused: {e}"),
+    }
+    for i in 0..3 {
+        holds(&cluster, i, &ids).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_by_a_partition_acknowledges_nothing_and_the_majority_goes_on() {
+    let mut cluster = Managers::start_in(Layout::first_apart(3), 0).await;
+    let apart = 0;
+    // The first manager made the cluster; it leads until a change.
+    let leader = cluster.leader(SETUP).await;
+    assert_eq!(leader, apart, "the cluster's maker does not lead");
+    let mut ids = pending_tasks(&cluster, "before", 3).await;
+    cluster.netns.as_ref().expect("a namespace").cut();
+    let cut = Instant::now();
+    // The minority side answers writes with an error, never a 201: a
+    // client on its side of the cut (the CLI, in its namespace) asks it.
+    let spec_file = cluster.dir.path().join("minority.json");
+    std::fs::write(&spec_file, spec("minority").to_string()).unwrap();
+    let prefix = cluster.netns.as_ref().expect("a namespace").exec();
+    for i in 0..3 {
+        let out = std::process::Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .arg(env!("CARGO_BIN_EXE_cube"))
+            .args(["--manager", &cluster.urls[apart], "--ca"])
+            .arg(cluster.dir.path().join("m0/pki/ca.crt"))
+            .args(["--token", &cluster.files.admin_token, "run"])
+            .arg(&spec_file)
+            .output()
+            .expect("the CLI in the namespace");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "the cut-off leader acknowledged a write without a majority: {said}\n{}",
+            cluster.logs()
+        );
+        assert!(
+            said.contains("not confirmed by a majority") || said.contains("does not lead"),
+            "not refused by the manager: {said}"
+        );
+        println!(
+            "minority write {i} refused after {:?}: {}",
+            cut.elapsed(),
+            said.trim()
+        );
+    }
+    // The majority elects a leader and takes writes.
+    let majority = Managers::client_of(&cluster.files, &cluster.urls[1..]);
+    let first = wait_or_logs(
+        cluster.dir.path(),
+        "a write accepted by the majority",
+        SETUP,
+        || async { majority.submit(&spec("majority")).await.ok() },
+    )
+    .await;
+    println!(
+        "the majority took a write {:?} after the cut",
+        cut.elapsed()
+    );
+    ids.push(first.id.to_string());
+    for i in 0..3 {
+        let task = majority
+            .submit(&spec(&format!("majority-{i}")))
+            .await
+            .expect("a write to the majority");
+        ids.push(task.id.to_string());
+    }
+    cluster.netns.as_ref().expect("a namespace").heal();
+    // Every manager converges: the same tasks, the acknowledged ones
+    // among them, and the cut-off one follows the majority's leader.
+    for i in 0..3 {
+        holds(&cluster, i, &ids).await;
+    }
+    let counts = wait_or_logs(
+        cluster.dir.path(),
+        "every manager holding the same tasks",
+        SETUP,
+        || async {
+            let mut sets = Vec::new();
+            for i in 0..3 {
+                let tasks = cluster.one(i).tasks().await.ok()?;
+                sets.push(
+                    tasks
+                        .iter()
+                        .map(|t| t.id.to_string())
+                        .collect::<BTreeSet<_>>(),
+                );
+            }
+            (sets[0] == sets[1] && sets[1] == sets[2]).then(|| sets[0].len())
+        },
+    )
+    .await;
+    assert_eq!(
+        counts,
+        ids.len(),
+        "a write refused on the minority side took effect"
+    );
+    let view = cluster.view(apart, false).await.expect("its view");
+    assert_ne!(
+        view.members
+            .iter()
+            .find(|m| Some(m.id) == view.leader)
+            .map(|m| m.url.clone()),
+        Some(cluster.urls[apart].clone()),
+        "the cut-off manager still leads"
     );
 }

@@ -46,6 +46,7 @@ pub async fn start(
     tls: &NodeTls,
     url: &str,
     joining: bool,
+    snapshot_every: u64,
 ) -> anyhow::Result<Consensus> {
     let id = own_id(store, joining).await?;
     let transport = Https::new(
@@ -59,7 +60,11 @@ pub async fn start(
         feed: Some(feed_tx),
         contacts: Some(Arc::new(contacts_tx)),
     };
-    let raft = raft::start(id, Timing::default(), store.clone(), transport, taps)
+    let timing = Timing {
+        snapshot_every,
+        ..Timing::default()
+    };
+    let raft = raft::start(id, timing, store.clone(), transport, taps)
         .await
         .context("manager: cannot start Raft")?;
     let initialized = raft.is_initialized().await.context("manager: Raft")?;
@@ -126,8 +131,9 @@ async fn own_id(store: &Addr<Store>, joining: bool) -> anyhow::Result<NodeId> {
         let mut bytes = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
             .map_err(|_| anyhow::anyhow!("manager: no randomness for its id"))?;
-        // Past the first's, and printable as JSON's safe integers.
-        (u64::from_le_bytes(bytes) >> 12).max(FIRST + 1)
+        // Short enough to type, past the first's; the leader refuses an
+        // id taken by another member.
+        (u64::from_le_bytes(bytes) % 9_000_000) + 1_000_000
     } else {
         FIRST
     };

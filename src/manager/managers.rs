@@ -159,6 +159,12 @@ async fn add(
     crate::config::validate_url(&url).map_err(|m| ApiError::bad_request(m, Some("url".into())))?;
     let metrics = leading(&raft)?;
     let membership = metrics.membership_config.membership();
+    if let Some(taken) = membership.get_node(&id).filter(|m| m.url != url) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("manager id {id} is taken by the manager at {}", taken.url),
+        ));
+    }
     let is_voter = membership.voter_ids().any(|v| v == id);
     if !is_voter {
         let stale: BTreeSet<NodeId> = membership

@@ -11,13 +11,16 @@ use super::types::{Feed, NodeId, Raft};
 use super::{LogStore, StateMachine};
 use crate::store::Store;
 
-/// How often a leader speaks, and how long a follower waits for it before
-/// it stands for election (a random time between the two bounds).
+/// How often a leader speaks, how long a follower waits for it before it
+/// stands for election (a random time between the two bounds), and how
+/// many entries the log grows by before a snapshot cuts it back (to half
+/// of that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     pub heartbeat: Duration,
     pub election_min: Duration,
     pub election_max: Duration,
+    pub snapshot_every: u64,
 }
 
 impl Default for Timing {
@@ -30,6 +33,7 @@ impl Default for Timing {
             heartbeat: Duration::from_millis(100),
             election_min: Duration::from_millis(400),
             election_max: Duration::from_millis(800),
+            snapshot_every: 1000,
         }
     }
 }
@@ -76,10 +80,11 @@ pub async fn start<T: Transport>(
         install_snapshot_timeout: 10_000,
         // Entries per append, well under the route's body limit.
         max_payload_entries: 64,
-        // The log is cut back to the last 500 entries after every 1000
-        // (a snapshot is the records as they are: nothing to write).
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 500,
+        // The log is cut back to its last half after every
+        // `snapshot_every` entries (a snapshot is the records as they are:
+        // nothing to write).
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+        max_in_snapshot_log_to_keep: timing.snapshot_every / 2,
         ..Default::default()
     }
     .validate()

@@ -242,6 +242,7 @@ mod cluster {
             heartbeat: Duration::from_millis(100),
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(600),
+            ..Timing::default()
         };
         let raft = crate::raft::start(id, timing, store.clone(), net.clone(), Default::default())
             .await
