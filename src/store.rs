@@ -17,7 +17,7 @@
 mod raft;
 pub use raft::{
     ApplyWrites, CheckRoom, Dump, DumpRecords, LogAppend, LogLast, LogPurge, LogRange, LogTruncate,
-    MetaGet, MetaPut, RawWrite, ReplaceRecords,
+    MetaGet, MetaPut, RawWrite, ReplaceRecords, SyncNow,
 };
 
 use std::collections::HashMap;

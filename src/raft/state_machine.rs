@@ -1,8 +1,9 @@
 //! The replicated state: the Store's records. Applying entries writes
 //! their changes, the last applied id and the membership in one
-//! transaction; a snapshot is every record with those two, read in one
-//! transaction (built when asked, so never older than what was applied:
-//! the current snapshot is the state as it is).
+//! transaction (not synced: the log is). The records in the Store are the
+//! snapshot: building one makes them durable and names it; sending one
+//! reads every record with those two in one transaction (so never older
+//! than what was applied).
 
 use std::io::Cursor;
 
@@ -16,7 +17,7 @@ use super::types::{
     Applied, Cube, Entry, Feed, LogId, Replicated, Snapshot, SnapshotMeta, StorageError,
     StoredMembership,
 };
-use crate::store::{ApplyWrites, DumpRecords, RawWrite, ReplaceRecords, Store};
+use crate::store::{ApplyWrites, DumpRecords, RawWrite, ReplaceRecords, Store, SyncNow};
 
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
@@ -107,14 +108,7 @@ impl StateMachine {
             .map_err(read_error)?
             .map_err(read_error)?;
         let (applied, membership) = applied_of(&meta)?;
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id: applied.map_or_else(
-                || "empty".to_string(),
-                |last| format!("{}-{}", last.leader_id, last.index),
-            ),
-        };
+        let meta = meta_of(applied, membership);
         let records = records
             .into_iter()
             .map(|r| {
@@ -135,9 +129,33 @@ impl StateMachine {
     }
 }
 
+/// Building a snapshot only names one: the records in the Store are the
+/// snapshot (openraft keeps only the meta of what is built, then cuts the
+/// log back to it), so it makes them durable and says up to where; the
+/// records are read when a snapshot is sent (`get_current_snapshot`).
 impl RaftSnapshotBuilder<Cube> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        self.snapshot().await
+        self.store
+            .send(SyncNow)
+            .await
+            .map_err(write_error)?
+            .map_err(write_error)?;
+        let (applied, membership) = self.applied_state().await?;
+        Ok(Snapshot {
+            meta: meta_of(applied, membership),
+            snapshot: Box::new(Cursor::new(Vec::new())),
+        })
+    }
+}
+
+fn meta_of(applied: Option<LogId>, membership: StoredMembership) -> SnapshotMeta {
+    SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: applied.map_or_else(
+            || "empty".to_string(),
+            |last| format!("{}-{}", last.leader_id, last.index),
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 //! (synced) before the reply.
 
 use actix::prelude::*;
+use heed::{EnvFlags, FlagSetMode};
 
 use super::{REPLICATED, Store, StoreError};
 
@@ -183,6 +184,13 @@ pub struct RawWrite {
 /// what the cluster committed is applied (the leader checks for room
 /// before it proposes). A write to a table that is not replicated is
 /// skipped.
+///
+/// Not synced: the entries it applies are in the log, which is (every
+/// append is), and the next synced commit carries it to the disk too. A
+/// machine that dies before loses the last applies with the applied id
+/// they were noted with, in the same transaction: they are applied again
+/// from the log. (A process killed loses nothing: the pages are the
+/// kernel's.) `SyncNow` makes it durable before the log is cut back.
 pub struct ApplyWrites {
     pub writes: Vec<RawWrite>,
     pub meta: Vec<(&'static str, Vec<u8>)>,
@@ -198,8 +206,39 @@ impl Handler<ApplyWrites> for Store {
     fn handle(&mut self, msg: ApplyWrites, _ctx: &mut SyncContext<Self>) -> Self::Result {
         let mut wtxn = self.env.write_txn()?;
         self.write_records(&mut wtxn, &msg.writes, &msg.meta)?;
-        wtxn.commit().map_err(|e| self.classify(e))?;
-        Ok(())
+        self.commit_unsynced(wtxn)
+    }
+}
+
+/// Syncs every commit so far to the disk.
+pub struct SyncNow;
+
+impl Message for SyncNow {
+    type Result = Result<(), StoreError>;
+}
+
+impl Handler<SyncNow> for Store {
+    type Result = Result<(), StoreError>;
+
+    fn handle(&mut self, _msg: SyncNow, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        self.env.force_sync().map_err(|e| self.classify(e))
+    }
+}
+
+impl Store {
+    /// Commits without waiting for the disk (see `ApplyWrites`): only
+    /// this commit; the Store's thread is the only writer, so no other
+    /// commit runs while the flag is set.
+    fn commit_unsynced(&self, wtxn: heed::RwTxn) -> Result<(), StoreError> {
+        // Safety: heed marks NO_SYNC unsafe for what it risks, the last
+        // commits on a machine's crash, which is what is wanted here (see
+        // `ApplyWrites`); it is set only around this one commit.
+        unsafe { self.env.set_flags(EnvFlags::NO_SYNC, FlagSetMode::Enable) }
+            .map_err(|e| self.classify(e))?;
+        let committed = wtxn.commit().map_err(|e| self.classify(e));
+        let restored = unsafe { self.env.set_flags(EnvFlags::NO_SYNC, FlagSetMode::Disable) }
+            .map_err(|e| self.classify(e));
+        committed.and(restored)
     }
 }
 
