@@ -110,6 +110,27 @@ pub struct ManagerConfig {
     /// back to half of that.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// How often the leader speaks to the other managers.
+    #[serde(default = "default_raft_heartbeat_ms")]
+    pub raft_heartbeat_ms: u64,
+    /// A manager that hears no leader for a random time between these two
+    /// stands for election.
+    #[serde(default = "default_election_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max_ms")]
+    pub election_timeout_max_ms: u64,
+}
+
+fn default_raft_heartbeat_ms() -> u64 {
+    100
+}
+
+fn default_election_min_ms() -> u64 {
+    400
+}
+
+fn default_election_max_ms() -> u64 {
+    800
 }
 
 fn default_snapshot_every() -> u64 {
@@ -425,6 +446,26 @@ impl NodeConfig {
                     "must be between 10 and 1000000 (log entries)",
                 ));
             }
+            if !(10..=10_000).contains(&manager.raft_heartbeat_ms) {
+                return Err(ConfigError::key(
+                    "manager.raft_heartbeat_ms",
+                    "must be between 10 and 10000 (milliseconds)",
+                ));
+            }
+            if manager.election_timeout_min_ms <= manager.raft_heartbeat_ms {
+                return Err(ConfigError::key(
+                    "manager.election_timeout_min_ms",
+                    "must be above raft_heartbeat_ms (a follower would stand while its leader speaks)",
+                ));
+            }
+            if manager.election_timeout_max_ms <= manager.election_timeout_min_ms
+                || manager.election_timeout_max_ms > 60_000
+            {
+                return Err(ConfigError::key(
+                    "manager.election_timeout_max_ms",
+                    "must be above election_timeout_min_ms, and at most 60000",
+                ));
+            }
             if manager.join.is_some() && self.role == Role::Dev {
                 return Err(ConfigError::key(
                     "manager.join",
@@ -596,6 +637,16 @@ impl ManagerConfig {
 
     pub fn node_cert_ttl(&self) -> Duration {
         Duration::from_secs(self.node_cert_ttl_s)
+    }
+
+    /// How this manager's Raft runs.
+    pub fn raft_timing(&self) -> crate::raft::Timing {
+        crate::raft::Timing {
+            heartbeat: Duration::from_millis(self.raft_heartbeat_ms),
+            election_min: Duration::from_millis(self.election_timeout_min_ms),
+            election_max: Duration::from_millis(self.election_timeout_max_ms),
+            snapshot_every: self.snapshot_every,
+        }
     }
 
     /// Where the other managers (and the workers, once told) reach this
@@ -823,6 +874,42 @@ manager = "https://127.0.0.1:5555/"
         assert_eq!(host_of("https://node-a.lan:1"), "node-a.lan");
         let e = err(&DEV.replace("scheduler =", "tls_names = [\"bad name\"]\nscheduler ="));
         assert!(e.contains("manager.tls_names"), "{e}");
+    }
+
+    #[test]
+    fn managers_settings_are_checked_naming_the_key() {
+        let manager = |extra: &str| {
+            format!(
+                "role = \"manager\"\ndata_dir = \"d\"\n[manager]\nlisten = \"127.0.0.1:5555\"\n{extra}\n"
+            )
+        };
+        let c = NodeConfig::parse(&manager(
+            "join = \"https://10.0.0.1:5555,https://10.0.0.2:5555\"\nraft_heartbeat_ms = 50",
+        ))
+        .expect("parses");
+        let timing = c.manager.expect("a manager").raft_timing();
+        assert_eq!(timing.heartbeat, Duration::from_millis(50));
+        assert_eq!(timing.election_min, Duration::from_millis(400));
+        for (extra, key) in [
+            ("join = \"http://10.0.0.1:5555\"", "manager.join"),
+            ("join = \"https://a:1,ftp://b\"", "manager.join"),
+            ("advertise = \"10.0.0.1:5555\"", "manager.advertise"),
+            ("snapshot_every = 5", "manager.snapshot_every"),
+            ("raft_heartbeat_ms = 0", "manager.raft_heartbeat_ms"),
+            (
+                "election_timeout_min_ms = 100",
+                "manager.election_timeout_min_ms",
+            ),
+            (
+                "election_timeout_max_ms = 400",
+                "manager.election_timeout_max_ms",
+            ),
+        ] {
+            let e = err(&manager(extra));
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = err(&DEV.replace("[manager]", "[manager]\njoin = \"https://10.0.0.1:5555\""));
+        assert!(e.contains("manager.join") && e.contains("dev"), "{e}");
     }
 
     #[test]

@@ -82,14 +82,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .context("manager: cannot set up its certificates and tokens")?;
         log_manager_keys(&config.data_dir, keys.new_cluster);
         let url = mc.advertise_url();
-        let consensus = consensus::start(
-            &store,
-            &keys.tls,
-            &url,
-            mc.join.is_some(),
-            mc.snapshot_every,
-        )
-        .await?;
+        let consensus =
+            consensus::start(&store, &keys.tls, &url, mc.join.is_some(), mc.raft_timing()).await?;
         let join_later = mc
             .join
             .clone()
@@ -146,6 +140,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         };
         let endpoints: web::Data<EndpointFeed> = web::Data::new(endpoints_rx);
         let raft = web::Data::new(consensus.raft.clone());
+        let own_raft = consensus.raft.clone();
         let contacts: web::Data<crate::manager::managers::Contacts> =
             web::Data::new(consensus.contacts.clone());
         let id = consensus.id;
@@ -163,8 +158,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                     .build()
                     .context("manager: its client of the leader")
             })?;
-        let divert: web::Data<dyn Divert> =
-            web::Data::from(Arc::new(ToLeader::new(leader_rx, to_leader)) as Arc<dyn Divert>);
+        let divert: web::Data<dyn Divert> = web::Data::from(Arc::new(ToLeader::new(
+            leader_rx,
+            to_leader,
+            consensus.raft.clone(),
+        )) as Arc<dyn Divert>);
         let manager_tls = keys.tls.clone();
         let manager =
             Manager::new(store.clone(), consensus, shape, state, keys.tls, published).start();
@@ -237,7 +235,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         );
         servers.push(server);
         if let Some(join) = join_later {
-            actix_rt::spawn(consensus::ask_to_join(join, manager_tls, id, url.clone()));
+            actix_rt::spawn(consensus::ask_to_join(
+                join,
+                manager_tls,
+                own_raft,
+                id,
+                url.clone(),
+            ));
         }
     }
 

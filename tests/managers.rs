@@ -269,7 +269,15 @@ where
                 .filter(|f| f.extension().is_some_and(|e| e == "log"))
             {
                 let text = std::fs::read_to_string(f).unwrap_or_default();
-                logs.push_str(&format!("--- {}\n{}\n", f.display(), tail(&text, 40)));
+                let panic = text
+                    .find("panicked at")
+                    .map(|at| &text[at..(at + 600).min(text.len())]);
+                logs.push_str(&format!(
+                    "--- {}\n{}\n{}\n",
+                    f.display(),
+                    panic.unwrap_or(""),
+                    tail(&text, 40)
+                ));
             }
             panic!("timed out after {timeout:?} waiting for {what}\n{logs}");
         }
@@ -601,6 +609,57 @@ async fn a_manager_whose_data_dir_is_lost_joins_again_and_catches_up_from_a_snap
     for i in 0..3 {
         holds(&cluster, i, &ids).await;
     }
+
+    // With one manager dead, removing a live one would leave no reachable
+    // majority: refused unless forced. Removing the dead one is not.
+    let leader = cluster.leader(SETUP).await;
+    let (dead, live) = match (0..3).filter(|i| *i != leader).collect::<Vec<_>>()[..] {
+        [a, b] => (a, b),
+        _ => unreachable!("three managers"),
+    };
+    cluster.managers[dead].kill9();
+    let id_at = |view: &ClusterView, i: usize| {
+        view.members
+            .iter()
+            .find(|m| m.url == cluster.urls[i])
+            .map(|m| m.id)
+            .expect("a member")
+    };
+    // Once the leader has not heard from the dead one for a while.
+    let view = wait_or_logs(
+        cluster.dir.path(),
+        "the dead manager silent",
+        SETUP,
+        || async {
+            let view = cluster.view(leader, true).await?;
+            let dead_one = view.members.iter().find(|m| m.url == cluster.urls[dead])?;
+            dead_one
+                .last_contact_ms
+                .is_none_or(|ms| ms > 2_500)
+                .then_some(view)
+        },
+    )
+    .await;
+    println!("before the removal: {view:?}");
+    let admin = cluster.any();
+    let refused = admin
+        .remove_manager(id_at(&view, live), false)
+        .await
+        .expect_err("a live manager removed with no reachable majority left");
+    assert!(refused.to_string().contains("force=true"), "{refused}");
+    println!("refused: {refused}");
+    let after = admin
+        .remove_manager(id_at(&view, dead), false)
+        .await
+        .expect("the dead manager removed");
+    assert_eq!(after.members.len(), 2, "{after:?}");
+    assert!(after.members.iter().all(|m| m.url != cluster.urls[dead]));
+    let task = admin
+        .submit(&spec("two-left"))
+        .await
+        .expect("the two left take writes");
+    ids.push(task.id.to_string());
+    holds(&cluster, live, &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -698,6 +757,21 @@ async fn a_leader_cut_off_by_a_partition_acknowledges_nothing_and_the_majority_g
             said.trim()
         );
     }
+    // A consistent read there fails too (it may not know it no longer
+    // leads): `cube manager ls` asks for the leader's view.
+    let out = std::process::Command::new(&prefix[0])
+        .args(&prefix[1..])
+        .arg(env!("CARGO_BIN_EXE_cube"))
+        .args(["--manager", &cluster.urls[apart], "--ca"])
+        .arg(cluster.dir.path().join("m0/pki/ca.crt"))
+        .args(["--token", &cluster.files.admin_token, "manager", "ls"])
+        .output()
+        .expect("the CLI in the namespace");
+    assert!(
+        !out.status.success(),
+        "a consistent read was served by the cut-off manager: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // The majority elects a leader and takes writes.
     let majority = Managers::client_of(&cluster.files, &cluster.urls[1..]);
     let first = wait_or_logs(

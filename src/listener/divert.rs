@@ -13,6 +13,7 @@ use actix_web::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
 use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
 
 use crate::api_error::ApiError;
 
@@ -36,6 +37,9 @@ pub trait Divert: Send + Sync + 'static {
     fn divert(&self, req: &ServiceRequest) -> Option<Diversion>;
     /// The client that passes requests on.
     fn client(&self) -> &reqwest::Client;
+    /// Before `req` is served here: what must hold first (e.g. that this
+    /// node still leads), or why it cannot be served (a JSON `503`).
+    fn confirm(&self, req: &ServiceRequest) -> Option<BoxFuture<'static, Result<(), String>>>;
 }
 
 /// The middleware (`middleware::from_fn(divert)`).
@@ -48,6 +52,15 @@ pub async fn divert(
         .filter(|_| !req.headers().contains_key(DIVERTED))
         .and_then(|d| d.divert(&req).map(|to| (to, d.client().clone())));
     let Some((diversion, client)) = diversion else {
+        let confirm = req
+            .app_data::<web::Data<dyn Divert>>()
+            .and_then(|d| d.confirm(&req));
+        if let Some(confirm) = confirm
+            && let Err(why) = confirm.await
+        {
+            let error = ApiError::unavailable(why);
+            return Ok(req.into_response(actix_web::ResponseError::error_response(&error)));
+        }
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     let target = |base: &str| {

@@ -46,7 +46,7 @@ pub async fn start(
     tls: &NodeTls,
     url: &str,
     joining: bool,
-    snapshot_every: u64,
+    timing: Timing,
 ) -> anyhow::Result<Consensus> {
     let id = own_id(store, joining).await?;
     let transport = Https::new(
@@ -59,10 +59,6 @@ pub async fn start(
     let taps = Taps {
         feed: Some(feed_tx),
         contacts: Some(Arc::new(contacts_tx)),
-    };
-    let timing = Timing {
-        snapshot_every,
-        ..Timing::default()
     };
     let raft = raft::start(id, timing, store.clone(), transport, taps)
         .await
@@ -144,17 +140,13 @@ async fn own_id(store: &Addr<Store>, joining: bool) -> anyhow::Result<NodeId> {
     Ok(id)
 }
 
-/// Asks the cluster (any of the managers at `join`, comma-separated) to
-/// add this manager, until one does: the leader makes it a learner, lets
-/// it catch up, then makes it a voter.
-pub async fn ask_to_join(join: String, tls: NodeTls, id: NodeId, url: String) {
-    let client = match tls
-        .client(Expect::Manager)
-        .map_err(|e| e.to_string())
-        .and_then(|t| {
-            Client::with_timeout(&join, &t, Duration::from_secs(120)).map_err(|e| e.to_string())
-        }) {
-        Ok(client) => client,
+/// Asks the cluster to add this manager, until it does: any of the
+/// managers at `join` (comma-separated), and any member it has learnt of
+/// since (a snapshot or the log names them). The leader makes it a
+/// learner, lets it catch up, then makes it a voter.
+pub async fn ask_to_join(join: String, tls: NodeTls, raft: Raft, id: NodeId, url: String) {
+    let tls = match tls.client(Expect::Manager) {
+        Ok(tls) => tls,
         Err(e) => {
             log::error!("manager {id}: cannot ask to join: {e}");
             return;
@@ -162,17 +154,35 @@ pub async fn ask_to_join(join: String, tls: NodeTls, id: NodeId, url: String) {
     };
     let mut wait = Duration::from_millis(200);
     loop {
-        match client
-            .add_manager(&AddManager {
-                id,
-                url: url.clone(),
-            })
-            .await
-        {
-            Ok(view) => {
+        let mut urls: Vec<String> = join.split(',').map(|u| u.trim().to_string()).collect();
+        let known: Vec<String> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, m)| m.url.clone())
+            .collect();
+        for known in known {
+            if known != url && !urls.contains(&known) {
+                urls.push(known);
+            }
+        }
+        let asked = match Client::with_timeout(&urls.join(","), &tls, Duration::from_secs(120)) {
+            Ok(client) => client
+                .add_manager(&AddManager {
+                    id,
+                    url: url.clone(),
+                })
+                .await
+                .map(|view| (client.base().to_string(), view))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match asked {
+            Ok((through, view)) => {
                 log::info!(
-                    "manager {id}: joined the cluster through {}: {} managers",
-                    client.base(),
+                    "manager {id}: joined the cluster through {through}: {} managers",
                     view.members.len()
                 );
                 return;

@@ -6,11 +6,15 @@
 //! manager's own state, which follows the log. Raft's RPCs and the join
 //! of new managers are this manager's own.
 
+use std::time::Duration;
+
 use actix_web::dev::ServiceRequest;
 use actix_web::http::Method;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::listener::divert::{Diversion, Divert};
+use crate::raft::Raft;
 
 /// The leader's URL while another manager leads (`None`: this one leads,
 /// or no leader is known: the request is answered here).
@@ -19,12 +23,21 @@ pub type LeaderUrl = watch::Receiver<Option<String>>;
 pub struct ToLeader {
     leader: LeaderUrl,
     http: reqwest::Client,
+    raft: Raft,
 }
 
 impl ToLeader {
-    pub fn new(leader: LeaderUrl, http: reqwest::Client) -> Self {
-        ToLeader { leader, http }
+    pub fn new(leader: LeaderUrl, http: reqwest::Client, raft: Raft) -> Self {
+        ToLeader { leader, http, raft }
     }
+}
+
+/// How long a consistent read may wait for the leader to confirm it leads.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+
+/// Whether a request asks for a consistent read.
+fn consistent(query: &str) -> bool {
+    query.split('&').any(|kv| kv == "consistent=true")
 }
 
 /// Where a request to a manager that does not lead goes, given the path,
@@ -32,7 +45,7 @@ impl ToLeader {
 pub fn diversion(leader: &str, method: &Method, path: &str, query: &str) -> Option<Diversion> {
     let own = path.starts_with("/raft/") || path == "/join/ca" || path == "/managers/join";
     let read = method == Method::GET || method == Method::HEAD;
-    let consistent = query.split('&').any(|kv| kv == "consistent=true");
+    let consistent = consistent(query);
     if own {
         return None;
     }
@@ -57,6 +70,26 @@ impl Divert for ToLeader {
 
     fn client(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// A consistent read served here: this manager confirms with a
+    /// majority that it still leads and has applied all that was committed
+    /// (a leader cut off from the others may not know yet that it no
+    /// longer leads).
+    fn confirm(&self, req: &ServiceRequest) -> Option<BoxFuture<'static, Result<(), String>>> {
+        if !consistent(req.query_string()) {
+            return None;
+        }
+        let raft = self.raft.clone();
+        Some(Box::pin(async move {
+            match tokio::time::timeout(CONFIRM_WITHIN, raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("a consistent read needs the leader: {e}")),
+                Err(_) => Err(format!(
+                    "a consistent read needs the leader, and no majority confirmed it within {CONFIRM_WITHIN:?}"
+                )),
+            }
+        }))
     }
 }
 

@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 
 use crate::api_error::ApiError;
 use crate::raft::network::{Rpc, Transport, TransportError, answer};
-use crate::raft::{Member, Raft};
+use crate::raft::{Member, NodeId, Raft};
 use crate::security::peer::ManagerPeer;
 
 /// The largest RPC body taken: a batch of entries or a snapshot's chunk.
@@ -37,9 +37,13 @@ impl Https {
     }
 }
 
+/// The header naming the member an RPC is for.
+const TO: &str = "x-cube-raft-to";
+
 impl Transport for Https {
     async fn call(
         &self,
+        target: NodeId,
         to: &Member,
         rpc: Rpc,
         body: Vec<u8>,
@@ -51,6 +55,7 @@ impl Transport for Https {
             .post(&url)
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(TO, target.to_string())
             .body(body)
             .send()
             .await
@@ -67,6 +72,13 @@ impl Transport for Https {
             .bytes()
             .await
             .map_err(|e| TransportError::Failed(url.clone(), e.to_string()))?;
+        if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+            // Another manager answers there now: the member is gone.
+            return Err(TransportError::Unreachable(
+                url,
+                String::from_utf8_lossy(&answer).into_owned(),
+            ));
+        }
         if !status.is_success() {
             return Err(TransportError::Failed(
                 url,
@@ -77,13 +89,28 @@ impl Transport for Https {
     }
 }
 
-/// `POST /raft/{rpc}`: from another manager only.
+/// `POST /raft/{rpc}`: from another manager only, for this one (`421`
+/// when the sender means another member: this manager came back at that
+/// one's URL under a new id).
 async fn receive(
     _manager: ManagerPeer,
     raft: web::Data<Raft>,
     rpc: web::Path<String>,
+    req: actix_web::HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let me = raft.metrics().borrow().id;
+    let to = req
+        .headers()
+        .get(TO)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<NodeId>().ok());
+    if to != Some(me) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::MISDIRECTED_REQUEST,
+            format!("this is manager {me}, not manager {to:?}"),
+        ));
+    }
     let rpc = Rpc::from_path(&rpc)
         .ok_or_else(|| ApiError::not_found(format!("no Raft RPC named {rpc:?}")))?;
     let answered = answer(&raft, rpc, &body)

@@ -61,10 +61,13 @@ pub enum TransportError {
 }
 
 /// How an RPC reaches a member: `body` (JSON) to `rpc`'s path at `to`,
-/// the answer's body back, within `timeout`.
+/// which must be member `target` (a manager back at the same URL under a
+/// new id is not the member it was), the answer's body back, within
+/// `timeout`.
 pub trait Transport: Clone + Send + Sync + 'static {
     fn call(
         &self,
+        target: NodeId,
         to: &Member,
         rpc: Rpc,
         body: Vec<u8>,
@@ -131,7 +134,7 @@ impl<T: Transport> Link<T> {
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let answer = self
             .transport
-            .call(&self.member, rpc, body, option.hard_ttl())
+            .call(self.target, &self.member, rpc, body, option.hard_ttl())
             .await
             .map_err(|e| match e {
                 TransportError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),

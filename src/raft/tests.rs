@@ -216,6 +216,7 @@ mod cluster {
     impl Transport for Memory {
         async fn call(
             &self,
+            _target: NodeId,
             to: &Member,
             rpc: Rpc,
             body: Vec<u8>,

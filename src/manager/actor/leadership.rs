@@ -77,8 +77,8 @@ impl StreamHandler<Replicated> for Manager {
     fn handle(&mut self, msg: Replicated, ctx: &mut Context<Self>) {
         match msg {
             Replicated::Installed { upto } => {
+                log::info!("manager {}: a snapshot up to {upto} was installed", self.id);
                 if upto > self.applied {
-                    log::info!("manager {}: a snapshot up to {upto} was installed", self.id);
                     self.leading = false;
                     self.settle(ctx);
                 }
