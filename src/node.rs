@@ -94,7 +94,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             down_after: mc.down_after(),
             retention: (&mc.retain_ended).into(),
         };
-        let (dump, _) = crate::raft::state_machine::applied_records(&store)
+        let (dump, applied) = crate::raft::state_machine::applied_records(&store)
             .await
             .context("manager: cannot read the store")?;
         let records = Records::from_dump(&dump).context("manager: cannot read the store")?;
@@ -164,8 +164,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             consensus.raft.clone(),
         )) as Arc<dyn Divert>);
         let manager_tls = keys.tls.clone();
-        let manager =
-            Manager::new(store.clone(), consensus, shape, state, keys.tls, published).start();
+        let manager = Manager::new(
+            store.clone(),
+            consensus,
+            shape,
+            (state, applied),
+            keys.tls,
+            published,
+        )
+        .start();
         // Requests are taken once it leads (or knows whom it follows).
         if join_later.is_none()
             && tokio::time::timeout(LEADER_WAIT, manager.send(Settled))

@@ -19,8 +19,8 @@ use crate::api_error::ApiError;
 
 /// The header a passed-on request carries: it is never passed on again.
 pub const DIVERTED: &str = "x-cube-diverted";
-/// The largest body passed on (task and service specs are far smaller).
-const MAX_BODY: usize = 4 << 20;
+/// The largest body passed on: the routes' own limit (1 MiB).
+const MAX_BODY: usize = 1 << 20;
 
 /// Where a request goes instead.
 #[derive(Debug, Clone, PartialEq, Eq)]

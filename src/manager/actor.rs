@@ -166,9 +166,12 @@ pub struct Manager {
     leader: Option<(NodeId, Option<String>)>,
     /// The index of the last log entry `state` holds.
     applied: u64,
-    /// A rebuild is in flight; `resettle`: look again after it.
+    /// A rebuild is in flight.
     settling: bool,
-    resettle: bool,
+    /// The next try to take up its role, if one is planned.
+    retry: Option<SpawnHandle>,
+    /// How long after a majority last answered it may still act as leader.
+    lease: Duration,
     /// The log is being cut back.
     compacting: bool,
     /// Who waits for the first role taken up.
@@ -190,11 +193,13 @@ pub struct Manager {
 }
 
 impl Manager {
+    /// `state` was built from the Store's records as applied up to log
+    /// index `applied`.
     pub fn new(
         store: Addr<Store>,
         consensus: Consensus,
         shape: Shape,
-        state: ClusterState,
+        (state, applied): (ClusterState, u64),
         tls: NodeTls,
         published: Published,
     ) -> Self {
@@ -202,13 +207,14 @@ impl Manager {
             store,
             raft: consensus.raft,
             id: consensus.id,
+            lease: consensus.lease,
             shape,
             feed: Some(consensus.feed),
             leading: false,
             leader: None,
-            applied: 0,
+            applied,
             settling: false,
-            resettle: false,
+            retry: None,
             settled: Vec::new(),
             compacting: false,
             state,
@@ -235,6 +241,9 @@ impl Manager {
         answer: Option<oneshot::Sender<Answer>>,
         ctx: &mut Context<Self>,
     ) {
+        if self.leading && !self.lease_held() {
+            self.stop_leading("no majority of the managers answered within its lease", ctx);
+        }
         if !self.leading {
             if let Some(answer) = answer {
                 let _ = answer.send(Err(self.not_leader()));
@@ -553,7 +562,7 @@ impl Manager {
                                 "manager: task {id} could not be sent to {node} ({e}); trying again in {DISPATCH_RETRY:?}"
                             );
                             ctx.run_later(DISPATCH_RETRY, move |act, ctx| {
-                                if act.leading && !act.state.is_down(&node) {
+                                if act.acting() && !act.state.is_down(&node) {
                                     act.execute(Effect::Dispatch { node, assignment }, ctx);
                                 }
                             });
@@ -573,7 +582,7 @@ impl Manager {
             }
             Effect::StopAfter { node, task, after } => {
                 ctx.run_later(after, move |act, ctx| {
-                    if act.leading {
+                    if act.acting() {
                         act.execute(Effect::StopOn { node, task }, ctx);
                     }
                 });

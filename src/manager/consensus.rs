@@ -37,6 +37,9 @@ pub struct Consensus {
     pub id: NodeId,
     pub feed: tokio::sync::mpsc::UnboundedReceiver<Replicated>,
     pub contacts: watch::Receiver<BTreeMap<NodeId, Instant>>,
+    /// How long after a majority last answered the leader may still act:
+    /// no other manager stands for election sooner.
+    pub lease: Duration,
 }
 
 /// Starts this manager's Raft, reached by the others at `url`. One that is
@@ -90,6 +93,7 @@ pub async fn start(
         id,
         feed,
         contacts,
+        lease: timing.election_min,
     })
 }
 
@@ -184,6 +188,12 @@ pub async fn ask_to_join(join: String, tls: NodeTls, raft: Raft, id: NodeId, url
                 log::info!(
                     "manager {id}: joined the cluster through {through}: {} managers",
                     view.members.len()
+                );
+                return;
+            }
+            Err(e) if e.contains("answered 409") => {
+                log::error!(
+                    "manager {id}: the cluster refuses to add it ({e}); start it again on an empty data dir"
                 );
                 return;
             }

@@ -6,12 +6,13 @@
 //! manager's own state, which follows the log. Raft's RPCs and the join
 //! of new managers are this manager's own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServiceRequest;
 use actix_web::http::Method;
 use futures_util::future::BoxFuture;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::listener::divert::{Diversion, Divert};
 use crate::raft::Raft;
@@ -24,11 +25,21 @@ pub struct ToLeader {
     leader: LeaderUrl,
     http: reqwest::Client,
     raft: Raft,
+    /// Consistent reads confirming at once (each asks a majority).
+    confirming: Arc<Semaphore>,
 }
+
+/// The most consistent reads confirming at once; more get `503`.
+const MAX_CONFIRMING: usize = 16;
 
 impl ToLeader {
     pub fn new(leader: LeaderUrl, http: reqwest::Client, raft: Raft) -> Self {
-        ToLeader { leader, http, raft }
+        ToLeader {
+            leader,
+            http,
+            raft,
+            confirming: Arc::new(Semaphore::new(MAX_CONFIRMING)),
+        }
     }
 }
 
@@ -47,6 +58,14 @@ pub fn diversion(leader: &str, method: &Method, path: &str, query: &str) -> Opti
     let read = method == Method::GET || method == Method::HEAD;
     let consistent = consistent(query);
     if own {
+        return None;
+    }
+    // A stream (`follow=true`) is served here: the proxy passes whole
+    // answers only.
+    if query
+        .split('&')
+        .any(|kv| kv == "follow=true" || kv == "watch=true")
+    {
         return None;
     }
     if path.starts_with("/workers/") || path == "/join" {
@@ -81,7 +100,11 @@ impl Divert for ToLeader {
             return None;
         }
         let raft = self.raft.clone();
+        let permit = self.confirming.clone().try_acquire_owned();
         Some(Box::pin(async move {
+            let _permit = permit.map_err(|_| {
+                format!("{MAX_CONFIRMING} consistent reads are confirming already: try again")
+            })?;
             match tokio::time::timeout(CONFIRM_WITHIN, raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("a consistent read needs the leader: {e}")),
@@ -119,5 +142,10 @@ mod tests {
         assert_eq!(to(Method::POST, "/raft/append", ""), None);
         assert_eq!(to(Method::POST, "/managers/join", ""), None);
         assert_eq!(to(Method::GET, "/join/ca", ""), None);
+        // Streams are served here, consistent or not.
+        assert_eq!(
+            to(Method::GET, "/events", "follow=true&consistent=true"),
+            None
+        );
     }
 }

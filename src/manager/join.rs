@@ -64,7 +64,9 @@ async fn show_token(
 async fn rotate_token(
     admin: Admin,
     authority: web::Data<JoinAuthority>,
+    raft: web::Data<crate::raft::Raft>,
 ) -> Result<HttpResponse, ApiError> {
+    super::managers::alone(&raft, "worker")?;
     let token = authority
         .tokens
         .send(Rotate)

@@ -244,10 +244,35 @@ async fn show_token(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
 }
 
+/// A join token is each manager's own file, not replicated: rotated on
+/// one of several managers, the others would still take the old one.
+/// Refused (`409`) while the cluster has more than one manager.
+pub fn alone(raft: &Raft, what: &str) -> Result<(), ApiError> {
+    let members = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .count();
+    if members > 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the {what} join token cannot be rotated while the cluster has {members} managers: \
+                 each keeps its own copy"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn rotate_token(
     admin: Admin,
     authority: web::Data<JoinAuthority>,
+    raft: web::Data<Raft>,
 ) -> Result<HttpResponse, ApiError> {
+    alone(&raft, "manager")?;
     let token = authority
         .managers
         .send(Rotate)

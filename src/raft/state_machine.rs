@@ -1,6 +1,6 @@
 //! The replicated state: the Store's records. Applying entries writes
 //! their changes, the last applied id and the membership in one
-//! transaction (not synced: the log is). The records in the Store are the
+//! transaction (its meta page not synced: the log is). The records in the Store are the
 //! snapshot: building one makes them durable and names it; sending one
 //! reads every record with those two in one transaction (so never older
 //! than what was applied).

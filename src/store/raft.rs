@@ -185,12 +185,13 @@ pub struct RawWrite {
 /// before it proposes). A write to a table that is not replicated is
 /// skipped.
 ///
-/// Not synced: the entries it applies are in the log, which is (every
-/// append is), and the next synced commit carries it to the disk too. A
-/// machine that dies before loses the last applies with the applied id
-/// they were noted with, in the same transaction: they are applied again
-/// from the log. (A process killed loses nothing: the pages are the
-/// kernel's.) `SyncNow` makes it durable before the log is cut back.
+/// Synced once, not twice: its data pages are, its meta page is left to
+/// the next commit (LMDB's `MDB_NOMETASYNC`, which keeps the file intact;
+/// `MDB_NOSYNC` would not on a file system that reorders writes). A
+/// machine that dies before may lose this last apply with the applied id
+/// noted with it, in the same transaction: it is applied again from the
+/// log, which is synced. `SyncNow` makes it durable before the log is cut
+/// back.
 pub struct ApplyWrites {
     pub writes: Vec<RawWrite>,
     pub meta: Vec<(&'static str, Vec<u8>)>,
@@ -226,18 +227,24 @@ impl Handler<SyncNow> for Store {
 }
 
 impl Store {
-    /// Commits without waiting for the disk (see `ApplyWrites`): only
+    /// Commits without syncing its meta page (see `ApplyWrites`): only
     /// this commit; the Store's thread is the only writer, so no other
     /// commit runs while the flag is set.
     fn commit_unsynced(&self, wtxn: heed::RwTxn) -> Result<(), StoreError> {
-        // Safety: heed marks NO_SYNC unsafe for what it risks, the last
-        // commits on a machine's crash, which is what is wanted here (see
+        // Safety: heed marks the flag unsafe for what it risks, the last
+        // commit on a machine's crash, which is what is accepted here (see
         // `ApplyWrites`); it is set only around this one commit.
-        unsafe { self.env.set_flags(EnvFlags::NO_SYNC, FlagSetMode::Enable) }
-            .map_err(|e| self.classify(e))?;
+        unsafe {
+            self.env
+                .set_flags(EnvFlags::NO_META_SYNC, FlagSetMode::Enable)
+        }
+        .map_err(|e| self.classify(e))?;
         let committed = wtxn.commit().map_err(|e| self.classify(e));
-        let restored = unsafe { self.env.set_flags(EnvFlags::NO_SYNC, FlagSetMode::Disable) }
-            .map_err(|e| self.classify(e));
+        let restored = unsafe {
+            self.env
+                .set_flags(EnvFlags::NO_META_SYNC, FlagSetMode::Disable)
+        }
+        .map_err(|e| self.classify(e));
         committed.and(restored)
     }
 }

@@ -68,8 +68,11 @@ impl StreamHandler<Leadership> for Manager {
         }
     }
 
+    /// Raft stopped (a fatal error of its storage): the process cannot
+    /// go on as a manager.
     fn finished(&mut self, _ctx: &mut Context<Self>) {
-        log::warn!("manager {}: its Raft stopped", self.id);
+        log::error!("manager {}: its Raft stopped; the node stops", self.id);
+        System::current().stop_with_code(1);
     }
 }
 
@@ -123,6 +126,24 @@ impl Manager {
         self.leader.as_ref().is_some_and(|(id, _)| *id == self.id)
     }
 
+    /// Whether a majority of the managers answered it within its lease: a
+    /// leader cut off from them does not know yet that another may lead
+    /// (the Raft library steps down only on hearing a higher term), so it stops
+    /// acting before any other can have been elected. A cluster of one
+    /// holds it always.
+    pub(super) fn lease_held(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().count() <= 1
+            || m.millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) < self.lease.as_millis())
+    }
+
+    /// Whether it may act as leader now (effects on timers check).
+    pub(super) fn acting(&self) -> bool {
+        self.leading && self.lease_held()
+    }
+
     /// Stops taking commands (the queued ones get the error) and rebuilds
     /// its state; if it still leads, it claims the lead again.
     pub(super) fn stop_leading(&mut self, why: &str, ctx: &mut Context<Self>) {
@@ -146,8 +167,10 @@ impl Manager {
             return;
         }
         if self.settling {
-            self.resettle = true;
             return;
+        }
+        if let Some(retry) = self.retry.take() {
+            ctx.cancel_future(retry);
         }
         self.settling = true;
         let claim = self.leads();
@@ -159,6 +182,14 @@ impl Manager {
                     Ok(Err(e)) => return Err(e.to_string()),
                     Err(_) => return Err(format!("no majority within {CLAIM_TIMEOUT:?}")),
                 }
+                // Everything in a leader's log is committed in the end (a
+                // change it gave up on too): its state holds all of it
+                // before it takes a command.
+                let last = raft.metrics().borrow().last_log_index;
+                raft.wait(Some(CLAIM_TIMEOUT))
+                    .applied_index_at_least(last, "everything in the log applied")
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             let (dump, upto) = crate::raft::state_machine::applied_records(&store)
                 .await
@@ -182,11 +213,12 @@ impl Manager {
                 }
                 Err(e) => {
                     log::warn!("manager {}: cannot take up its role yet: {e}", act.id);
-                    ctx.run_later(CLAIM_RETRY, |act, ctx| act.settle(ctx));
+                    // One try planned at a time, whatever asks for more.
+                    act.retry = Some(ctx.run_later(CLAIM_RETRY, |act, ctx| {
+                        act.retry = None;
+                        act.settle(ctx);
+                    }));
                 }
-            }
-            if std::mem::take(&mut act.resettle) {
-                act.settle(ctx);
             }
         }));
     }
