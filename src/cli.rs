@@ -241,10 +241,11 @@ pub async fn token_list(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn join_token(client: &Client, rotate: bool) -> anyhow::Result<()> {
-    let token = client.join_token(rotate).await.map_err(explain)?;
+/// `role`: `worker` or `manager`.
+pub async fn join_token(client: &Client, role: &str, rotate: bool) -> anyhow::Result<()> {
+    let token = client.join_token(role, rotate).await.map_err(explain)?;
     if rotate {
-        eprintln!("the worker join token was rotated: the old one is refused from now on");
+        eprintln!("the {role} join token was rotated: the old one is refused from now on");
     }
     println!("{token}");
     Ok(())

@@ -419,32 +419,15 @@ impl Client {
         Ok(())
     }
 
-    /// The worker join token (`GET /join-token/worker`), or a new one
-    /// (`POST /join-token/worker/rotate`).
-    pub async fn join_token(&self, rotate: bool) -> Result<String, ClientError> {
+    /// The join token of `role` (`worker` or `manager`: `GET
+    /// /join-token/<role>`), or a new one (`POST /join-token/<role>/rotate`).
+    pub async fn join_token(&self, role: &str, rotate: bool) -> Result<String, ClientError> {
         let (method, path) = if rotate {
-            (reqwest::Method::POST, "/join-token/worker/rotate")
+            (reqwest::Method::POST, format!("/join-token/{role}/rotate"))
         } else {
-            (reqwest::Method::GET, "/join-token/worker")
+            (reqwest::Method::GET, format!("/join-token/{role}"))
         };
-        let value: serde_json::Value = self.call(method, path, None::<&()>).await?.1;
-        value["token"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| ClientError::Decode {
-                url: format!("{}{path}", self.base()),
-                reason: "no token in the answer".into(),
-            })
-    }
-
-    /// The manager join token (`GET /join-token/manager`), or a new one.
-    pub async fn manager_join_token(&self, rotate: bool) -> Result<String, ClientError> {
-        let (method, path) = if rotate {
-            (reqwest::Method::POST, "/join-token/manager/rotate")
-        } else {
-            (reqwest::Method::GET, "/join-token/manager")
-        };
-        let value: serde_json::Value = self.call(method, path, None::<&()>).await?.1;
+        let value: serde_json::Value = self.call(method, &path, None::<&()>).await?.1;
         value["token"]
             .as_str()
             .map(str::to_string)

@@ -195,14 +195,13 @@ fn main() -> ExitCode {
                     Command::Nodes => cube::cli::nodes(&client, json).await,
                     Command::Events { follow } => cube::cli::events(&client, follow, json).await,
                     Command::Logs { id, follow } => cube::cli::logs(&client, &id, follow).await,
-                    Command::JoinToken {
-                        role: JoinRole::Worker,
-                        rotate,
-                    } => cube::cli::join_token(&client, rotate).await,
-                    Command::JoinToken {
-                        role: JoinRole::Manager,
-                        rotate,
-                    } => cube::cli::managers::join_token(&client, rotate).await,
+                    Command::JoinToken { role, rotate } => {
+                        let role = match role {
+                            JoinRole::Worker => "worker",
+                            JoinRole::Manager => "manager",
+                        };
+                        cube::cli::join_token(&client, role, rotate).await
+                    }
                     Command::Manager { command } => match command {
                         ManagerCommand::Ls => cube::cli::managers::list(&client, json).await,
                         ManagerCommand::Rm { id, force } => {

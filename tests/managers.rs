@@ -710,6 +710,22 @@ async fn a_leader_stopped_past_the_election_timeout_steps_down_when_it_resumes()
     for i in 0..3 {
         holds(&cluster, i, &ids).await;
     }
+    // Join tokens are each manager's own copy: no rotation while there
+    // are several.
+    for role in ["worker", "manager"] {
+        let e = cluster
+            .any()
+            .join_token(role, true)
+            .await
+            .expect_err("a rotation with three managers");
+        assert!(e.to_string().contains("409"), "{role}: {e}");
+    }
+    let token = cluster
+        .any()
+        .join_token("manager", false)
+        .await
+        .expect("shown");
+    assert!(token.starts_with("CUBE1-"), "{token}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! `cube manager ls` / `cube manager rm ID` and `cube join-token manager`.
+//! `cube manager ls` / `cube manager rm ID`.
 
 use super::{explain, print_json, table};
 use crate::client::Client;
@@ -21,15 +21,6 @@ pub async fn remove(client: &Client, id: u64, force: bool, json: bool) -> anyhow
     }
     println!("manager {id} removed");
     print!("{}", cluster_table(&view));
-    Ok(())
-}
-
-pub async fn join_token(client: &Client, rotate: bool) -> anyhow::Result<()> {
-    let token = client.manager_join_token(rotate).await.map_err(explain)?;
-    if rotate {
-        eprintln!("the manager join token was rotated: the old one is refused from now on");
-    }
-    println!("{token}");
     Ok(())
 }
 

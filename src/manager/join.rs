@@ -47,33 +47,53 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/join/ca", web::get().to(ca))
         .route("/join", web::post().to(join))
         .route("/workers/renew", web::post().to(renew))
-        .route("/join-token/worker", web::get().to(show_token))
-        .route("/join-token/worker/rotate", web::post().to(rotate_token));
+        .route("/join-token/{role}", web::get().to(show_token))
+        .route("/join-token/{role}/rotate", web::post().to(rotate_token));
 }
 
-/// `{"token": ...}`: the worker join token (admin).
+/// The join token a path's `role` names: the workers' or the managers'.
+fn token_of<'a>(
+    authority: &'a JoinAuthority,
+    role: &str,
+) -> Result<&'a Addr<JoinTokens>, ApiError> {
+    match role {
+        "worker" => Ok(&authority.tokens),
+        "manager" => Ok(&authority.managers),
+        other => Err(ApiError::not_found(format!(
+            "no {other:?} join token: worker or manager"
+        ))),
+    }
+}
+
+/// `{"token": ...}`: the worker or manager join token (admin).
 async fn show_token(
     _admin: Admin,
     authority: web::Data<JoinAuthority>,
+    role: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = authority.tokens.send(ShowToken).await.map_err(mailbox)?;
+    let token = token_of(&authority, &role)?
+        .send(ShowToken)
+        .await
+        .map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
 }
 
-/// A new worker join token; the old one is refused from now on (admin).
+/// A new worker or manager join token; the old one is refused from now
+/// on (admin).
 async fn rotate_token(
     admin: Admin,
     authority: web::Data<JoinAuthority>,
     raft: web::Data<crate::raft::Raft>,
+    role: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    super::managers::alone(&raft, "worker")?;
-    let token = authority
-        .tokens
+    let tokens = token_of(&authority, &role)?;
+    super::managers::alone(&raft, &role)?;
+    let token = tokens
         .send(Rotate)
         .await
         .map_err(mailbox)?
         .map_err(ApiError::internal)?;
-    log::info!("manager: worker join token rotated by {}", admin.token);
+    log::info!("manager: {role} join token rotated by {}", admin.token);
     Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
 }
 

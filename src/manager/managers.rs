@@ -12,7 +12,9 @@
 //! - `DELETE /managers/{id}` (admin): removes a member, refused when the
 //!   members left would not be a majority of reachable ones, unless
 //!   `?force=true`.
-//! - `GET /join-token/manager`, `POST /join-token/manager/rotate` (admin).
+//! - The manager join token is shown and rotated with the workers' (in
+//!   `join.rs`); rotating either is refused while there are several
+//!   managers ([`alone`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -25,7 +27,7 @@ use tokio::sync::watch;
 use super::auth::{Admin, Reader};
 use super::consensus::member;
 use super::join::JoinAuthority;
-use super::join_tokens::{CheckSecret, Rotate, ShowToken};
+use super::join_tokens::{CheckSecret, ShowToken};
 use super::routes::mailbox;
 use crate::api_error::ApiError;
 use crate::raft::{ChangeMembers, Metrics, NodeId, Raft};
@@ -42,9 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/managers/join", web::post().to(join))
         .route("/managers", web::post().to(add))
         .route("/managers/{id}", web::delete().to(remove))
-        .route("/cluster", web::get().to(cluster))
-        .route("/join-token/manager", web::get().to(show_token))
-        .route("/join-token/manager/rotate", web::post().to(rotate_token));
+        .route("/cluster", web::get().to(cluster));
 }
 
 /// The cluster as `metrics` and `contacts` say, at `now`.
@@ -236,14 +236,6 @@ async fn remove(
     Ok(HttpResponse::Ok().json(view(&metrics, &contacts.borrow(), Instant::now())))
 }
 
-async fn show_token(
-    _admin: Admin,
-    authority: web::Data<JoinAuthority>,
-) -> Result<HttpResponse, ApiError> {
-    let token = authority.managers.send(ShowToken).await.map_err(mailbox)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
-}
-
 /// A join token is each manager's own file, not replicated: rotated on
 /// one of several managers, the others would still take the old one.
 /// Refused (`409`) while the cluster has more than one manager.
@@ -265,22 +257,6 @@ pub fn alone(raft: &Raft, what: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-async fn rotate_token(
-    admin: Admin,
-    authority: web::Data<JoinAuthority>,
-    raft: web::Data<Raft>,
-) -> Result<HttpResponse, ApiError> {
-    alone(&raft, "manager")?;
-    let token = authority
-        .managers
-        .send(Rotate)
-        .await
-        .map_err(mailbox)?
-        .map_err(ApiError::internal)?;
-    log::info!("manager: manager join token rotated by {}", admin.token);
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
 }
 
 #[cfg(test)]
