@@ -5,14 +5,12 @@
 //! means one writer. A `Put` answers only after its transaction committed
 //! with LMDB's default, synced flags: whoever waits on it may say "done".
 //!
-//! A [`Commit`] writes a whole batch in one transaction (one fsync): the
-//! Manager queues every command that arrives while its previous commit is
-//! syncing and commits their records together (group commit). A store
-//! whose map is full answers [`StoreError::Full`]; removing records frees
-//! room again.
-//!
 //! `raft.rs` holds the Raft log and its metadata (vote, applied, ...) in
-//! two more tables, and applies replicated changes to the records.
+//! two more tables, and applies replicated changes to the records: the
+//! manager's batches, each one entry of the log (group commit). Past the
+//! soft limit a batch that adds a record is refused before it is proposed
+//! ([`CheckRoom`]: [`StoreError::Full`]); removing records frees room
+//! again.
 
 mod raft;
 pub use raft::{
@@ -162,21 +160,6 @@ impl Store {
         Ok(used > limit)
     }
 
-    /// Whether a batch puts a record under a key not stored yet.
-    fn adds_a_record(&self, txn: &heed::RoTxn, writes: &[Write]) -> Result<bool, StoreError> {
-        for write in writes {
-            if let Write::Put(record) = write
-                && self
-                    .table(record.table())
-                    .get(txn, &record.key())?
-                    .is_none()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// A map-full error says so; any other stays an LMDB error.
     fn classify(&self, e: heed::Error) -> StoreError {
         match e {
@@ -219,84 +202,6 @@ impl<T: Stored> Handler<Put<T>> for Store {
         })?;
         db.put(&mut wtxn, &key, &bytes)
             .map_err(|e| self.classify(e))?;
-        wtxn.commit().map_err(|e| self.classify(e))?;
-        Ok(())
-    }
-}
-
-/// A record of any stored kind, encoded on the Store's thread.
-pub trait Encode: Send {
-    fn table(&self) -> &'static str;
-    fn key(&self) -> String;
-    fn encode(&self) -> Result<Vec<u8>, StoreError>;
-}
-
-impl<T: Stored> Encode for T {
-    fn table(&self) -> &'static str {
-        T::TABLE
-    }
-    fn key(&self) -> String {
-        Stored::key(self)
-    }
-    fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(self).map_err(|source| StoreError::Codec {
-            table: T::TABLE,
-            source,
-        })
-    }
-}
-
-/// One write of a batch.
-pub enum Write {
-    Put(Box<dyn Encode>),
-    Delete { table: &'static str, key: String },
-}
-
-impl Write {
-    pub fn put<T: Stored>(record: T) -> Self {
-        Write::Put(Box::new(record))
-    }
-}
-
-/// Writes a batch in one transaction: all of it is committed, or none.
-/// The writer orders its batches (one in flight at a time), so no version
-/// check is made.
-pub struct Commit(pub Vec<Write>);
-
-impl Message for Commit {
-    type Result = Result<(), StoreError>;
-}
-
-impl Handler<Commit> for Store {
-    type Result = Result<(), StoreError>;
-
-    fn handle(&mut self, msg: Commit, _ctx: &mut SyncContext<Self>) -> Self::Result {
-        // Past the soft limit no record is added: the rest of the map is
-        // kept for changes to stored records (a stop must still go
-        // through) and for removals (LMDB needs free pages even to delete,
-        // copy-on-write), which make room.
-        let mut wtxn = self.env.write_txn()?;
-        let puts = msg.0.iter().any(|w| matches!(w, Write::Put(_)));
-        if puts && self.over_soft_limit()? && self.adds_a_record(&wtxn, &msg.0)? {
-            return Err(StoreError::Full {
-                map_mb: self.map_size >> 20,
-            });
-        }
-        for write in msg.0 {
-            match write {
-                Write::Put(record) => {
-                    let db = self.table(record.table());
-                    let bytes = record.encode()?;
-                    db.put(&mut wtxn, &record.key(), &bytes)
-                        .map_err(|e| self.classify(e))?;
-                }
-                Write::Delete { table, key } => {
-                    self.table(table)
-                        .delete(&mut wtxn, &key)
-                        .map_err(|e| self.classify(e))?;
-                }
-            }
-        }
         wtxn.commit().map_err(|e| self.classify(e))?;
         Ok(())
     }
@@ -386,21 +291,48 @@ mod tests {
         }
     }
 
+    /// A batch as the manager's leader writes it: checked for room, then
+    /// applied.
+    async fn commit(store: &Addr<Store>, writes: Vec<RawWrite>) -> Result<(), StoreError> {
+        let puts = writes
+            .iter()
+            .filter(|w| w.value.is_some())
+            .map(|w| (w.table.clone(), w.key.clone()))
+            .collect();
+        store.send(CheckRoom(puts)).await.unwrap()?;
+        store
+            .send(ApplyWrites {
+                writes,
+                meta: vec![],
+            })
+            .await
+            .unwrap()
+    }
+
+    fn row(id: usize, version: u64) -> RawWrite {
+        let key = format!("{id:06}");
+        RawWrite {
+            table: "tasks".into(),
+            value: Some(
+                serde_json::to_vec(&Row {
+                    id: key.clone(),
+                    version,
+                })
+                .unwrap(),
+            ),
+            key,
+        }
+    }
+
     #[actix_rt::test]
     async fn a_full_map_is_refused_whole_and_deleting_frees_room() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::start_with_map_size(dir.path(), 1 << 20).unwrap();
-        let big = |id: usize| {
-            Write::put(Row {
-                id: format!("{id:06}"),
-                version: 1,
-            })
-        };
         // Fill the map in small batches until it refuses.
         let mut stored = 0;
         loop {
-            let batch = (stored..stored + 50).map(big).collect();
-            match store.send(Commit(batch)).await.unwrap() {
+            let batch = (stored..stored + 50).map(|i| row(i, 1)).collect();
+            match commit(&store, batch).await {
                 Ok(()) => stored += 50,
                 Err(StoreError::Full { map_mb }) => {
                     assert_eq!(map_mb, 1);
@@ -410,21 +342,20 @@ mod tests {
             }
             assert!(stored < 100_000, "a 1 MB map never filled");
         }
-        // A failed batch left nothing behind.
+        // A refused batch left nothing behind.
         let rows = store.send(LoadAll::<Row>::new()).await.unwrap().unwrap();
         assert_eq!(rows.len(), stored);
         // Deleting half frees room for more.
         let deletes = (0..stored / 2)
-            .map(|i| Write::Delete {
-                table: "tasks",
+            .map(|i| RawWrite {
+                table: "tasks".into(),
                 key: format!("{i:06}"),
+                value: None,
             })
             .collect();
-        store.send(Commit(deletes)).await.unwrap().unwrap();
-        store
-            .send(Commit((stored..stored + 50).map(big).collect()))
+        commit(&store, deletes).await.unwrap();
+        commit(&store, (stored..stored + 50).map(|i| row(i, 1)).collect())
             .await
-            .unwrap()
             .unwrap();
     }
 
@@ -432,17 +363,9 @@ mod tests {
     async fn past_the_soft_limit_stored_records_still_change() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::start_with_map_size(dir.path(), 1 << 20).unwrap();
-        let row = |id: usize, version| {
-            Write::put(Row {
-                id: format!("{id:06}"),
-                version,
-            })
-        };
         let mut stored = 0;
-        while store
-            .send(Commit((stored..stored + 50).map(|i| row(i, 1)).collect()))
+        while commit(&store, (stored..stored + 50).map(|i| row(i, 1)).collect())
             .await
-            .unwrap()
             .is_ok()
         {
             stored += 50;
@@ -452,14 +375,10 @@ mod tests {
         // goes through.
         let mixed = vec![row(0, 2), row(stored + 1, 1)];
         assert!(matches!(
-            store.send(Commit(mixed)).await.unwrap(),
+            commit(&store, mixed).await,
             Err(StoreError::Full { .. })
         ));
-        store
-            .send(Commit(vec![row(0, 2), row(1, 2)]))
-            .await
-            .unwrap()
-            .unwrap();
+        commit(&store, vec![row(0, 2), row(1, 2)]).await.unwrap();
         let rows = store.send(LoadAll::<Row>::new()).await.unwrap().unwrap();
         assert_eq!(rows.len(), stored);
         assert_eq!(rows[0].version, 2);
