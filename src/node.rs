@@ -144,25 +144,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let contacts: web::Data<crate::manager::managers::Contacts> =
             web::Data::new(consensus.contacts.clone());
         let id = consensus.id;
-        let to_leader = keys
-            .tls
-            .client(Expect::Manager)
-            .context("manager: TLS set-up")
-            .and_then(|tls| {
-                reqwest::Client::builder()
-                    .tls_backend_preconfigured(tls)
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(70))
-                    .pool_idle_timeout(Duration::from_secs(4))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .context("manager: its client of the leader")
-            })?;
-        let divert: web::Data<dyn Divert> = web::Data::from(Arc::new(ToLeader::new(
+        let to_leader = ToLeader::new(
             leader_rx,
-            to_leader,
+            keys.tls
+                .client(Expect::Manager)
+                .context("manager: TLS set-up")?,
             consensus.raft.clone(),
-        )) as Arc<dyn Divert>);
+        )
+        .context("manager: its client of the leader")?;
+        let divert: web::Data<dyn Divert> = web::Data::from(Arc::new(to_leader) as Arc<dyn Divert>);
         let manager_tls = keys.tls.clone();
         let manager = Manager::new(
             store.clone(),
@@ -226,7 +216,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 .app_data(raft.clone())
                 .app_data(contacts.clone())
                 .app_data(divert.clone());
-            crate::manager::raft_rpc::configure(cfg, raft.get_ref().clone());
+            crate::manager::raft_rpc::configure(cfg);
             crate::manager::managers::configure(cfg);
             crate::manager::join::configure(cfg);
             crate::manager::tokens::configure(cfg);

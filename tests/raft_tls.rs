@@ -55,7 +55,10 @@ async fn manager(ca: &Ca, id: NodeId) -> Manager {
     let server = cube::listener::serve(
         listener,
         tls.server(ClientCerts::Required).expect("server TLS"),
-        move |cfg| raft_rpc::configure(cfg, served.clone()),
+        move |cfg| {
+            cfg.app_data(actix_web::web::Data::new(served.clone()));
+            raft_rpc::configure(cfg)
+        },
     )
     .expect("serving");
     let handle = server.handle();

@@ -457,13 +457,11 @@ impl Manager {
                     e.answer()
                 );
                 self.state.rollback();
-                if matches!(e, WriteError::Store(StoreError::Full { .. })) {
+                let full = matches!(e, WriteError::Store(StoreError::Full { .. }));
+                if full {
                     self.compact_log(ctx);
                 }
-                if matches!(e, WriteError::Store(StoreError::Full { .. }))
-                    && !self.relieving
-                    && self.state.ended_count() > 0
-                {
+                if full && !self.relieving && self.state.ended_count() > 0 {
                     self.queue.insert(
                         0,
                         Queued {

@@ -33,13 +33,23 @@ pub struct ToLeader {
 const MAX_CONFIRMING: usize = 16;
 
 impl ToLeader {
-    pub fn new(leader: LeaderUrl, http: reqwest::Client, raft: Raft) -> Self {
-        ToLeader {
+    /// `tls`: this manager's client configuration, expecting a manager.
+    /// Answers are handed back as they are (redirects too); a stop may
+    /// take a worker's whole stop timeout.
+    pub fn new(leader: LeaderUrl, tls: rustls::ClientConfig, raft: Raft) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(70))
+            .pool_idle_timeout(Duration::from_secs(4))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(ToLeader {
             leader,
             http,
             raft,
             confirming: Arc::new(Semaphore::new(MAX_CONFIRMING)),
-        }
+        })
     }
 }
 

@@ -121,11 +121,10 @@ async fn receive(
         .body(answered))
 }
 
-/// The route, with `raft` as the Raft it feeds.
-pub fn configure(cfg: &mut web::ServiceConfig, raft: Raft) {
+/// The route; the Raft it feeds is the App's `web::Data<Raft>`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/raft/{rpc}")
-            .app_data(web::Data::new(raft))
             .app_data(web::PayloadConfig::new(MAX_RPC_BYTES))
             .route(web::post().to(receive)),
     );

@@ -1,8 +1,9 @@
 //! The Manager's part among the managers: Raft says who leads; the
-//! leader takes commands, the others follow the log. On every change of
-//! role the state is rebuilt from the Store (`settle`), a would-be leader
-//! first confirming with a majority that it leads and that everything
-//! committed before is applied.
+//! leader takes commands, the others follow the log. When it starts or
+//! stops leading the state is rebuilt from the Store (`settle`), a
+//! would-be leader first confirming with a majority that it leads and
+//! that everything in its log is applied. A follower's state follows the
+//! log whoever leads: a change of leader alone rebuilds nothing.
 
 use std::time::Instant;
 
@@ -61,10 +62,12 @@ impl StreamHandler<Leadership> for Manager {
             _ => None,
         };
         self.published.leader.send_replace(elsewhere);
-        if !self.leads() && self.leading {
-            self.stop_leading("another manager leads", ctx);
-        } else {
+        if self.leads() {
             self.settle(ctx);
+        } else if self.leading {
+            self.stop_leading("another manager leads", ctx);
+        } else if self.leader.is_some() {
+            self.wake_settled();
         }
     }
 
@@ -82,8 +85,7 @@ impl StreamHandler<Replicated> for Manager {
             Replicated::Installed { upto } => {
                 log::info!("manager {}: a snapshot up to {upto} was installed", self.id);
                 if upto > self.applied {
-                    self.leading = false;
-                    self.settle(ctx);
+                    self.stop_leading("a snapshot replaced its records", ctx);
                 }
             }
             Replicated::Changes { upto, changes } => {
@@ -207,9 +209,7 @@ impl Manager {
                     if claim && act.leads() {
                         act.lead(ctx);
                     }
-                    for waiter in std::mem::take(&mut act.settled) {
-                        let _ = waiter.send(());
-                    }
+                    act.wake_settled();
                 }
                 Err(e) => {
                     log::warn!("manager {}: cannot take up its role yet: {e}", act.id);
@@ -221,6 +221,13 @@ impl Manager {
                 }
             }
         }));
+    }
+
+    /// Tells whoever waits that it has taken up a role.
+    fn wake_settled(&mut self) {
+        for waiter in std::mem::take(&mut self.settled) {
+            let _ = waiter.send(());
+        }
     }
 
     /// Takes commands from now on: catches up with the workers (what they
