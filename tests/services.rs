@@ -1110,7 +1110,7 @@ async fn replicas_and_clients_that_go_quiet_are_given_up_on_after_the_ports_idle
     assert_eq!(r.status(), 504);
     let body: Value = r.json().await.expect("a JSON error");
     let error = body["error"].as_str().unwrap_or_default();
-    assert!(error.contains("did not answer within 1s"), "{body}");
+    assert!(error.contains("did not answer within"), "{body}");
     assert!(
         after >= Duration::from_millis(900) && after < Duration::from_millis(1900),
         "answered after {after:?}: not one try of the port's 1 s"

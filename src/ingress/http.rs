@@ -12,13 +12,17 @@
 //! stream through as they come. A client that takes nothing of an answer
 //! for the idle timeout is cut off.
 //!
-//! HTTP/1 on both sides is hyper's (server and pooled client), on
-//! actix-server's threads (`[worker] ingress_threads`, default 1), each
-//! with its own client, whose connections to the replicas live on that
-//! thread. Requests and
+//! The replicas one request tries share one deadline: the idle timeout,
+//! never under a connection attempt's limit and a half.
+//!
+//! HTTP/1 on both sides is hyper's (server and pooled client), on threads
+//! of the port's own (`[worker] ingress_threads`, default 1), each a
+//! single-threaded runtime with its own client, whose connections to the
+//! replicas live on that thread, and its own [`Targets`]. Requests and
 //! responses pass through as they are parsed, only their connection
 //! headers changed.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,14 +37,16 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch};
 
 use super::budget::{BodyBudget, Held};
 use super::stall::{Stall, WriteTimeout};
-use super::{Place, Route, allowed, candidates};
+use super::{Place, Route, Targets, allowed};
 use crate::api_error::ApiError;
 use crate::service::spec::Balance;
 use crate::worker::endpoints::EndpointView;
@@ -79,7 +85,7 @@ type ReplicaClient = Client<HttpConnector, Full<Bytes>>;
 type Answer = Response<Either<Passed, Full<Bytes>>>;
 
 /// What every worker thread of one published port shares (each has its own
-/// client, whose connections to the replicas live on its runtime).
+/// [`Local`]).
 struct Balancer {
     route: Route,
     view: EndpointView,
@@ -89,19 +95,45 @@ struct Balancer {
     in_flight: Mutex<HashMap<SocketAddr, usize>>,
 }
 
+/// What one thread of a port keeps for itself: its client of the replicas
+/// (whose connections live on the thread's runtime) and its copy of where
+/// the replicas are.
+struct Local {
+    client: ReplicaClient,
+    targets: RefCell<Targets<Target>>,
+}
+
+/// A replica as a request is sent to it: its address, and that address
+/// as a URI's authority (made once, when the endpoints change).
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    authority: Authority,
+}
+
+impl Target {
+    fn new(addr: SocketAddr) -> Option<Self> {
+        let authority = Authority::try_from(addr.to_string()).ok()?;
+        Some(Target { addr, authority })
+    }
+}
+
+/// A client connection's far end, and the hop it adds to
+/// `X-Forwarded-For` (made once per connection).
+struct Peer {
+    addr: SocketAddr,
+    hop: HeaderValue,
+}
+
 impl Balancer {
     /// The replicas to try, in order.
-    fn order(&self) -> Vec<SocketAddr> {
-        let mut targets = candidates(
-            &self.view,
-            &self.route,
-            &self.place.node,
-            self.turn.fetch_add(1, Ordering::Relaxed),
-        );
+    fn order(&self, local: &Local) -> Vec<Target> {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut targets = local.targets.borrow_mut().order(turn);
         if self.least_conn()
             && let Ok(counts) = self.in_flight.lock()
         {
-            targets.sort_by_key(|t| counts.get(t).copied().unwrap_or(0));
+            targets.sort_by_key(|t| counts.get(&t.addr).copied().unwrap_or(0));
         }
         targets
     }
@@ -121,15 +153,30 @@ impl Balancer {
     }
 }
 
-/// Serves one published HTTP port until the returned server's handle stops
-/// it.
+/// A published HTTP port being served, until [`Serving::stop`] (or its
+/// drop): its threads then take no more connections and give the open
+/// ones [`SHUTDOWN_S`] to finish.
+pub struct Serving {
+    stop: watch::Sender<bool>,
+}
+
+impl Serving {
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Serves one published HTTP port on `place.threads` threads of its own,
+/// each a single-threaded runtime that takes connections from `listener`
+/// (non-blocking) and serves them to the end.
 pub fn serve(
     listener: std::net::TcpListener,
     route: Route,
     view: EndpointView,
     place: Place,
-) -> std::io::Result<actix_server::Server> {
+) -> std::io::Result<Serving> {
     let threads = place.threads.max(1);
+    let port = route.expose.publish;
     let balancer = Arc::new(Balancer {
         route,
         view,
@@ -137,24 +184,78 @@ pub fn serve(
         turn: AtomicUsize::new(0),
         in_flight: Mutex::new(HashMap::new()),
     });
-    Ok(actix_server::Server::build()
-        .workers(threads)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_S)
-        .max_concurrent_connections(MAX_CONNECTIONS)
-        .listen("ingress-http", listener, move || {
-            // Made on each worker thread: its pool lives there.
-            let client = Rc::new(replica_client());
-            let balancer = balancer.clone();
-            actix_service::fn_service(move |stream: actix_rt::net::TcpStream| {
-                let (balancer, client) = (balancer.clone(), client.clone());
-                async move {
-                    connection(stream, balancer, client).await;
-                    Ok::<(), Infallible>(())
-                }
-            })
-        })?
-        .run())
+    let (stop, stopped) = watch::channel(false);
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (balancer, stopped) = (balancer.clone(), stopped.clone());
+        std::thread::Builder::new()
+            .name(format!("ingress-{port}-{i}"))
+            .spawn(move || {
+                let tasks = tokio::task::LocalSet::new();
+                tasks.block_on(&runtime, take_connections(listener, balancer, stopped));
+                // The runtime's drop closes what is still open.
+            })?;
+    }
+    Ok(Serving { stop })
+}
+
+/// One thread's accept loop: each connection served in a task of its own
+/// on this thread, at most [`MAX_CONNECTIONS`] at once, until `stopped`.
+async fn take_connections(
+    listener: std::net::TcpListener,
+    balancer: Arc<Balancer>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let port = balancer.route.expose.publish;
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            log::error!("ingress: cannot take connections on port {port}: {e}");
+            return;
+        }
+    };
+    // Made on each thread: its pool lives there.
+    let local = Rc::new(Local {
+        client: replica_client(),
+        targets: RefCell::new(Targets::new(
+            balancer.view.clone(),
+            &balancer.route,
+            &balancer.place.node,
+            Target::new,
+        )),
+    });
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let place = tokio::select! {
+            place = places.clone().acquire_owned() => place,
+            _ = stopped.changed() => break,
+        };
+        let Ok(place) = place else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                log::warn!("ingress: accept on port {port}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (balancer, local) = (balancer.clone(), local.clone());
+        tokio::task::spawn_local(async move {
+            connection(stream, balancer, local).await;
+            drop(place);
+        });
+    }
+    drop(listener);
+    // The connections still open get a while to finish.
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(SHUTDOWN_S), places.acquire_many(all)).await;
 }
 
 /// The balancer's client of the replicas: plain HTTP/1, connections kept
@@ -170,20 +271,20 @@ fn replica_client() -> ReplicaClient {
 }
 
 /// Serves one client connection's requests, kept alive between them.
-async fn connection(
-    stream: actix_rt::net::TcpStream,
-    balancer: Arc<Balancer>,
-    client: Rc<ReplicaClient>,
-) {
-    let Ok(peer) = stream.peer_addr() else {
+async fn connection(stream: tokio::net::TcpStream, balancer: Arc<Balancer>, local: Rc<Local>) {
+    let Ok(addr) = stream.peer_addr() else {
         return;
     };
+    let Ok(hop) = HeaderValue::from_str(&client_hop(addr.ip())) else {
+        return;
+    };
+    let peer = Rc::new(Peer { addr, hop });
     let _ = stream.set_nodelay(true);
     // A client that takes nothing of an answer for this long is cut off.
     let stream = WriteTimeout::new(stream, balancer.route.expose.idle_timeout());
     let service = hyper::service::service_fn(move |req| {
-        let (balancer, client) = (balancer.clone(), client.clone());
-        async move { Ok::<_, Infallible>(forward(req, peer, &balancer, &client).await) }
+        let (balancer, local, peer) = (balancer.clone(), local.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(forward(req, &peer, &balancer, &local).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -191,7 +292,7 @@ async fn connection(
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if let Err(e) = served {
-        log::debug!("ingress: a connection from {peer} ended: {e}");
+        log::debug!("ingress: a connection from {addr} ended: {e}");
     }
 }
 
@@ -205,11 +306,11 @@ fn idempotent(method: &Method) -> bool {
 /// The replica's answer to `req`, or the balancer's error (JSON).
 async fn forward(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     balancer: &Arc<Balancer>,
-    client: &ReplicaClient,
+    local: &Local,
 ) -> Answer {
-    match pass(req, peer, balancer, client).await {
+    match pass(req, peer, balancer, local).await {
         Ok(answer) => answer,
         Err(e) => error_answer(&e),
     }
@@ -217,11 +318,11 @@ async fn forward(
 
 async fn pass(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     balancer: &Arc<Balancer>,
-    client: &ReplicaClient,
+    local: &Local,
 ) -> Result<Answer, ApiError> {
-    if !allowed(balancer.place.allow, peer.ip()) {
+    if !allowed(balancer.place.allow, peer.addr.ip()) {
         return Err(failure(
             StatusCode::FORBIDDEN,
             "this address serves the node's containers only",
@@ -231,10 +332,8 @@ async fn pass(
     // Held until the answer's head has come (the last retry is decided).
     let (body, _held) = read_body(body, &balancer.place.bodies).await?;
     strip_connection_headers(&mut head.headers);
-    let forwarded = forwarded_for(&head.headers, peer.ip());
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        head.headers.insert(X_FORWARDED_FOR, v);
-    }
+    let forwarded = forwarded_for(&head.headers, &peer.hop);
+    head.headers.insert(X_FORWARDED_FOR, forwarded);
     head.headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     // HTTP/1.1 to the replicas, whatever the client spoke: kept alive.
@@ -243,10 +342,16 @@ async fn pass(
         .uri
         .path_and_query()
         .cloned()
-        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let may_retry = idempotent(&head.method);
     // A replica that sends nothing for this long is given up on.
     let patience = balancer.route.expose.idle_timeout();
+    // All the replicas tried get this long together, never shorter than
+    // a connection attempt's own limit, so that a replica that cannot be
+    // connected to is skipped for the next, not answered 504 (a port's
+    // idle timeout may be 1 s).
+    let wait = patience.max(CONNECT_TIMEOUT + CONNECT_TIMEOUT / 2);
+    let deadline = tokio::time::Instant::now() + wait;
     // What went wrong with the last replica tried, answered when none
     // takes the request.
     let mut failed = failure(
@@ -256,21 +361,22 @@ async fn pass(
             balancer.route.service
         ),
     );
-    for target in balancer.order() {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(target.to_string())
-            .path_and_query(path.clone())
-            .build()
+    for Target {
+        addr: target,
+        authority,
+    } in balancer.order(local)
+    {
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path.clone());
+        let uri = Uri::from_parts(uri)
             .map_err(|e| ApiError::bad_request(format!("the request's path: {e}"), None))?;
         let mut out = Request::from_parts(head.clone(), Full::new(body.clone()));
         *out.uri_mut() = uri;
         let guard = InFlight::new(balancer, target);
-        // Never shorter than a connection attempt's own limit, so that a
-        // replica that cannot be connected to is skipped for the next, not
-        // answered 504 (a port's idle timeout may be 1 s).
-        let wait = patience.max(CONNECT_TIMEOUT + CONNECT_TIMEOUT / 2);
-        let response = match tokio::time::timeout(wait, client.request(out)).await {
+        let sent = tokio::time::timeout_at(deadline, local.client.request(out));
+        let response = match sent.await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 let retry = e.is_connect() || may_retry;
@@ -289,7 +395,10 @@ async fn pass(
             Err(_) => {
                 return Err(failure(
                     StatusCode::GATEWAY_TIMEOUT,
-                    format!("the replica at {target} did not answer within {patience:?}"),
+                    format!(
+                        "the replica at {target} did not answer within the request's \
+                         {wait:?} (shared by every replica it tries)"
+                    ),
                 ));
             }
         };
@@ -364,17 +473,26 @@ where
     Ok(whole.freeze())
 }
 
+/// The hop a client adds to `X-Forwarded-For`: its address (an IPv4
+/// client on an IPv6 socket as IPv4).
+fn client_hop(client: std::net::IpAddr) -> String {
+    client.to_canonical().to_string()
+}
+
 /// `X-Forwarded-For` for the replica: every earlier hop (all the header's
-/// lines), then the client (an IPv4 client on an IPv6 socket as IPv4).
-fn forwarded_for(headers: &HeaderMap, client: std::net::IpAddr) -> String {
-    let mut hops: Vec<String> = headers
+/// lines), then the client's `hop`.
+fn forwarded_for(headers: &HeaderMap, hop: &HeaderValue) -> HeaderValue {
+    let mut earlier = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    hops.push(client.to_canonical().to_string());
-    hops.join(", ")
+        .peekable();
+    if earlier.peek().is_none() {
+        return hop.clone();
+    }
+    let mut hops: Vec<&str> = earlier.collect();
+    hops.push(hop.to_str().unwrap_or_default());
+    HeaderValue::from_str(&hops.join(", ")).unwrap_or_else(|_| hop.clone())
 }
 
 fn busy(budget: &BodyBudget) -> ApiError {
@@ -566,16 +684,102 @@ mod tests {
         assert_eq!(streamed.map(|_| ()).unwrap_err().status, 413);
     }
 
+    /// A listener that takes no connection: its one place in the accept
+    /// queue is taken, so the kernel drops every further SYN and a connect
+    /// hangs.
+    fn black_hole() -> (std::net::TcpListener, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        let filler = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, filler)
+    }
+
+    fn replica_at(addr: SocketAddr) -> crate::service::Endpoint {
+        crate::service::Endpoint {
+            task: uuid::Uuid::new_v4(),
+            slot: 1,
+            node: "elsewhere".into(),
+            address: addr.ip().to_string(),
+            ports: [(8080, addr.port())].into(),
+            container_ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_replicas_a_request_tries_share_one_deadline() {
+        // Three replicas that cannot be connected to: each attempt takes
+        // the connect timeout (1 s), so without one deadline over them all
+        // the client would wait 3 s for a 502.
+        let holes: Vec<_> = (0..3).map(|_| black_hole()).collect();
+        let expose = crate::service::Expose {
+            port: 8080,
+            publish: 1,
+            protocol: crate::service::spec::Protocol::Http,
+            balance: Balance::RoundRobin,
+            proxy_protocol: false,
+            idle_timeout_s: Some(1),
+        };
+        let table = crate::service::EndpointTable::from([(
+            "web".to_string(),
+            Arc::new(crate::service::Endpoints {
+                service: "web".into(),
+                expose: vec![expose.clone()],
+                endpoints: holes
+                    .iter()
+                    .map(|(l, _)| replica_at(l.local_addr().unwrap()))
+                    .collect(),
+            }),
+        )]);
+        let (_feed, view) = watch::channel(Arc::new(table));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let at = listener.local_addr().unwrap();
+        let place = Place {
+            node: "here".into(),
+            addr: at.ip(),
+            allow: None,
+            threads: 1,
+            bodies: BodyBudget::new(1 << 20),
+        };
+        let route = Route {
+            service: "web".into(),
+            expose,
+        };
+        let serving = serve(listener, route, view, place).unwrap();
+        let client = crate::client::plain_http().unwrap();
+        let started = std::time::Instant::now();
+        let answer = client.get(format!("http://{at}/")).send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(answer.status(), 504);
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("shared by every replica"),
+            "{body}"
+        );
+        // 1.5 s for them all (the connect timeout and a half), not 3 s.
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        serving.stop();
+    }
+
+    fn hop(ip: &str) -> HeaderValue {
+        HeaderValue::from_str(&client_hop(ip.parse().unwrap())).unwrap()
+    }
+
     #[test]
     fn forwarded_for_keeps_every_hop_and_adds_the_client() {
-        let client: std::net::IpAddr = "::ffff:10.0.0.9".parse().unwrap();
-        assert_eq!(forwarded_for(&HeaderMap::new(), client), "10.0.0.9");
+        assert_eq!(
+            forwarded_for(&HeaderMap::new(), &hop("::ffff:10.0.0.9")),
+            "10.0.0.9"
+        );
         let h = headers(&[
             ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
             ("x-forwarded-for", "3.3.3.3"),
         ]);
         assert_eq!(
-            forwarded_for(&h, "fd00::1".parse().unwrap()),
+            forwarded_for(&h, &hop("fd00::1")),
             "1.1.1.1, 2.2.2.2, 3.3.3.3, fd00::1"
         );
     }

@@ -69,23 +69,80 @@ pub fn target(endpoint: &Endpoint, port: u16, node: &str) -> Option<SocketAddr> 
     Some(SocketAddr::new(ip, host_port))
 }
 
-/// The replicas' addresses for `route`, from `node`, starting at the
-/// `turn`th.
-fn candidates(view: &EndpointView, route: &Route, node: &str, turn: usize) -> Vec<SocketAddr> {
-    let table = view.borrow();
-    let Some(entry) = table.get(&route.service) else {
-        return Vec::new();
-    };
-    let all: Vec<SocketAddr> = entry
-        .endpoints
-        .iter()
-        .filter_map(|e| target(e, route.expose.port, node))
-        .collect();
-    if all.is_empty() {
-        return all;
+/// Where one thread of a published port reaches the replicas of its
+/// route: worked out from the node's endpoints only when they change, not
+/// for every request or connection. `T` is what a replica is reached by
+/// (an address, or an address with what a request needs of it; `reach`
+/// makes it, or drops a replica it cannot make one for).
+pub struct Targets<T> {
+    view: EndpointView,
+    service: String,
+    port: u16,
+    node: String,
+    reach: fn(SocketAddr) -> Option<T>,
+    all: Vec<T>,
+    /// The feed is gone, and what it sent last is in `all`.
+    ended: bool,
+}
+
+impl<T: Clone> Targets<T> {
+    pub fn new(
+        view: EndpointView,
+        route: &Route,
+        node: &str,
+        reach: fn(SocketAddr) -> Option<T>,
+    ) -> Self {
+        let mut targets = Targets {
+            view,
+            service: route.service.clone(),
+            port: route.expose.port,
+            node: node.to_string(),
+            reach,
+            all: Vec::new(),
+            ended: false,
+        };
+        targets.remake();
+        targets
     }
-    let start = turn % all.len();
-    all[start..].iter().chain(&all[..start]).copied().collect()
+
+    /// The replicas to try, in order, starting at the `turn`th. A view
+    /// whose sender is gone (the node stopping) keeps what it last knew.
+    pub fn order(&mut self, turn: usize) -> Vec<T> {
+        match self.view.has_changed() {
+            Ok(true) => self.remake(),
+            Ok(false) => {}
+            // Its last value may not have been seen yet.
+            Err(_) if !self.ended => {
+                self.remake();
+                self.ended = true;
+            }
+            Err(_) => {}
+        }
+        if self.all.is_empty() {
+            return Vec::new();
+        }
+        let start = turn % self.all.len();
+        self.all[start..]
+            .iter()
+            .chain(&self.all[..start])
+            .cloned()
+            .collect()
+    }
+
+    fn remake(&mut self) {
+        let table = self.view.borrow_and_update();
+        self.all = table
+            .get(&self.service)
+            .map(|entry| {
+                entry
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| target(e, self.port, &self.node))
+                    .filter_map(self.reach)
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
 }
 
 /// Whether a client at `peer` may use a listener that serves `allow`.
@@ -111,7 +168,7 @@ pub struct Place {
 /// A published port being served.
 enum Listener {
     Tcp(tokio::task::JoinHandle<()>),
-    Http(actix_server::ServerHandle),
+    Http(http::Serving),
 }
 
 impl Listener {
@@ -129,21 +186,19 @@ impl Listener {
                     place.clone(),
                 )))
             }
-            Protocol::Http => {
-                let server = http::serve(listener, route.clone(), view.clone(), place.clone())?;
-                let handle = server.handle();
-                actix_rt::spawn(server);
-                Listener::Http(handle)
-            }
+            Protocol::Http => Listener::Http(http::serve(
+                listener,
+                route.clone(),
+                view.clone(),
+                place.clone(),
+            )?),
         })
     }
 
     fn close(self) {
         match self {
             Listener::Tcp(task) => task.abort(),
-            Listener::Http(handle) => {
-                actix_rt::spawn(async move { handle.stop(true).await });
-            }
+            Listener::Http(serving) => serving.stop(),
         }
     }
 }
@@ -222,6 +277,57 @@ mod tests {
             ports: [(8080, 32001)].into(),
             container_ip: container_ip.map(|ip| ip.parse().expect("an address")),
         }
+    }
+
+    fn table(endpoints: Vec<Endpoint>) -> std::sync::Arc<EndpointTable> {
+        std::sync::Arc::new(EndpointTable::from([(
+            "web".to_string(),
+            std::sync::Arc::new(crate::service::Endpoints {
+                service: "web".into(),
+                expose: Vec::new(),
+                endpoints,
+            }),
+        )]))
+    }
+
+    fn route() -> Route {
+        Route {
+            service: "web".into(),
+            expose: Expose {
+                port: 8080,
+                publish: 80,
+                protocol: Protocol::Http,
+                balance: Default::default(),
+                proxy_protocol: false,
+                idle_timeout_s: None,
+            },
+        }
+    }
+
+    #[test]
+    fn targets_turn_round_follow_changes_and_outlive_their_feed() {
+        let (a, b) = (endpoint("w2", None), endpoint("w3", None));
+        let mut b = b;
+        b.address = "10.0.0.6".into();
+        let (feed, view) = tokio::sync::watch::channel(table(vec![a.clone(), b.clone()]));
+        let mut targets = Targets::new(view, &route(), "w1", Some);
+        let (ta, tb) = (
+            target(&a, 8080, "w1").unwrap(),
+            target(&b, 8080, "w1").unwrap(),
+        );
+        assert_eq!(targets.order(0), [ta, tb]);
+        assert_eq!(targets.order(1), [tb, ta]);
+        assert_eq!(targets.order(2), [ta, tb]);
+        // A change is seen at the next order.
+        feed.send_replace(table(vec![b.clone()]));
+        assert_eq!(targets.order(0), [tb]);
+        feed.send_replace(table(Vec::new()));
+        assert!(targets.order(7).is_empty());
+        // The feed gone (the node stopping): the last known stays.
+        feed.send_replace(table(vec![a]));
+        drop(feed);
+        assert_eq!(targets.order(0), [ta]);
+        assert_eq!(targets.order(1), [ta]);
     }
 
     #[test]

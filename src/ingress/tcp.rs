@@ -7,7 +7,6 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -15,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Route, allowed, candidates, splice};
+use super::{Route, Targets, allowed, splice};
 use crate::worker::endpoints::EndpointView;
 
 /// Connections one published port carries at once; more wait for a place.
@@ -23,7 +22,8 @@ const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub async fn serve(listener: TcpListener, route: Route, view: EndpointView, at: super::Place) {
-    let turn = Arc::new(AtomicUsize::new(0));
+    let mut targets = Targets::new(view, &route, &at.node, Some);
+    let mut turn = 0usize;
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(place) = places.clone().acquire_owned().await else {
@@ -40,8 +40,8 @@ pub async fn serve(listener: TcpListener, route: Route, view: EndpointView, at: 
         if !allowed(at.allow, peer.ip()) {
             continue;
         }
-        let turn = turn.fetch_add(1, Ordering::Relaxed);
-        let targets = candidates(&view, &route, &at.node, turn);
+        let targets = targets.order(turn);
+        turn = turn.wrapping_add(1);
         let proxy = route.expose.proxy_protocol;
         let idle = route.expose.idle_timeout();
         actix_rt::spawn(async move {

@@ -55,7 +55,8 @@ pub struct Expose {
     /// A `tcp` connection that carries no byte either way for this long is
     /// closed (so idle clients cannot hold the port's places forever); on
     /// an `http` port, a replica that sends nothing for this long is given
-    /// up on (504 before its answer began). Default: [`Expose::idle_timeout`].
+    /// up on (504 before its answer began), and the replicas one request
+    /// tries get this long together. Default: [`Expose::idle_timeout`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_s: Option<u32>,
 }
