@@ -282,23 +282,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("worker: cannot listen on {worker_addr}"))?;
         let (follower, endpoint_view) = EndpointFollower::new(&wc.name, manager.clone());
         follower.start();
-        let ingress = crate::ingress::Place {
-            node: wc.name.clone(),
-            addr: wc.ingress_addr,
-            allow: None,
-            threads: wc.ingress_threads,
-            bodies: crate::ingress::budget::BodyBudget::new(crate::ingress::budget::BODY_BUDGET),
-        };
-        actix_rt::spawn(crate::ingress::run(ingress.clone(), endpoint_view.clone()));
-        if let Some(at) = wc.dns_listen {
-            let listen = crate::dns::Listen {
-                at,
-                balancer: host_balancer(wc.ingress_addr, at.ip()),
-                // The host asking its own address comes from that address.
-                allow: (!at.ip().is_unspecified()).then(|| ipnet::IpNet::from(at.ip())),
-            };
-            actix_rt::spawn(crate::dns::run(listen, endpoint_view.clone()));
-        }
         let worker = Worker::new(
             wc,
             manager,
@@ -310,6 +293,24 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             std::sync::Arc::new(DockerEngine::local()),
         )
         .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir));
+        let ingress = crate::ingress::Place {
+            node: wc.name.clone(),
+            addr: wc.ingress_addr,
+            allow: None,
+            threads: wc.ingress_threads,
+            bodies: crate::ingress::budget::BodyBudget::new(crate::ingress::budget::BODY_BUDGET),
+            running: worker.running_view(),
+        };
+        actix_rt::spawn(crate::ingress::run(ingress.clone(), endpoint_view.clone()));
+        if let Some(at) = wc.dns_listen {
+            let listen = crate::dns::Listen {
+                at,
+                balancer: host_balancer(wc.ingress_addr, at.ip()),
+                // The host asking its own address comes from that address.
+                allow: (!at.ip().is_unspecified()).then(|| ipnet::IpNet::from(at.ip())),
+            };
+            actix_rt::spawn(crate::dns::run(listen, endpoint_view.clone()));
+        }
         actix_rt::spawn(serve_containers(
             worker.network_view(),
             ingress,

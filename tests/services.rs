@@ -1346,3 +1346,113 @@ async fn a_network_removed_behind_the_workers_back_is_made_again_and_served() {
     .await;
     cluster.client().remove_service("web").await.unwrap();
 }
+
+/// A bridge network made by the test with a subnet (and gateway) of its
+/// own, so that a container can be given an address on it; removed when
+/// dropped.
+struct OwnSubnet {
+    name: String,
+}
+
+impl OwnSubnet {
+    fn new() -> Self {
+        let name = format!("subnet-{}", std::process::id());
+        for third in (0..250u8).map(|i| (std::process::id() as u8).wrapping_add(i)) {
+            let made = std::process::Command::new("docker")
+                .args(["network", "create", "--driver", "bridge"])
+                .arg(format!("--subnet=10.251.{third}.0/24"))
+                .arg(format!("--gateway=10.251.{third}.1"))
+                .arg(&name)
+                .output()
+                .unwrap();
+            if made.status.success() {
+                return OwnSubnet { name };
+            }
+        }
+        panic!("no free 10.251.x.0/24 for a test network");
+    }
+}
+
+impl Drop for OwnSubnet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_local_replicas_address_is_not_reached_once_its_container_is_gone() {
+    ensure_image();
+    // Dropped last: after the cluster's guard has removed its containers.
+    let subnet = OwnSubnet::new();
+    let worker = format!(
+        "ingress_addr = \"127.0.0.2\"\nnetwork = \"{}\"",
+        subnet.name
+    );
+    let cluster = Cluster::split_with("round-robin", &[&worker]);
+    cluster.ready().await;
+    let publish = free_port();
+    let mut spec = web(2, "real");
+    spec["expose"] = json!([{"port": 7777, "publish": publish, "protocol": "http"}]);
+    cluster.client().create_service(&spec).await.unwrap();
+    let (tasks, _) = running(&cluster, 2, "two replicas").await;
+    let root = format!("http://127.0.0.2:{publish}/");
+    wait_for("the balancer to forward to both replicas", T, || {
+        let root = root.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..4 {
+                seen.insert(plain_get(&root).await.ok()?.text().await.ok()?);
+            }
+            (seen.len() == 2).then_some(())
+        }
+    })
+    .await;
+    // The manager frozen: its endpoints go on listing the replica whose
+    // container is removed behind Cube's back, and the address it had is
+    // taken by a container that is no replica at all.
+    let victim = &tasks[0];
+    let ip = victim.container_ip.expect("a container address");
+    cluster.nodes[0].pause();
+    let out = std::process::Command::new("docker")
+        .args(["rm", "-f", victim.container_id.as_deref().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let label = format!("cube.node={}", cluster.worker_names[0]);
+    let out = std::process::Command::new("docker")
+        .args(["run", "-d", "--network", &subnet.name])
+        .arg(format!("--ip={ip}"))
+        .args(["--label", &label, "-e", "GREETING=impostor", IMAGE])
+        .args(["/echo", "serve", "7777"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let impostor = format!("http://{ip}:7777/");
+    wait_for(
+        "the impostor to answer at the replica's old address",
+        T,
+        || {
+            let impostor = impostor.clone();
+            async move {
+                let text = plain_get(&impostor).await.ok()?.text().await.ok()?;
+                text.starts_with("impostor").then_some(())
+            }
+        },
+    )
+    .await;
+    // Only the live replica answers through the balancer.
+    for i in 0..40 {
+        let r = plain_get(&root).await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let text = r.text().await.unwrap();
+        assert!(text.starts_with("real"), "request {i} reached {text:?}");
+    }
+    cluster.nodes[0].resume();
+    cluster.client().remove_service("web").await.unwrap();
+}

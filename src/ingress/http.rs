@@ -222,6 +222,7 @@ async fn take_connections(
         client: replica_client(),
         targets: RefCell::new(Targets::new(
             balancer.view.clone(),
+            balancer.place.running.clone(),
             &balancer.route,
             &balancer.place.node,
             Target::new,
@@ -740,6 +741,7 @@ mod tests {
             allow: None,
             threads: 1,
             bodies: BodyBudget::new(1 << 20),
+            running: watch::channel(Default::default()).1,
         };
         let route = Route {
             service: "web".into(),

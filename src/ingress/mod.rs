@@ -26,7 +26,7 @@ use ipnet::IpNet;
 
 use crate::service::spec::Protocol;
 use crate::service::{Endpoint, EndpointTable, Expose};
-use crate::worker::endpoints::EndpointView;
+use crate::worker::endpoints::{EndpointView, Running, RunningView};
 
 /// What one published port serves: a service's exposed port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,16 +54,19 @@ pub fn routes(table: &EndpointTable) -> HashMap<u16, Route> {
 }
 
 /// Where the balancer of `node` reaches `endpoint`'s container port
-/// `port`: at the container's address when it runs on `node`, else at its
-/// node's address and host port.
-pub fn target(endpoint: &Endpoint, port: u16, node: &str) -> Option<SocketAddr> {
+/// `port`: a replica of `node` only while `node`'s worker sees it run
+/// (`running`), at its container's address as the worker saw it; one
+/// elsewhere at its node's address and host port.
+pub fn target(endpoint: &Endpoint, port: u16, node: &str, running: &Running) -> Option<SocketAddr> {
     // Only a port the replica's task publishes (an older version of the
     // service may not have it).
     let host_port = *endpoint.ports.get(&port)?;
-    if endpoint.node == node
-        && let Some(ip) = endpoint.container_ip
-    {
-        return Some(SocketAddr::new(ip, port));
+    if endpoint.node == node {
+        // Not running here (any more, or yet): its old address may be
+        // another container's.
+        if let Some(ip) = running.get(&endpoint.task)? {
+            return Some(SocketAddr::new(*ip, port));
+        }
     }
     let ip = endpoint.address.parse().ok()?;
     Some(SocketAddr::new(ip, host_port))
@@ -76,24 +79,27 @@ pub fn target(endpoint: &Endpoint, port: u16, node: &str) -> Option<SocketAddr> 
 /// makes it, or drops a replica it cannot make one for).
 pub struct Targets<T> {
     view: EndpointView,
+    running: RunningView,
     service: String,
     port: u16,
     node: String,
     reach: fn(SocketAddr) -> Option<T>,
     all: Vec<T>,
-    /// The feed is gone, and what it sent last is in `all`.
+    /// A view's sender is gone, and what both said last is in `all`.
     ended: bool,
 }
 
 impl<T: Clone> Targets<T> {
     pub fn new(
         view: EndpointView,
+        running: RunningView,
         route: &Route,
         node: &str,
         reach: fn(SocketAddr) -> Option<T>,
     ) -> Self {
         let mut targets = Targets {
             view,
+            running,
             service: route.service.clone(),
             port: route.expose.port,
             node: node.to_string(),
@@ -105,18 +111,19 @@ impl<T: Clone> Targets<T> {
         targets
     }
 
-    /// The replicas to try, in order, starting at the `turn`th. A view
-    /// whose sender is gone (the node stopping) keeps what it last knew.
+    /// The replicas to try, in order, starting at the `turn`th. Views
+    /// whose senders are gone (the node stopping) keep what they last
+    /// said.
     pub fn order(&mut self, turn: usize) -> Vec<T> {
-        match self.view.has_changed() {
-            Ok(true) => self.remake(),
-            Ok(false) => {}
-            // Its last value may not have been seen yet.
-            Err(_) if !self.ended => {
+        match (self.view.has_changed(), self.running.has_changed()) {
+            (Ok(changed), Ok(moved)) if changed || moved => self.remake(),
+            (Ok(_), Ok(_)) => {}
+            // Their last values may not have been seen yet.
+            _ if !self.ended => {
                 self.remake();
                 self.ended = true;
             }
-            Err(_) => {}
+            _ => {}
         }
         if self.all.is_empty() {
             return Vec::new();
@@ -130,6 +137,7 @@ impl<T: Clone> Targets<T> {
     }
 
     fn remake(&mut self) {
+        let running = self.running.borrow_and_update().clone();
         let table = self.view.borrow_and_update();
         self.all = table
             .get(&self.service)
@@ -137,7 +145,7 @@ impl<T: Clone> Targets<T> {
                 entry
                     .endpoints
                     .iter()
-                    .filter_map(|e| target(e, self.port, &self.node))
+                    .filter_map(|e| target(e, self.port, &self.node, &running))
                     .filter_map(self.reach)
                     .collect()
             })
@@ -163,6 +171,8 @@ pub struct Place {
     /// The request bodies the node's balancer may hold at once (shared by
     /// every place of the node).
     pub bodies: std::sync::Arc<budget::BodyBudget>,
+    /// The node's tasks that run, as its worker sees them.
+    pub running: RunningView,
 }
 
 /// A published port being served.
@@ -304,16 +314,20 @@ mod tests {
         }
     }
 
+    fn none_here() -> Running {
+        Running::new()
+    }
+
     #[test]
     fn targets_turn_round_follow_changes_and_outlive_their_feed() {
-        let (a, b) = (endpoint("w2", None), endpoint("w3", None));
-        let mut b = b;
+        let (a, mut b) = (endpoint("w2", None), endpoint("w3", None));
         b.address = "10.0.0.6".into();
         let (feed, view) = tokio::sync::watch::channel(table(vec![a.clone(), b.clone()]));
-        let mut targets = Targets::new(view, &route(), "w1", Some);
+        let (_worker, running) = tokio::sync::watch::channel(std::sync::Arc::new(none_here()));
+        let mut targets = Targets::new(view, running, &route(), "w1", Some);
         let (ta, tb) = (
-            target(&a, 8080, "w1").unwrap(),
-            target(&b, 8080, "w1").unwrap(),
+            target(&a, 8080, "w1", &none_here()).unwrap(),
+            target(&b, 8080, "w1", &none_here()).unwrap(),
         );
         assert_eq!(targets.order(0), [ta, tb]);
         assert_eq!(targets.order(1), [tb, ta]);
@@ -331,10 +345,34 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_here_is_reached_only_while_this_nodes_worker_sees_it_run() {
+        let here = endpoint("w1", Some("172.18.0.3"));
+        let (_feed, view) = tokio::sync::watch::channel(table(vec![here.clone()]));
+        let (worker, running) = tokio::sync::watch::channel(std::sync::Arc::new(none_here()));
+        let mut targets = Targets::new(view, running, &route(), "w1", Some);
+        // The manager's endpoints list it, its worker does not (yet, or
+        // any more): not reached, at its old address or any.
+        assert!(targets.order(0).is_empty());
+        // Its worker sees it run, at a newer address than the endpoints'.
+        worker.send_replace(std::sync::Arc::new(Running::from([(
+            here.task,
+            Some("172.18.0.9".parse().unwrap()),
+        )])));
+        assert_eq!(
+            targets.order(0),
+            ["172.18.0.9:8080".parse::<SocketAddr>().unwrap()]
+        );
+        // Its container dies: out at once, whatever the endpoints say.
+        worker.send_replace(std::sync::Arc::new(none_here()));
+        assert!(targets.order(0).is_empty());
+    }
+
+    #[test]
     fn a_replica_on_this_node_is_reached_at_its_container() {
         let local = endpoint("w1", Some("172.18.0.3"));
+        let running = Running::from([(local.task, local.container_ip)]);
         assert_eq!(
-            target(&local, 8080, "w1"),
+            target(&local, 8080, "w1", &running),
             Some("172.18.0.3:8080".parse().expect("an address"))
         );
     }
@@ -343,18 +381,20 @@ mod tests {
     fn a_replica_elsewhere_is_reached_at_its_node_and_host_port() {
         let remote = endpoint("w2", Some("172.18.0.3"));
         assert_eq!(
-            target(&remote, 8080, "w1"),
+            target(&remote, 8080, "w1", &none_here()),
             Some("10.0.0.5:32001".parse().expect("an address"))
         );
-        // No container address known (an older worker): the host port.
+        // Running here on no network of the node's: the host port.
         let local = endpoint("w1", None);
+        let running = Running::from([(local.task, None)]);
         assert_eq!(
-            target(&local, 8080, "w1"),
+            target(&local, 8080, "w1", &running),
             Some("10.0.0.5:32001".parse().expect("an address"))
         );
         // A port it does not publish is not reached, here or elsewhere.
-        assert_eq!(target(&remote, 9090, "w1"), None);
+        assert_eq!(target(&remote, 9090, "w1", &none_here()), None);
         let local = endpoint("w1", Some("172.18.0.3"));
-        assert_eq!(target(&local, 9090, "w1"), None);
+        let running = Running::from([(local.task, local.container_ip)]);
+        assert_eq!(target(&local, 9090, "w1", &running), None);
     }
 }

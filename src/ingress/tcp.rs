@@ -22,7 +22,7 @@ const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub async fn serve(listener: TcpListener, route: Route, view: EndpointView, at: super::Place) {
-    let mut targets = Targets::new(view, &route, &at.node, Some);
+    let mut targets = Targets::new(view, at.running.clone(), &route, &at.node, Some);
     let mut turn = 0usize;
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {

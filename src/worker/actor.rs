@@ -8,12 +8,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::endpoints::{Running, RunningView, running};
 use super::events::DockerEvents;
 use super::orphans::orphans;
 use super::record::WorkerTaskRecord;
@@ -82,6 +84,8 @@ pub struct Worker {
     network_name: String,
     network: Option<ContainerNetwork>,
     network_tx: watch::Sender<Option<ContainerNetwork>>,
+    /// The tasks that run here, said for the node's balancer.
+    running_tx: watch::Sender<Arc<Running>>,
     /// Making the network is under way.
     network_pending: bool,
     manager: Client,
@@ -157,6 +161,7 @@ impl Worker {
             network_name: config.network.clone(),
             network: None,
             network_tx: watch::Sender::new(None),
+            running_tx: watch::Sender::new(Arc::default()),
             network_pending: false,
             manager,
             beat_client: beat,
@@ -191,6 +196,23 @@ impl Worker {
     /// it (see `runtime::ContainerNetwork`).
     pub fn network_view(&self) -> watch::Receiver<Option<ContainerNetwork>> {
         self.network_tx.subscribe()
+    }
+
+    /// Where the tasks that run here are said, as their statuses change.
+    pub fn running_view(&self) -> RunningView {
+        self.running_tx.subscribe()
+    }
+
+    /// Says the tasks that run here now, when that changed.
+    fn publish_running(&self) {
+        let now = running(self.tasks.values().map(|held| &held.record.status));
+        self.running_tx.send_if_modified(|said| {
+            let changed = **said != now;
+            if changed {
+                *said = Arc::new(now);
+            }
+            changed
+        });
     }
 
     /// The files of this worker's certificate, deleted if the cluster
@@ -378,6 +400,7 @@ impl Worker {
     /// reports are ignored from now on, being of another attempt).
     fn retire(&mut self, id: Uuid, ctx: &mut Context<Self>) -> Option<WorkerTaskRecord> {
         let held = self.tasks.remove(&id)?;
+        self.publish_running();
         self.outbox.remove(&id);
         if let Some(supervisor) = held.supervisor {
             let attempt = held.record.status.attempt;
@@ -634,6 +657,8 @@ impl Actor for Worker {
             let stop_requested = self.tasks.get(&id).is_some_and(|h| h.record.stop_requested);
             self.supervise(id, Origin::Stored { stop_requested }, ctx);
         }
+        // As stored, until their supervisors have looked at them.
+        self.publish_running();
         self.register(ctx);
         ctx.run_interval(self.heartbeat, |act, ctx| act.beat(ctx));
     }
@@ -719,6 +744,7 @@ impl Handler<Assign> for Worker {
                                 },
                             );
                             act.supervise(id, Origin::Assigned, ctx);
+                            act.publish_running();
                             Ok(status)
                         }
                     }
@@ -799,6 +825,9 @@ impl Handler<StatusChanged> for Worker {
             held.supervisor = None;
         }
         let write = self.store.send(Put(held.record.clone()));
+        // Before the report: this node's balancer leaves a container that
+        // is gone before the manager has heard of it.
+        self.publish_running();
         ctx.spawn(
             async move {
                 if let Err(e) = async { write.await? }.await {

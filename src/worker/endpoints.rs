@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::service::EndpointTable;
 use crate::service::endpoints::FeedLine;
+use crate::task::TaskState;
+use crate::wire::TaskStatus;
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// The feed sends at least an empty line every 3 s; silence this long
@@ -24,6 +26,27 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where a node's parts read the endpoints from.
 pub type EndpointView = watch::Receiver<Arc<EndpointTable>>;
+
+/// This node's tasks that run, as its own worker last saw them, and the
+/// address of each one's container (none when it is on no network of
+/// the node's): the node's balancer reaches a replica of its own node only
+/// while it is here, never at an address the manager's endpoints still
+/// give for a container that is gone (the address may be another's by
+/// then).
+pub type Running = std::collections::HashMap<uuid::Uuid, Option<std::net::IpAddr>>;
+
+/// Where the node's balancer reads [`Running`] from (the worker alone
+/// writes it).
+pub type RunningView = watch::Receiver<Arc<Running>>;
+
+/// The tasks of `statuses` that run, with their containers' addresses.
+pub fn running<'a>(statuses: impl IntoIterator<Item = &'a TaskStatus>) -> Running {
+    statuses
+        .into_iter()
+        .filter(|s| s.state == TaskState::Running)
+        .map(|s| (s.task_id, s.container_ip))
+        .collect()
+}
 
 pub struct EndpointFollower {
     name: String,
@@ -140,6 +163,45 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn status(state: TaskState, ip: Option<&str>) -> TaskStatus {
+        TaskStatus {
+            task_id: uuid::Uuid::new_v4(),
+            attempt: 1,
+            node: "w1".into(),
+            state,
+            container_id: None,
+            host_ports: Default::default(),
+            container_ip: ip.map(|ip| ip.parse().unwrap()),
+            exit_code: None,
+            error: None,
+            at: chrono::Utc::now(),
+            seq: 0,
+            restart_count: 0,
+            started_at: None,
+            next_restart_at: None,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn only_tasks_that_run_are_running_with_their_addresses() {
+        let statuses = [
+            status(TaskState::Running, Some("172.18.0.2")),
+            status(TaskState::Running, None),
+            status(TaskState::Scheduled, Some("172.18.0.3")),
+            status(TaskState::Failed, None),
+            status(TaskState::Completed, None),
+        ];
+        let now = running(&statuses);
+        assert_eq!(
+            now,
+            Running::from([
+                (statuses[0].task_id, statuses[0].container_ip),
+                (statuses[1].task_id, None),
+            ])
+        );
     }
 
     #[test]
