@@ -13,15 +13,14 @@ use actix_web::web;
 use anyhow::Context as _;
 
 use crate::client::Client;
-use crate::config::{
-    ClientFile, ManagerConfig, NodeConfig, Role, WorkerConfig, default_client_file,
-};
+use crate::config::{ManagerConfig, NodeConfig, Role, WorkerConfig, default_client_file};
 use crate::core::tokens::{Role as TokenRole, TokenRecord};
 use crate::listener::divert::Divert;
 use crate::manager::Manager;
 use crate::manager::actor::Published;
 use crate::manager::actor::Settled;
 use crate::manager::auth::Tokens;
+use crate::manager::client_file;
 use crate::manager::consensus;
 use crate::manager::forward::ToLeader;
 use crate::manager::join::JoinAuthority;
@@ -34,7 +33,6 @@ use crate::runtime::docker::DockerEngine;
 use crate::security::files::MANAGER_NAME;
 use crate::security::files::{load_node_keys, manager_keys, save_node_keys};
 use crate::security::identity::Identity;
-use crate::security::pki::write_file;
 use crate::security::renewal::Renewal;
 use crate::security::secret::sha256_hex;
 use crate::security::tls::{ClientCerts, Expect, NodeTls};
@@ -127,7 +125,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .tls
             .server(ClientCerts::Optional)
             .context("manager: TLS set-up")?;
-        write_client_file(mc, &config.data_dir, &url, &keys.admin_secret);
+        if let Some(at) = client_file_at(mc, &config.data_dir, &keys.admin_secret) {
+            client_file::write_first(&at, &url);
+            actix_rt::spawn(client_file::keep(at, url.clone(), consensus.raft.clone()));
+        }
         let own_tls = keys.tls.clone();
         let (endpoints_tx, endpoints_rx) =
             watch::channel(Arc::new(crate::core::services::endpoint_table(&state)));
@@ -476,28 +477,21 @@ fn log_manager_keys(data_dir: &Path, new_cluster: bool) {
     );
 }
 
-/// Writes the CLI's client file (the manager's URL, the CA, the admin
-/// token; 0600), so that a user on this machine reaches the manager with
-/// no flags. Failing to write it is not fatal: the tokens are in the data
-/// dir.
-fn write_client_file(mc: &ManagerConfig, data_dir: &Path, url: &str, admin_secret: &str) {
+/// Where the CLI's client file goes (`[manager] client_file`, or
+/// `~/.cube/client.toml`) and what it holds beside the managers' URLs.
+fn client_file_at(
+    mc: &ManagerConfig,
+    data_dir: &Path,
+    admin_secret: &str,
+) -> Option<client_file::ClientFileAt> {
     let Some(path) = mc.client_file.clone().or_else(default_client_file) else {
         log::warn!("manager: no home directory; no client file written");
-        return;
+        return None;
     };
     let ca = crate::security::files::ca_path(data_dir);
-    let ca = std::path::absolute(&ca).unwrap_or(ca);
-    let text = ClientFile {
-        manager: url.to_string(),
-        ca: ca.clone(),
+    Some(client_file::ClientFileAt {
+        path,
+        ca: std::path::absolute(&ca).unwrap_or(ca),
         token: admin_secret.to_string(),
-    }
-    .to_toml();
-    match write_file(&path, text.as_bytes(), true) {
-        Ok(()) => log::info!(
-            "manager: client file for the CLI written to {}",
-            path.display()
-        ),
-        Err(e) => log::warn!("manager: cannot write the client file: {e}"),
-    }
+    })
 }

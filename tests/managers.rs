@@ -566,7 +566,42 @@ async fn a_manager_whose_data_dir_is_lost_joins_again_and_catches_up_from_a_snap
         .id;
     // More entries than a snapshot leaves in the log.
     let mut ids = pending_tasks(&cluster, "before", 30).await;
+    // Its machine's client file names every manager, itself first ...
+    let client_file = cluster.dir.path().join(format!("client-{lost}.toml"));
+    let others: Vec<&String> = (0..3)
+        .filter(|&i| i != lost)
+        .map(|i| &cluster.urls[i])
+        .collect();
+    let listed = wait_or_logs(
+        cluster.dir.path(),
+        "the client file to name every manager",
+        SETUP,
+        || async {
+            let file = cube::config::ClientFile::load(&client_file).ok()?;
+            let urls: Vec<String> = file.manager.split(',').map(str::to_string).collect();
+            (urls.len() == 3
+                && urls[0] == cluster.urls[lost]
+                && others.iter().all(|u| urls.contains(u)))
+            .then_some(file.manager)
+        },
+    )
+    .await;
+    println!("manager {lost}'s client file names {listed}");
     cluster.managers[lost].kill9();
+    // ... so the CLI there still reaches the cluster with it down.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cube"))
+        .arg("--client-file")
+        .arg(&client_file)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the CLI with a dead manager's client file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tasks: Vec<Value> = serde_json::from_slice(&out.stdout).expect("tasks as JSON");
+    assert!(tasks.len() >= ids.len(), "{} tasks listed", tasks.len());
     std::fs::remove_dir_all(cluster.dir.path().join(format!("m{lost}"))).expect("data dir");
     ids.extend(pending_tasks(&cluster, "while-gone", 15).await);
     cluster.managers[lost].restart();

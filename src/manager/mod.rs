@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod auth;
+pub mod client_file;
 pub mod consensus;
 pub mod events;
 pub mod forward;

@@ -22,6 +22,8 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 pub type ChangeMembers = openraft::ChangeMembers<NodeId, Member>;
 /// What a Raft says of itself: its role, who leads, the log.
 pub type Metrics = openraft::RaftMetrics<NodeId, Member>;
+/// Who the managers are: the voters, and every member's id and URL.
+pub type Membership = openraft::Membership<NodeId, Member>;
 
 /// A manager in the Raft cluster: its name and where its API is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
