@@ -724,18 +724,27 @@ impl Cluster {
             .expect("manager unreachable")
     }
 
-    /// Waits until the task is in `state` and returns its record.
+    /// Waits until the task is in `state` and returns its record; fails
+    /// with the task as last seen and the nodes' logs.
     pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> TaskRecord {
         let client = self.client();
-        let what = format!("task {id} to be {state}");
-        wait_for(&what, timeout, || {
-            let client = client.clone();
-            async move {
-                let t = client.task(id).await.ok()?;
-                (t.state.as_str() == state).then_some(t)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = None;
+        loop {
+            match client.task(id).await {
+                Ok(t) if t.state.as_str() == state => return t,
+                Ok(t) => seen = Some(t),
+                Err(_) => {}
             }
-        })
-        .await
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for task {id} to be {state}; last seen: \
+                     {seen:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn logs(&self) -> String {
