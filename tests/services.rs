@@ -1089,17 +1089,7 @@ async fn replicas_and_clients_that_go_quiet_are_given_up_on_after_the_ports_idle
     running(&cluster, 2, "two replicas").await;
     let base = format!("http://127.0.0.2:{publish}");
     let root = format!("{base}/");
-    wait_for("the balancer to forward to both replicas", T, || {
-        let root = root.clone();
-        async move {
-            let mut seen = std::collections::BTreeSet::new();
-            for _ in 0..4 {
-                seen.insert(plain_get(&root).await.ok()?.text().await.ok()?);
-            }
-            (seen.len() == 2).then_some(())
-        }
-    })
-    .await;
+    forwards_to_both(&root).await;
     // Each replica takes the request and sends nothing (for two minutes):
     // the balancer answers 504 once the port's 1 s has passed, not after
     // the default 60 s, and does not try the other replica (1 s more).
@@ -1347,6 +1337,22 @@ async fn a_network_removed_behind_the_workers_back_is_made_again_and_served() {
     cluster.client().remove_service("web").await.unwrap();
 }
 
+/// Waits until requests to `root` reach two different replicas.
+async fn forwards_to_both(root: &str) {
+    wait_for(
+        "the balancer to forward to both replicas",
+        T,
+        || async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..4 {
+                seen.insert(plain_get(root).await.ok()?.text().await.ok()?);
+            }
+            (seen.len() == 2).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A bridge network made by the test with a subnet (and gateway) of its
 /// own, so that a container can be given an address on it; removed when
 /// dropped.
@@ -1398,17 +1404,7 @@ async fn a_local_replicas_address_is_not_reached_once_its_container_is_gone() {
     cluster.client().create_service(&spec).await.unwrap();
     let (tasks, _) = running(&cluster, 2, "two replicas").await;
     let root = format!("http://127.0.0.2:{publish}/");
-    wait_for("the balancer to forward to both replicas", T, || {
-        let root = root.clone();
-        async move {
-            let mut seen = std::collections::BTreeSet::new();
-            for _ in 0..4 {
-                seen.insert(plain_get(&root).await.ok()?.text().await.ok()?);
-            }
-            (seen.len() == 2).then_some(())
-        }
-    })
-    .await;
+    forwards_to_both(&root).await;
     // The manager frozen: its endpoints go on listing the replica whose
     // container is removed behind Cube's back, and the address it had is
     // taken by a container that is no replica at all.

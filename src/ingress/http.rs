@@ -187,16 +187,25 @@ pub fn serve(
     let (stop, stopped) = watch::channel(false);
     for i in 0..threads {
         let listener = listener.try_clone()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let (balancer, stopped) = (balancer.clone(), stopped.clone());
+        // The runtime is made on its own thread: one made here and dropped
+        // here (a spawn that fails) would panic in this async context.
         std::thread::Builder::new()
             .name(format!("ingress-{port}-{i}"))
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        log::error!("ingress: no runtime for port {port}: {e}");
+                        return;
+                    }
+                };
                 let tasks = tokio::task::LocalSet::new();
                 tasks.block_on(&runtime, take_connections(listener, balancer, stopped));
-                // The runtime's drop closes what is still open.
+                // The LocalSet's drop closes what is still open.
             })?;
     }
     Ok(Serving { stop })
