@@ -15,6 +15,7 @@
 
 pub mod budget;
 pub mod http;
+mod pool;
 mod splice;
 mod stall;
 pub mod tcp;
@@ -85,8 +86,9 @@ pub struct Targets<T> {
     node: String,
     reach: fn(SocketAddr) -> Option<T>,
     all: Vec<T>,
-    /// A view's sender is gone, and what both said last is in `all`.
-    ended: bool,
+    /// Which views' senders are gone, their last word in `all`: each is
+    /// then followed no more, the other still is.
+    ended: (bool, bool),
 }
 
 impl<T: Clone> Targets<T> {
@@ -105,25 +107,19 @@ impl<T: Clone> Targets<T> {
             node: node.to_string(),
             reach,
             all: Vec::new(),
-            ended: false,
+            ended: (false, false),
         };
         targets.remake();
         targets
     }
 
-    /// The replicas to try, in order, starting at the `turn`th. Views
-    /// whose senders are gone (the node stopping) keep what they last
-    /// said.
+    /// The replicas to try, in order, starting at the `turn`th. A view
+    /// whose sender is gone (the node stopping) keeps what it last said.
     pub fn order(&mut self, turn: usize) -> Vec<T> {
-        match (self.view.has_changed(), self.running.has_changed()) {
-            (Ok(changed), Ok(moved)) if changed || moved => self.remake(),
-            (Ok(_), Ok(_)) => {}
-            // Their last values may not have been seen yet.
-            _ if !self.ended => {
-                self.remake();
-                self.ended = true;
-            }
-            _ => {}
+        let changed = news(&self.view, &mut self.ended.0);
+        let moved = news(&self.running, &mut self.ended.1);
+        if changed || moved {
+            self.remake();
         }
         if self.all.is_empty() {
             return Vec::new();
@@ -153,6 +149,18 @@ impl<T: Clone> Targets<T> {
     }
 }
 
+/// Whether `view` says something not yet seen: a change, or (once) that
+/// its sender is gone, whose last value may not have been seen yet.
+fn news<V>(view: &tokio::sync::watch::Receiver<V>, ended: &mut bool) -> bool {
+    if *ended {
+        return false;
+    }
+    view.has_changed().unwrap_or_else(|_| {
+        *ended = true;
+        true
+    })
+}
+
 /// Whether a client at `peer` may use a listener that serves `allow`.
 pub fn allowed(allow: Option<IpNet>, peer: IpAddr) -> bool {
     peer.is_loopback() || allow.is_none_or(|net| net.contains(&peer))
@@ -175,11 +183,23 @@ pub struct Place {
     pub running: RunningView,
 }
 
-/// A published port being served.
+/// A published port being served; dropped, it takes no more connections.
 enum Listener {
-    Tcp(tokio::task::JoinHandle<()>),
+    Tcp(Aborting),
     Http(http::Serving),
 }
+
+/// A port's accept loop, ended when this is dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a closing port may take to let go of its address.
+const RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Listener {
     fn open(place: &Place, port: u16, route: &Route, view: &EndpointView) -> std::io::Result<Self> {
@@ -189,12 +209,12 @@ impl Listener {
         Ok(match route.expose.protocol {
             Protocol::Tcp => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                Listener::Tcp(actix_rt::spawn(tcp::serve(
+                Listener::Tcp(Aborting(actix_rt::spawn(tcp::serve(
                     listener,
                     route.clone(),
                     view.clone(),
                     place.clone(),
-                )))
+                ))))
             }
             Protocol::Http => Listener::Http(http::serve(
                 listener,
@@ -205,11 +225,19 @@ impl Listener {
         })
     }
 
-    fn close(self) {
-        match self {
-            Listener::Tcp(task) => task.abort(),
-            Listener::Http(serving) => serving.stop(),
-        }
+    /// Takes no more connections (the open ones finish), and returns once
+    /// the port's address may be bound again, or after [`RELEASE`].
+    async fn close(self) {
+        let released = async {
+            match self {
+                Listener::Tcp(mut accepting) => {
+                    accepting.0.abort();
+                    let _ = (&mut accepting.0).await;
+                }
+                Listener::Http(serving) => serving.stop().await,
+            }
+        };
+        let _ = tokio::time::timeout(RELEASE, released).await;
     }
 }
 
@@ -227,12 +255,14 @@ pub async fn run(place: Place, mut view: EndpointView) {
             .filter(|(port, (route, _))| wanted.get(*port) != Some(route))
             .map(|(port, _)| *port)
             .collect();
-        for port in stale {
-            if let Some((route, listener)) = open.remove(&port) {
-                log::info!("ingress: port {port} closed ({})", route.service);
-                listener.close();
-            }
-        }
+        // Closed before any is opened: a port whose route changed is
+        // bound again at once.
+        let closing = stale.into_iter().filter_map(|port| {
+            let (route, listener) = open.remove(&port)?;
+            log::info!("ingress: port {port} closed ({})", route.service);
+            Some(listener.close())
+        });
+        futures_util::future::join_all(closing).await;
         let mut failed = false;
         for (port, route) in wanted {
             if open.contains_key(&port) {
@@ -261,8 +291,8 @@ pub async fn run(place: Place, mut view: EndpointView) {
                 }
             }
         }
-        // A port that could not be opened (its old listener still closing,
-        // or another process on it) is tried again soon.
+        // A port that could not be opened (another process on it) is
+        // tried again soon.
         if failed {
             tokio::select! {
                 changed = view.changed() => if changed.is_err() { return },
@@ -345,6 +375,27 @@ mod tests {
     }
 
     #[test]
+    fn one_feed_gone_the_other_is_still_followed() {
+        let here = endpoint("w1", Some("172.18.0.3"));
+        let (feed, view) = tokio::sync::watch::channel(table(vec![here.clone()]));
+        let (worker, running) = tokio::sync::watch::channel(std::sync::Arc::new(none_here()));
+        let mut targets = Targets::new(view, running, &route(), "w1", Some);
+        drop(feed);
+        assert!(targets.order(0).is_empty());
+        // The worker still says what runs: its container starts, then dies.
+        worker.send_replace(std::sync::Arc::new(Running::from([(
+            here.task,
+            here.container_ip,
+        )])));
+        assert_eq!(
+            targets.order(0),
+            ["172.18.0.3:8080".parse::<SocketAddr>().unwrap()]
+        );
+        worker.send_replace(std::sync::Arc::new(none_here()));
+        assert!(targets.order(0).is_empty());
+    }
+
+    #[test]
     fn a_replica_here_is_reached_only_while_this_nodes_worker_sees_it_run() {
         let here = endpoint("w1", Some("172.18.0.3"));
         let (_feed, view) = tokio::sync::watch::channel(table(vec![here.clone()]));
@@ -365,6 +416,35 @@ mod tests {
         // Its container dies: out at once, whatever the endpoints say.
         worker.send_replace(std::sync::Arc::new(none_here()));
         assert!(targets.order(0).is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_closed_port_may_be_bound_again_at_once() {
+        let (_feed, view) = tokio::sync::watch::channel(table(Vec::new()));
+        let (_worker, running) = tokio::sync::watch::channel(std::sync::Arc::new(none_here()));
+        let place = Place {
+            node: "w1".into(),
+            addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            allow: None,
+            threads: 2,
+            bodies: budget::BodyBudget::new(1 << 20),
+            running,
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        for protocol in [Protocol::Http, Protocol::Tcp] {
+            let mut route = route();
+            route.expose.publish = port;
+            route.expose.protocol = protocol;
+            let listener = Listener::open(&place, port, &route, &view).unwrap();
+            // Taken while it serves.
+            assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+            listener.close().await;
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("{protocol:?} port still held once closed: {e}"));
+        }
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub fn write_first(at: &ClientFileAt, own: &str) {
 
 /// Keeps the client file naming every voter, for as long as `raft` runs.
 pub async fn keep(at: ClientFileAt, own: String, raft: Raft) {
-    let mut metrics = raft.metrics();
+    // The server metrics change with votes and membership only, not with
+    // every entry the log takes.
+    let mut metrics = raft.server_metrics();
     let mut written = own.clone();
     loop {
         let now = manager_list(
