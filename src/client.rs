@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -57,15 +59,37 @@ impl ClientError {
 /// The base may list several URLs separated by commas (the managers of one
 /// cluster): a request that reaches none at one goes to the next, and the
 /// one that answered (or that a redirect led to) is asked first from then
-/// on.
+/// on. A worker's clients of the managers share their URLs
+/// ([`Client::alike`]) and learn the managers' list as it changes
+/// ([`Client::learn`]).
 #[derive(Debug, Clone)]
 pub struct Client {
-    bases: Arc<[String]>,
-    /// Which of `bases` to ask first (shared by the clones of a client).
-    first: Arc<AtomicUsize>,
+    bases: Arc<Bases>,
     http: reqwest::Client,
     tls: rustls::ClientConfig,
     token: Option<String>,
+}
+
+/// The URLs a client asks, shared by its clones and the clients made
+/// [`Client::alike`].
+#[derive(Debug)]
+struct Bases {
+    /// Never empty.
+    urls: ArcSwap<Vec<String>>,
+    /// Which of `urls` to ask first.
+    first: AtomicUsize,
+}
+
+/// The URLs a comma-separated list names, each once, without a trailing `/`.
+pub fn split_urls(list: &str) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for url in list.split(',') {
+        let url = url.trim().trim_end_matches('/');
+        if !url.is_empty() && !urls.iter().any(|u| u == url) {
+            urls.push(url.to_string());
+        }
+    }
+    urls
 }
 
 impl Client {
@@ -89,21 +113,46 @@ impl Client {
             .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|e| ClientError::Setup(describe(&e)))?;
-        let bases: Vec<String> = base
-            .split(',')
-            .map(|b| b.trim().trim_end_matches('/').to_string())
-            .filter(|b| !b.is_empty())
-            .collect();
-        if bases.is_empty() {
+        let urls = split_urls(base);
+        if urls.is_empty() {
             return Err(ClientError::Setup(format!("no URL in {base:?}")));
         }
         Ok(Client {
-            bases: bases.into(),
-            first: Arc::new(AtomicUsize::new(0)),
+            bases: Arc::new(Bases {
+                urls: ArcSwap::from_pointee(urls),
+                first: AtomicUsize::new(0),
+            }),
             http,
             tls: tls.clone(),
             token: None,
         })
+    }
+
+    /// A client of the same URLs (those this one learns, it learns too)
+    /// whose requests give up after `timeout`.
+    pub fn alike(&self, timeout: Duration) -> Result<Self, ClientError> {
+        let mut alike = Self::with_timeout(&self.base(), &self.tls, timeout)?;
+        alike.bases = self.bases.clone();
+        alike.token = self.token.clone();
+        Ok(alike)
+    }
+
+    /// The URLs asked, in their order.
+    pub fn urls(&self) -> Arc<Vec<String>> {
+        self.bases.urls.load_full()
+    }
+
+    /// Takes `urls` (a list of the managers, the one to ask first first)
+    /// as the URLs to ask, and asks the first of them from now on; whether
+    /// they differ from those asked until now. An empty list is ignored.
+    pub fn learn(&self, urls: &[String]) -> bool {
+        let urls = split_urls(&urls.join(","));
+        if urls.is_empty() || *self.bases.urls.load_full() == urls {
+            return false;
+        }
+        self.bases.urls.store(Arc::new(urls));
+        self.bases.first.store(0, Ordering::Relaxed);
+        true
     }
 
     /// The same client, sending `Authorization: Bearer <token>`.
@@ -120,17 +169,26 @@ impl Client {
     }
 
     /// The URL asked first.
-    pub fn base(&self) -> &str {
-        let first = self.first.load(Ordering::Relaxed) % self.bases.len();
-        &self.bases[first]
+    pub fn base(&self) -> String {
+        let urls = self.bases.urls.load();
+        let first = self.bases.first.load(Ordering::Relaxed) % urls.len().max(1);
+        urls.get(first).cloned().unwrap_or_default()
     }
 
-    /// The bases in the order to try them: the one asked first, then the
-    /// others.
-    fn in_turn(&self) -> impl Iterator<Item = usize> + '_ {
-        let n = self.bases.len();
-        let first = self.first.load(Ordering::Relaxed) % n;
-        (0..n).map(move |i| (first + i) % n)
+    /// The URLs in the order to try them: the one asked first, then the
+    /// others, with their places in the list.
+    fn in_turn(&self) -> Vec<(usize, String)> {
+        let urls = self.bases.urls.load_full();
+        let n = urls.len();
+        let first = self.bases.first.load(Ordering::Relaxed) % n.max(1);
+        (0..n)
+            .map(|i| ((first + i) % n, urls[(first + i) % n].clone()))
+            .collect()
+    }
+
+    /// Asks the URL at `place` first from now on.
+    fn ask_first(&self, place: usize) {
+        self.bases.first.store(place, Ordering::Relaxed);
     }
 
     /// Notes which base answered: the one a redirect ended at, if listed.
@@ -138,13 +196,15 @@ impl Client {
         let at = at.as_str();
         let found = self
             .bases
+            .urls
+            .load()
             .iter()
             .position(|b| {
                 at.strip_prefix(b.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             })
             .unwrap_or(asked);
-        self.first.store(found, Ordering::Relaxed);
+        self.ask_first(found);
     }
 
     /// Sends a request to the first base that can be reached.
@@ -155,8 +215,10 @@ impl Client {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(String, reqwest::Response), ClientError> {
         let mut last = None;
-        for i in self.in_turn() {
-            let url = format!("{}{}", self.bases[i], path);
+        let in_turn = self.in_turn();
+        let n = in_turn.len();
+        for (i, base) in in_turn {
+            let url = format!("{base}{path}");
             let mut request = self.authorized(self.http.request(method.clone(), &url));
             if let Some(body) = body {
                 request = request.json(body);
@@ -172,9 +234,8 @@ impl Client {
                 Err(e) => {
                     // Reached but silent (a stopped process): the next
                     // request asks the next one.
-                    if self.bases.len() > 1 {
-                        self.first
-                            .store((i + 1) % self.bases.len(), Ordering::Relaxed);
+                    if n > 1 {
+                        self.ask_first((i + 1) % n);
                     }
                     return Err(unreachable(&url, &e));
                 }
@@ -272,17 +333,29 @@ impl Client {
         ClientError,
     > {
         use futures_util::StreamExt;
-        let url = format!("{}{}", self.base(), path);
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(self.tls.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Setup(describe(&e)))?;
-        let response = self
-            .authorized(http.get(&url))
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, &e))?;
+        // As `send`: the next URL only for one that could not be reached.
+        let mut opened = Err(ClientError::Setup("no URL to ask".into()));
+        for (i, base) in self.in_turn() {
+            let url = format!("{base}{path}");
+            match self.authorized(http.get(&url)).send().await {
+                Ok(response) => {
+                    self.answered(i, response.url());
+                    opened = Ok((url, response));
+                    break;
+                }
+                Err(e) if e.is_connect() => opened = Err(unreachable(&url, &e)),
+                Err(e) => {
+                    opened = Err(unreachable(&url, &e));
+                    break;
+                }
+            }
+        }
+        let (url, response) = opened?;
         let status = response.status().as_u16();
         if status >= 400 {
             let bytes = response.bytes().await.unwrap_or_default();

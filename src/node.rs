@@ -253,8 +253,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .context("cannot load the worker's tasks")?;
         let tls = worker_keys(&config, wc, &manager_url).await?;
         let to_manager = tls.client(Expect::Manager).context("worker: TLS set-up")?;
-        let manager = Client::new(&manager_url, &to_manager)?;
-        let beat = Client::with_timeout(&manager_url, &to_manager, HEARTBEAT_TIMEOUT)?;
+        // The configured managers, then those a manager told it last.
+        let managers_file = crate::worker::managers::file(&config.data_dir);
+        let managers = crate::worker::managers::at_start(
+            &manager_url,
+            &crate::worker::managers::load(&managers_file),
+        );
+        let manager = Client::new(&managers, &to_manager)?;
+        // Shares the managers' URLs with `manager`: what one learns, both ask.
+        let beat = manager.alike(HEARTBEAT_TIMEOUT)?;
         let (renewer, hosts) = (manager.clone(), vec![wc.advertise_host()]);
         Renewal::new(
             tls.clone(),
@@ -293,7 +300,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             fatal_tx.clone(),
             std::sync::Arc::new(DockerEngine::local()),
         )
-        .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir));
+        .with_certificate_files(crate::security::files::node_cert_paths(&config.data_dir))
+        .with_managers_file(managers_file);
         let ingress = crate::ingress::Place {
             node: wc.name.clone(),
             addr: wc.ingress_addr,

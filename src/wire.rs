@@ -95,6 +95,10 @@ pub struct HeartbeatReply {
     /// the manager lost it, or another process registered under its name):
     /// it must register again, which reconciles its tasks.
     pub reregister: bool,
+    /// The managers' URLs, the one answering first (said by a manager of
+    /// several; the worker asks them in turn from then on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
 }
 
 /// The manager's answer to a worker's report.

@@ -155,6 +155,12 @@ impl Managers {
     }
 
     fn add_worker(&mut self) {
+        let urls = self.urls.join(",");
+        self.add_worker_knowing(&urls);
+    }
+
+    /// A worker whose config names only the managers `urls` lists.
+    fn add_worker_knowing(&mut self, urls: &str) {
         let name = unique(&format!("w{}", self.worker_names.len()));
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(
@@ -165,7 +171,7 @@ impl Managers {
                  heartbeat_ms = 500\n{}\n",
                 self.dir.path().join(&name).display(),
                 free_port(),
-                self.urls.join(","),
+                urls,
                 self.files.worker_token,
                 own_network(&name, ""),
             ),
@@ -340,6 +346,60 @@ async fn client_loop(client: Client, acked: Arc<Mutex<Acknowledged>>, stop: Arc<
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_knows_one_manager_learns_them_all_and_outlives_its_death() {
+    let mut cluster = Managers::start(3, 0).await;
+    let first = cluster.urls[0].clone();
+    cluster.add_worker_knowing(&first);
+    let name = cluster.worker_names[0].clone();
+    let kept = cluster.dir.path().join(&name).join("managers");
+    // The heartbeats' answers name every manager; the worker keeps them.
+    let all: BTreeSet<String> = cluster.urls.iter().cloned().collect();
+    wait_or_logs(
+        cluster.dir.path(),
+        "the worker keeping every manager's URL",
+        SETUP,
+        || async {
+            let text = std::fs::read_to_string(&kept).ok()?;
+            let learnt: BTreeSet<String> = text.lines().map(str::to_string).collect();
+            (learnt == all).then_some(())
+        },
+    )
+    .await;
+
+    // The one manager its config names dies: its reports reach another.
+    cluster.managers[0].kill9();
+    cluster.leader(Duration::from_secs(20)).await;
+    runs_on(&cluster, &name, "after-its-manager-died").await;
+
+    // Restarted, with its config still naming only the dead manager, it
+    // registers with those it learnt.
+    cluster.workers[0].kill9();
+    cluster.workers[0].restart();
+    runs_on(&cluster, &name, "after-its-restart").await;
+    let logs = cluster.workers[0].log_text();
+    assert!(logs.contains("the managers are"), "{}", tail(&logs, 40));
+}
+
+/// A task submitted through any manager, Running on worker `name`.
+async fn runs_on(cluster: &Managers, name: &str, label: &str) {
+    let client = cluster.any();
+    let dir = cluster.dir.path();
+    let id = wait_or_logs(dir, "a write accepted", SETUP, || async {
+        client
+            .submit(&spec(label))
+            .await
+            .ok()
+            .map(|t| t.id.to_string())
+    })
+    .await;
+    wait_or_logs(dir, "the task Running on the worker", SETUP, || async {
+        let t = client.task(&id).await.ok()?;
+        (t.state.to_string() == "Running" && t.node.as_deref() == Some(name)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

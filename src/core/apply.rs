@@ -327,9 +327,15 @@ fn heartbeat(state: &mut ClusterState, beat: Heartbeat, now: Now) -> HeartbeatRe
     match state.lives.get_mut(&beat.name) {
         Some(life) if known && life.state == NodeState::Ready => {
             life.seen(now.mono, now.at, beat.stats);
-            HeartbeatReply { reregister: false }
+            HeartbeatReply {
+                reregister: false,
+                managers: Vec::new(),
+            }
         }
-        _ => HeartbeatReply { reregister: true },
+        _ => HeartbeatReply {
+            reregister: true,
+            managers: Vec::new(),
+        },
     }
 }
 

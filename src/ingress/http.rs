@@ -15,11 +15,12 @@
 //! The replicas one request tries share one deadline: the idle timeout,
 //! never under a connection attempt's limit and a half.
 //!
-//! HTTP/1 on both sides is hyper's, on threads of the port's own
-//! (`[worker] ingress_threads`, default 1), each a single-threaded runtime
-//! with its own [`Pool`] of connections to the replicas and its own
-//! [`Targets`]. Requests and responses pass through as they are parsed,
-//! only their connection headers changed.
+//! HTTP/1 on both sides is hyper's (server and pooled client), on threads
+//! of the port's own (`[worker] ingress_threads`, default 1), each a
+//! single-threaded runtime with its own client, whose connections to the
+//! replicas live on that thread, and its own [`Targets`]. Requests and
+//! responses pass through as they are parsed, only their connection
+//! headers changed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -36,13 +37,14 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::PathAndQuery;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::budget::{BodyBudget, Held};
-use super::pool::{Lease, Pool};
 use super::stall::{Stall, WriteTimeout};
 use super::{Place, Route, Targets, allowed};
 use crate::api_error::ApiError;
@@ -56,6 +58,8 @@ pub const MAX_BODY: usize = 16 << 20;
 /// this is answered and closed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections to replicas kept idle for reuse this long.
+const POOL_IDLE: Duration = Duration::from_secs(30);
 /// Client connections one thread of a port holds at once; more wait to be
 /// accepted (their request bodies count against the node's
 /// [`BodyBudget`]).
@@ -77,6 +81,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+type ReplicaClient = Client<HttpConnector, Full<Bytes>>;
 type Answer = Response<Either<Passed, Full<Bytes>>>;
 
 /// What every worker thread of one published port shares (each has its own
@@ -90,27 +95,26 @@ struct Balancer {
     in_flight: Mutex<HashMap<SocketAddr, usize>>,
 }
 
-/// What one thread of a port keeps for itself: its connections to the
-/// replicas (which live on the thread's runtime) and its copy of where
+/// What one thread of a port keeps for itself: its client of the replicas
+/// (whose connections live on the thread's runtime) and its copy of where
 /// the replicas are.
 struct Local {
-    pool: Rc<Pool>,
+    client: ReplicaClient,
     targets: RefCell<Targets<Target>>,
 }
 
 /// A replica as a request is sent to it: its address, and that address
-/// as a `Host` header for a request without one (made once, when the
-/// endpoints change).
+/// as a URI's authority (made once, when the endpoints change).
 #[derive(Clone)]
 struct Target {
     addr: SocketAddr,
-    host: HeaderValue,
+    authority: Authority,
 }
 
 impl Target {
     fn new(addr: SocketAddr) -> Option<Self> {
-        let host = HeaderValue::try_from(addr.to_string()).ok()?;
-        Some(Target { addr, host })
+        let authority = Authority::try_from(addr.to_string()).ok()?;
+        Some(Target { addr, authority })
     }
 }
 
@@ -234,9 +238,9 @@ async fn take_connections(
             return;
         }
     };
-    // Made on each thread: its connections live there.
+    // Made on each thread: its pool lives there.
     let local = Rc::new(Local {
-        pool: Pool::new(CONNECT_TIMEOUT),
+        client: replica_client(),
         targets: RefCell::new(Targets::new(
             balancer.view.clone(),
             balancer.place.running.clone(),
@@ -275,6 +279,18 @@ async fn take_connections(
     // The connections still open get a while to finish.
     let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(SHUTDOWN_S), places.acquire_many(all)).await;
+}
+
+/// The balancer's client of the replicas: plain HTTP/1, connections kept
+/// and reused, redirects handed back to the client (never followed).
+fn replica_client() -> ReplicaClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// Serves one client connection's requests, kept alive between them.
@@ -345,14 +361,11 @@ async fn pass(
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     // HTTP/1.1 to the replicas, whatever the client spoke: kept alive.
     head.version = hyper::Version::HTTP_11;
-    // Origin-form (the path), as to any server that is no proxy.
-    head.uri = Uri::from(
-        head.uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    let has_host = head.headers.contains_key(hyper::header::HOST);
+    let path = head
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let may_retry = idempotent(&head.method);
     // A replica that sends nothing for this long is given up on.
     let patience = balancer.route.expose.idle_timeout();
@@ -371,18 +384,25 @@ async fn pass(
             balancer.route.service
         ),
     );
-    for Target { addr: target, host } in balancer.order(local) {
+    for Target {
+        addr: target,
+        authority,
+    } in balancer.order(local)
+    {
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path.clone());
+        let uri = Uri::from_parts(uri)
+            .map_err(|e| ApiError::bad_request(format!("the request's path: {e}"), None))?;
         let mut out = Request::from_parts(head.clone(), Full::new(body.clone()));
-        if !has_host {
-            // HTTP/1.1 wants one (an HTTP/1.0 client may have sent none).
-            out.headers_mut().insert(hyper::header::HOST, host);
-        }
+        *out.uri_mut() = uri;
         let guard = InFlight::new(balancer, target);
-        let sent = tokio::time::timeout_at(deadline, local.pool.send(target, out));
-        let (response, lease) = match sent.await {
-            Ok(Ok(answered)) => answered,
+        let sent = tokio::time::timeout_at(deadline, local.client.request(out));
+        let response = match sent.await {
+            Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                let retry = e.unsent() || may_retry;
+                let retry = e.is_connect() || may_retry;
                 failed = failure(
                     StatusCode::BAD_GATEWAY,
                     format!("the replica at {target} failed: {e}"),
@@ -410,17 +430,8 @@ async fn pass(
         // Ours to the client (hyper answers an HTTP/1.0 client in kind).
         head.version = hyper::Version::HTTP_11;
         // In flight until its body has been passed on (or dropped).
-        // A body that is empty from the start (a HEAD's, a 204's) is not
-        // polled: its connection is free at once.
-        let lease = if body.is_end_stream() {
-            lease.give_back();
-            None
-        } else {
-            Some(lease)
-        };
         let passed = Passed {
             body,
-            lease,
             _guard: guard,
             stall: Stall::new(patience),
         };
@@ -586,13 +597,10 @@ impl Drop for InFlight {
 }
 
 /// A replica's response body on its way to the client: in flight until
-/// done, its connection given back for reuse once it has passed whole,
-/// and given up on when the replica sends nothing for the port's idle
-/// timeout.
+/// done, and given up on when the replica sends nothing for the port's
+/// idle timeout.
 struct Passed {
     body: Incoming,
-    /// Until the body has passed whole.
-    lease: Option<Lease>,
     _guard: InFlight,
     stall: Stall,
 }
@@ -607,14 +615,6 @@ impl Body for Passed {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        let whole = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
-            _ => false,
-        };
-        if whole && let Some(lease) = this.lease.take() {
-            lease.give_back();
-        }
         this.stall.watch(cx, polled).map(|watched| match watched {
             Ok(frame) => frame.map(|f| f.map_err(Into::into)),
             Err(stalled) => Some(Err(format!("the replica: {stalled}").into())),

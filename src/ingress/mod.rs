@@ -15,7 +15,6 @@
 
 pub mod budget;
 pub mod http;
-mod pool;
 mod splice;
 mod stall;
 pub mod tcp;

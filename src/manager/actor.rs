@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::client_file::manager_urls;
 use super::consensus::Consensus;
 use super::replica::{Shape, change_of};
 use crate::client::Client;
@@ -402,6 +403,18 @@ impl Manager {
                 }
             }
         }));
+    }
+
+    /// The managers' URLs as workers learn them (this one first), when
+    /// there are several.
+    fn managers_for_workers(&self) -> Vec<String> {
+        let metrics = self.raft.server_metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        match membership.get_node(&self.id) {
+            Some(own) if membership.voter_ids().count() > 1 => manager_urls(&own.url, membership),
+            _ => Vec::new(),
+        }
     }
 
     fn not_leader(&self) -> ManagerError {
@@ -999,9 +1012,13 @@ impl Handler<Beat> for Manager {
 
     fn handle(&mut self, msg: Beat, ctx: &mut Context<Self>) -> Self::Result {
         let rx = self.enqueue(Command::Heartbeat { beat: msg.0 }, ctx);
+        let managers = self.managers_for_workers();
         Box::pin(async move {
             match answered(rx).await? {
-                Reply::Beat(reply) => Ok(reply),
+                Reply::Beat(mut reply) => {
+                    reply.managers = managers;
+                    Ok(reply)
+                }
                 other => Err(unexpected(other)),
             }
         })

@@ -23,6 +23,11 @@ pub struct ClientFileAt {
 /// The CLI's list of managers: `own` first, then every other voter's URL
 /// in the order of their ids, each once, comma-separated.
 pub fn manager_list(own: &str, membership: &Membership) -> String {
+    manager_urls(own, membership).join(",")
+}
+
+/// `own`, then every other voter's URL in the order of their ids, each once.
+pub fn manager_urls(own: &str, membership: &Membership) -> Vec<String> {
     let mut urls = vec![own.to_string()];
     for id in membership.voter_ids() {
         if let Some(member) = membership.get_node(&id)
@@ -31,7 +36,7 @@ pub fn manager_list(own: &str, membership: &Membership) -> String {
             urls.push(member.url.clone());
         }
     }
-    urls.join(",")
+    urls
 }
 
 fn write(at: &ClientFileAt, managers: String) {

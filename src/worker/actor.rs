@@ -103,6 +103,8 @@ pub struct Worker {
     /// This worker's certificate and key, forgotten when it is removed
     /// (so that a restart joins again, with a join token).
     certificate_files: Vec<std::path::PathBuf>,
+    /// Where the managers' list it learns is kept (none: not kept).
+    managers_file: Option<std::path::PathBuf>,
     fatal: Fatal,
     store: Addr<Store>,
     stats: Addr<Stats>,
@@ -171,6 +173,7 @@ impl Worker {
             beat_failing: false,
             removed: false,
             certificate_files: Vec::new(),
+            managers_file: None,
             fatal,
             store,
             stats,
@@ -220,6 +223,38 @@ impl Worker {
     pub fn with_certificate_files(mut self, files: Vec<std::path::PathBuf>) -> Self {
         self.certificate_files = files;
         self
+    }
+
+    /// Keeps the managers' list it learns in `path` (read at the next
+    /// start: `worker::managers`).
+    pub fn with_managers_file(mut self, path: std::path::PathBuf) -> Self {
+        self.managers_file = Some(path);
+        self
+    }
+
+    /// Takes the managers' list a manager told (the managers of a cluster
+    /// of several), and keeps it when it changed.
+    fn learn_managers(&mut self, urls: &[String], ctx: &mut Context<Self>) {
+        if !self.manager.learn(urls) {
+            return;
+        }
+        log::info!("worker {}: the managers are {}", self.name, urls.join(", "));
+        let Some(path) = self.managers_file.clone() else {
+            return;
+        };
+        let (urls, name) = (urls.to_vec(), self.name.clone());
+        // Off the arbiter: the write waits on the disk.
+        let write = tokio::task::spawn_blocking(move || super::managers::save(&path, &urls));
+        ctx.spawn(
+            async move {
+                match write.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::warn!("worker {name}: cannot keep the managers' list: {e}"),
+                    Err(e) => log::warn!("worker {name}: the managers' list writer failed: {e}"),
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     /// The engine, while the connection to it is up.
@@ -532,6 +567,7 @@ impl Worker {
                         log::info!("worker {}: the manager answers heartbeats again", act.name);
                         act.beat_failing = false;
                     }
+                    act.learn_managers(&reply.managers, ctx);
                     if reply.reregister && act.registered {
                         log::warn!(
                             "worker {}: the manager had lost this worker (marked down, or restarted without it); registering again",

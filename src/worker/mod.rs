@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod events;
 pub mod health;
 pub mod join;
+pub mod managers;
 pub mod orphans;
 pub mod record;
 pub mod restart;
