@@ -82,8 +82,14 @@ struct Bases {
 
 /// The URLs a comma-separated list names, each once, without a trailing `/`.
 pub fn split_urls(list: &str) -> Vec<String> {
+    distinct_urls(list.split(','))
+}
+
+/// The URLs among `pieces` (blank ones left out), each once, in order,
+/// without a trailing `/`.
+pub fn distinct_urls<'a>(pieces: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
-    for url in list.split(',') {
+    for url in pieces {
         let url = url.trim().trim_end_matches('/');
         if !url.is_empty() && !urls.iter().any(|u| u == url) {
             urls.push(url.to_string());
@@ -146,7 +152,7 @@ impl Client {
     /// as the URLs to ask, and asks the first of them from now on; whether
     /// they differ from those asked until now. An empty list is ignored.
     pub fn learn(&self, urls: &[String]) -> bool {
-        let urls = split_urls(&urls.join(","));
+        let urls = distinct_urls(urls.iter().map(String::as_str));
         if urls.is_empty() || *self.bases.urls.load_full() == urls {
             return false;
         }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::client::split_urls;
+use crate::client::distinct_urls;
 use crate::security::pki::write_file;
 
 /// Where a node keeps the managers it learnt.
@@ -17,7 +17,7 @@ pub fn file(data_dir: &Path) -> PathBuf {
 /// The URLs kept in `path` (none when it is missing or unreadable).
 pub fn load(path: &Path) -> Vec<String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => split_urls(&text.lines().collect::<Vec<_>>().join(",")),
+        Ok(text) => distinct_urls(text.lines()),
         Err(_) => Vec::new(),
     }
 }
@@ -32,9 +32,12 @@ pub fn save(path: &Path, urls: &[String]) -> Result<(), crate::security::Securit
 /// The URLs a worker asks at its start: the configured ones, then those it
 /// learnt, each once, comma-separated.
 pub fn at_start(configured: &str, learnt: &[String]) -> String {
-    let mut all = split_urls(configured);
-    all.extend(learnt.iter().cloned());
-    split_urls(&all.join(",")).join(",")
+    distinct_urls(
+        configured
+            .split(',')
+            .chain(learnt.iter().map(String::as_str)),
+    )
+    .join(",")
 }
 
 #[cfg(test)]
