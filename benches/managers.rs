@@ -310,6 +310,11 @@ async fn main() {
         .await;
     }
     let max = to_write.iter().copied().fold(0.0, f64::max);
+    let each: Vec<String> = to_write.iter().map(|ms| format!("{ms:.0}")).collect();
+    println!(
+        "leader killed to a write accepted, each (ms): {}",
+        each.join(", ")
+    );
     rows.push((
         format!("leader killed to a write accepted, 3 managers, {kills} kills"),
         format!("median {:.0} ms, max {max:.0} ms", median(to_write)),

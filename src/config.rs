@@ -130,7 +130,7 @@ fn default_election_min_ms() -> u64 {
 }
 
 fn default_election_max_ms() -> u64 {
-    800
+    550
 }
 
 fn default_snapshot_every() -> u64 {
