@@ -99,6 +99,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let state = shape.build(records, std::time::Instant::now());
         let (tokens_tx, tokens_rx) = watch::channel(Arc::new(state.token_table()));
         let (generations_tx, generations_rx) = watch::channel(Arc::new(state.generations()));
+        let (join_tokens_tx, join_tokens_rx) = watch::channel(Arc::new(state.join_token_table()));
+        actix_rt::spawn(crate::manager::join_tokens::keep_files(
+            config.data_dir.clone(),
+            join_tokens_rx.clone(),
+        ));
         if let Some(wc) = config.worker.as_ref().filter(|_| config.role == Role::Dev) {
             // A dev node's worker joins its own manager: its certificate
             // comes straight from the CA (for its name's generation: a dev
@@ -136,6 +141,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let published = Published {
             tokens: tokens_tx,
             generations: generations_tx,
+            join_tokens: join_tokens_tx,
             endpoints: endpoints_tx,
             leader: leader_tx,
         };
@@ -177,16 +183,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let generations: web::Data<GenerationTable> = web::Data::new(generations_rx);
         let authority = web::Data::new(JoinAuthority {
             ca: keys.ca,
-            tokens: JoinTokens::new(
-                keys.join_token,
-                crate::security::files::worker_token_path(&config.data_dir),
-            )
-            .start(),
-            managers: JoinTokens::new(
-                keys.manager_token,
-                crate::security::files::manager_token_path(&config.data_dir),
-            )
-            .start(),
+            join: JoinTokens::new(keys.join_token, keys.manager_token, join_tokens_rx.clone()),
             admin_secret: keys.admin_secret.clone(),
             ttl: mc.node_cert_ttl(),
         });

@@ -36,10 +36,17 @@ pub const MAP_SIZE_BYTES: usize = 1 << 30;
 const SOFT_LIMIT_PERCENT: u64 = 85;
 
 /// Tables (LMDB named databases) of records this store holds.
-const TABLES: &[&str] = &["tasks", "nodes", "worker_tasks", "tokens", "services"];
+const TABLES: &[&str] = &[
+    "tasks",
+    "nodes",
+    "worker_tasks",
+    "tokens",
+    "join_tokens",
+    "services",
+];
 /// The tables of the manager's records, which managers replicate (not
 /// `worker_tasks`: a worker's own, in the same file on a `dev` node).
-const REPLICATED: &[&str] = &["tasks", "nodes", "tokens", "services"];
+const REPLICATED: &[&str] = &["tasks", "nodes", "tokens", "join_tokens", "services"];
 /// The Raft log (by index) and the Raft metadata (by name).
 const RAFT_LOG: &str = "raft_log";
 const RAFT_META: &str = "raft_meta";

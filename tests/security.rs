@@ -347,9 +347,13 @@ async fn a_rotated_join_token_is_refused_and_joined_workers_stay() {
     let out = cluster.cli_ok(&["join-token", "worker", "--rotate"]);
     let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(new, old);
-    // The file says the same (a restart keeps it).
-    let saved = std::fs::read_to_string(cluster.manager_dir.join("worker.token")).unwrap();
-    assert_eq!(saved.trim(), new);
+    // The file comes to say the same.
+    let path = cluster.manager_dir.join("worker.token");
+    wait_for("the worker token file to hold the new token", T, || async {
+        let saved = std::fs::read_to_string(&path).ok()?;
+        (saved.trim() == new).then_some(())
+    })
+    .await;
     // A worker with the old token is refused; one with the new joins.
     let token = |t: &str| vec![("CUBE_JOIN_TOKEN".to_string(), t.to_string())];
     let i = cluster.add_worker_with_env("", token(&old));

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::command::{Command, CoreError, Effect, Now, Reply};
 use super::drain::{Lost, drain_node};
+use super::join_tokens::JoinTokenRecord;
 use super::liveness::{Life, NodeState};
 use super::nodes::{NodeRecord, Removal};
 use super::place::{place, place_pending};
@@ -54,6 +55,7 @@ pub fn apply(
         Command::Tick => Ok((Reply::Done, tick(state, now))),
         Command::CreateToken { record } => create_token(state, record),
         Command::RevokeToken { name } => revoke_token(state, &name),
+        Command::RotateJoinToken { record } => rotate_join_token(state, record),
         Command::CreateService { id, spec, by } => services::create(state, id, spec, by, now),
         Command::UpdateService { spec, by } => services::update(state, spec, by, now),
         Command::ScaleService { name, replicas, by } => {
@@ -90,6 +92,20 @@ fn create_token(
     );
     state.put_token(record.clone());
     Ok((Reply::Token(record), vec![]))
+}
+
+/// A join token rotated: the record is the cluster's from now on.
+fn rotate_join_token(
+    state: &mut ClusterState,
+    record: JoinTokenRecord,
+) -> Result<(Reply, Vec<Effect>), CoreError> {
+    log::info!(
+        "manager: the {} join token rotated by {}; the old one is refused",
+        record.role,
+        record.rotated_by
+    );
+    state.put_join_token(record.clone());
+    Ok((Reply::JoinToken(record), vec![]))
 }
 
 fn revoke_token(state: &mut ClusterState, name: &str) -> Result<(Reply, Vec<Effect>), CoreError> {

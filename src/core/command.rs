@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::join_tokens::JoinTokenRecord;
 use super::tokens::TokenRecord;
 use crate::service::{ServiceRecord, ServiceSpec};
 use crate::task::{TaskRecord, TaskSpec, TaskState};
@@ -95,6 +96,11 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+    /// An admin rotates a join token (the new one made by the caller):
+    /// the old one is refused from then on, on every manager.
+    RotateJoinToken {
+        record: JoinTokenRecord,
+    },
     /// A user creates a service; `id` is chosen by the caller.
     CreateService {
         id: Uuid,
@@ -141,6 +147,7 @@ pub enum Reply {
     Reported(ReportReply),
     Beat(HeartbeatReply),
     Token(TokenRecord),
+    JoinToken(JoinTokenRecord),
     Service(ServiceRecord),
     Done,
 }

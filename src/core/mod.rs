@@ -12,6 +12,7 @@ pub mod apply;
 pub mod command;
 pub mod drain;
 pub mod events;
+pub mod join_tokens;
 pub mod liveness;
 pub mod nodes;
 pub mod orchestrate;

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::command::CoreError;
 use super::events::{self, EventDraft};
+use super::join_tokens::{JoinRole, JoinTokenRecord, JoinTokenTable};
 use super::liveness::{Life, NodeState, Watch};
 use super::nodes::{self, Generations, Load, NodeRecord, NodeView, Scope, Share};
 use super::tokens::{TokenRecord, TokenTable};
@@ -57,6 +58,7 @@ enum Undo {
     Task(Uuid, Option<Box<TaskRecord>>),
     Node(String, Option<NodeRecord>),
     Token(String, Option<TokenRecord>),
+    JoinToken(JoinRole, Option<JoinTokenRecord>),
     Service(String, Option<Box<ServiceRecord>>),
 }
 
@@ -68,6 +70,7 @@ pub struct Staged {
     pub nodes: Vec<NodeRecord>,
     pub tokens: Vec<TokenRecord>,
     pub removed_tokens: Vec<String>,
+    pub join_tokens: Vec<JoinTokenRecord>,
     pub services: Vec<ServiceRecord>,
     pub removed_services: Vec<String>,
     pub events: Vec<EventDraft>,
@@ -79,6 +82,7 @@ impl Staged {
             && self.removed_tasks.is_empty()
             && self.nodes.is_empty()
             && !self.tokens_changed()
+            && self.join_tokens.is_empty()
             && self.services.is_empty()
             && self.removed_services.is_empty()
     }
@@ -94,6 +98,8 @@ pub struct ClusterState {
     nodes: BTreeMap<String, NodeRecord>,
     /// Users' tokens, by name.
     tokens: BTreeMap<String, TokenRecord>,
+    /// The join tokens rotated since the cluster was made, by role.
+    join_tokens: BTreeMap<JoinRole, JoinTokenRecord>,
     services: BTreeMap<String, ServiceRecord>,
     /// Index: the tasks of each service (by the task's `service`).
     service_tasks: HashMap<String, BTreeSet<Uuid>>,
@@ -123,6 +129,7 @@ pub struct ClusterState {
     dirty_nodes: BTreeSet<String>,
     dirty_tokens: BTreeSet<String>,
     removed_tokens: BTreeSet<String>,
+    dirty_join_tokens: BTreeSet<JoinRole>,
     dirty_services: BTreeSet<String>,
     removed_services: BTreeSet<String>,
     events: Vec<EventDraft>,
@@ -143,6 +150,7 @@ impl ClusterState {
             tasks: BTreeMap::new(),
             nodes: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            join_tokens: BTreeMap::new(),
             services: BTreeMap::new(),
             service_tasks: HashMap::new(),
             touched: BTreeSet::new(),
@@ -167,6 +175,7 @@ impl ClusterState {
             dirty_nodes: BTreeSet::new(),
             dirty_tokens: BTreeSet::new(),
             removed_tokens: BTreeSet::new(),
+            dirty_join_tokens: BTreeSet::new(),
             dirty_services: BTreeSet::new(),
             removed_services: BTreeSet::new(),
             events: Vec::new(),
@@ -181,6 +190,12 @@ impl ClusterState {
     /// With these tokens (as the Store holds them).
     pub fn with_tokens(mut self, tokens: Vec<TokenRecord>) -> Self {
         self.tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
+        self
+    }
+
+    /// With these rotated join tokens (as the Store holds them).
+    pub fn with_join_tokens(mut self, records: Vec<JoinTokenRecord>) -> Self {
+        self.join_tokens = records.into_iter().map(|r| (r.role, r)).collect();
         self
     }
 
@@ -428,6 +443,25 @@ impl ClusterState {
         }
     }
 
+    pub fn join_token(&self, role: JoinRole) -> Option<&JoinTokenRecord> {
+        self.join_tokens.get(&role)
+    }
+
+    /// The rotated join tokens, as the Manager publishes them.
+    pub fn join_token_table(&self) -> JoinTokenTable {
+        self.join_tokens
+            .iter()
+            .map(|(role, r)| (*role, r.token.clone()))
+            .collect()
+    }
+
+    pub fn put_join_token(&mut self, record: JoinTokenRecord) {
+        let role = record.role;
+        let old = self.join_tokens.insert(role, record);
+        self.undo.push(Undo::JoinToken(role, old));
+        self.dirty_join_tokens.insert(role);
+    }
+
     /// An event of a service as a whole, published with the next commit.
     pub fn service_event(&mut self, name: &str, message: String, at: DateTime<Utc>) {
         log::info!("manager: service {name}: {message}");
@@ -469,6 +503,10 @@ impl ClusterState {
             .into_iter()
             .filter_map(|name| self.tokens.get(&name).cloned())
             .collect();
+        let join_tokens = std::mem::take(&mut self.dirty_join_tokens)
+            .into_iter()
+            .filter_map(|role| self.join_tokens.get(&role).cloned())
+            .collect();
         let services = std::mem::take(&mut self.dirty_services)
             .into_iter()
             .filter_map(|name| self.services.get(&name).cloned())
@@ -487,6 +525,7 @@ impl ClusterState {
             removed_tokens: std::mem::take(&mut self.removed_tokens)
                 .into_iter()
                 .collect(),
+            join_tokens,
             events: std::mem::take(&mut self.events),
         }
     }
@@ -520,6 +559,14 @@ impl ClusterState {
                         self.tokens.remove(&name);
                     }
                 },
+                Undo::JoinToken(role, old) => match old {
+                    Some(record) => {
+                        self.join_tokens.insert(role, record);
+                    }
+                    None => {
+                        self.join_tokens.remove(&role);
+                    }
+                },
                 Undo::Service(name, old) => {
                     // Its next look sets things right again.
                     self.touched.insert(name.clone());
@@ -541,6 +588,7 @@ impl ClusterState {
         self.dirty_nodes.clear();
         self.dirty_tokens.clear();
         self.removed_tokens.clear();
+        self.dirty_join_tokens.clear();
         self.events.clear();
     }
 

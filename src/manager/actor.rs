@@ -38,9 +38,10 @@ use tokio::sync::watch;
 
 use super::client_file::manager_urls;
 use super::consensus::Consensus;
-use super::replica::{Shape, change_of};
+use super::replica::{Altered, Shape, change_of};
 use crate::client::Client;
 use crate::core::apply::namesake;
+use crate::core::join_tokens::JoinTokenTable;
 use crate::core::nodes::{Generations, NodeRecord, NodeView};
 use crate::core::services::refresh;
 use crate::core::tokens::{TokenTable, TokenView};
@@ -148,6 +149,8 @@ pub struct Published {
     pub generations: watch::Sender<Arc<Generations>>,
     /// Every service's endpoints.
     pub endpoints: watch::Sender<Arc<EndpointTable>>,
+    /// The rotated join tokens.
+    pub join_tokens: watch::Sender<Arc<JoinTokenTable>>,
     /// The leader's URL while another manager leads (where writes go).
     pub leader: watch::Sender<Option<String>>,
 }
@@ -287,8 +290,6 @@ impl Manager {
             return;
         }
         let events = std::mem::take(&mut staged.events);
-        let tokens_changed = staged.tokens_changed();
-        let nodes_changed = !staged.nodes.is_empty();
         // The services whose endpoints may have changed: their replicas,
         // their spec, or a node of theirs (its address) did.
         let on_nodes: Vec<String> = staged
@@ -305,12 +306,19 @@ impl Manager {
             .chain(staged.removed_services.iter().cloned())
             .chain(on_nodes)
             .collect();
+        let altered = Altered {
+            tokens_changed: staged.tokens_changed(),
+            join_tokens_changed: !staged.join_tokens.is_empty(),
+            nodes_changed: !staged.nodes.is_empty(),
+            services,
+            events: Vec::new(),
+        };
         let write = self.replicate(staged);
         ctx.wait(write.into_actor(self).map(move |result, act, ctx| {
             if let Ok(index) = result {
                 // Committed: requests see the change from now on.
                 act.applied = act.applied.max(index);
-                act.publish(tokens_changed, nodes_changed, &services);
+                act.publish(&altered);
             }
             act.finish(outcomes, result.map(|_| ()), events, ctx);
         }));
@@ -353,20 +361,25 @@ impl Manager {
         }
     }
 
-    /// After a committed change: what requests check (tokens, removed
-    /// names) and the endpoints of the services it touched.
-    fn publish(&mut self, tokens_changed: bool, nodes_changed: bool, services: &BTreeSet<String>) {
-        if tokens_changed {
+    /// After a committed change: what requests check (tokens, join
+    /// tokens, removed names) and the endpoints of the services it
+    /// touched.
+    fn publish(&mut self, altered: &Altered) {
+        if altered.tokens_changed {
             let table = Arc::new(self.state.token_table());
             self.published.tokens.send_replace(table);
         }
-        if nodes_changed {
+        if altered.join_tokens_changed {
+            let table = Arc::new(self.state.join_token_table());
+            self.published.join_tokens.send_replace(table);
+        }
+        if altered.nodes_changed {
             let generations = Arc::new(self.state.generations());
             self.published.generations.send_replace(generations);
         }
-        if !services.is_empty() {
+        if !altered.services.is_empty() {
             let table = self.published.endpoints.borrow().clone();
-            if let Some(fresh) = refresh(&self.state, &table, services) {
+            if let Some(fresh) = refresh(&self.state, &table, &altered.services) {
                 self.published.endpoints.send_replace(Arc::new(fresh));
             }
         }
@@ -377,6 +390,9 @@ impl Manager {
         self.published
             .tokens
             .send_replace(Arc::new(self.state.token_table()));
+        self.published
+            .join_tokens
+            .send_replace(Arc::new(self.state.join_token_table()));
         self.published
             .generations
             .send_replace(Arc::new(self.state.generations()));

@@ -14,14 +14,18 @@ use actix_web::{HttpResponse, web};
 
 use super::Manager;
 use super::actor::Admission;
+use super::actor::Apply;
 use super::auth::Admin;
-use super::join_tokens::{CheckSecret, JoinTokens, Rotate, ShowToken};
+use super::join_tokens::JoinTokens;
 use super::members::Member;
 use super::routes::mailbox;
 use crate::api_error::ApiError;
 use crate::config::{validate_host, validate_node_name};
+use crate::core::join_tokens::{JoinRole, JoinTokenRecord};
+use crate::core::{Command, Reply};
 use crate::security::identity::Identity;
 use crate::security::pki::Ca;
+use crate::security::secret::JoinToken;
 use crate::wire::{CaCertificate, JoinReply, JoinRequest, RenewRequest};
 use actix::Addr;
 
@@ -34,10 +38,8 @@ const MAX_CSR_BYTES: usize = 16 * 1024;
 /// cluster's keys.
 pub struct JoinAuthority {
     pub ca: Ca,
-    /// The worker join token.
-    pub tokens: Addr<JoinTokens>,
-    /// The manager join token.
-    pub managers: Addr<JoinTokens>,
+    /// The worker and manager join tokens.
+    pub join: JoinTokens,
     /// The first admin token's secret (what `admin.token` holds).
     pub admin_secret: String,
     pub ttl: Duration,
@@ -52,17 +54,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The join token a path's `role` names: the workers' or the managers'.
-fn token_of<'a>(
-    authority: &'a JoinAuthority,
-    role: &str,
-) -> Result<&'a Addr<JoinTokens>, ApiError> {
-    match role {
-        "worker" => Ok(&authority.tokens),
-        "manager" => Ok(&authority.managers),
-        other => Err(ApiError::not_found(format!(
-            "no {other:?} join token: worker or manager"
-        ))),
-    }
+fn role_of(role: &str) -> Result<JoinRole, ApiError> {
+    JoinRole::parse(role)
+        .ok_or_else(|| ApiError::not_found(format!("no {role:?} join token: worker or manager")))
 }
 
 /// `{"token": ...}`: the worker or manager join token (admin).
@@ -71,30 +65,39 @@ async fn show_token(
     authority: web::Data<JoinAuthority>,
     role: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = token_of(&authority, &role)?
-        .send(ShowToken)
-        .await
-        .map_err(mailbox)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
+    let token = authority.join.current(role_of(&role)?);
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token.to_string() })))
 }
 
-/// A new worker or manager join token; the old one is refused from now
-/// on (admin).
+/// A new worker or manager join token, put through the log: once it is
+/// answered, the old one is refused by this manager, and by every other
+/// as soon as it has applied the change (admin).
 async fn rotate_token(
     admin: Admin,
     authority: web::Data<JoinAuthority>,
-    raft: web::Data<crate::raft::Raft>,
+    manager: web::Data<Addr<Manager>>,
     role: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let tokens = token_of(&authority, &role)?;
-    super::managers::alone(&raft, &role)?;
-    let token = tokens
-        .send(Rotate)
+    let role = role_of(&role)?;
+    let ca_digest = authority.join.current(role).ca_digest;
+    let token = JoinToken::new(&ca_digest).map_err(|e| ApiError::internal(e.to_string()))?;
+    let record = JoinTokenRecord {
+        role,
+        token,
+        rotated_at: chrono::Utc::now(),
+        rotated_by: admin.token,
+    };
+    match manager
+        .send(Apply(Command::RotateJoinToken { record }))
         .await
         .map_err(mailbox)?
-        .map_err(ApiError::internal)?;
-    log::info!("manager: {role} join token rotated by {}", admin.token);
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token })))
+        .map_err(ApiError::from)?
+    {
+        Reply::JoinToken(record) => {
+            Ok(HttpResponse::Ok().json(serde_json::json!({ "token": record.token.to_string() })))
+        }
+        other => Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// A joined worker's new certificate, for the name its current one gives.
@@ -166,12 +169,7 @@ async fn join(
     request: web::Json<JoinRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = request.into_inner();
-    let known = authority
-        .tokens
-        .send(CheckSecret(request.secret.clone()))
-        .await
-        .map_err(mailbox)?;
-    if !known {
+    if !authority.join.admits(JoinRole::Worker, &request.secret) {
         log::warn!(
             "manager: refused a join as {:?}: wrong join token",
             request.name

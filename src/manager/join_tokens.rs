@@ -1,92 +1,123 @@
-//! The JoinTokens actor holds the worker join token: it checks a joining
-//! worker's secret, shows the token to admins and rotates it. A rotation
-//! writes the new token to `<data_dir>/worker.token` (0600) before it is
-//! used, so a restart keeps it; from then on the old token is refused.
-//! Workers that joined keep their certificates. Messages are taken one at
-//! a time, so a rotation and a join never interleave.
+//! The join tokens a manager checks and shows: the worker token and the
+//! manager token. Each is the cluster's rotated one (replicated, so the
+//! same on every manager, see `core::join_tokens`) or, if it was never
+//! rotated, the one in this manager's data dir. [`keep_files`] keeps
+//! `<data_dir>/worker.token` and `manager.token` (0600) the cluster's
+//! current tokens, so an admin on any manager's machine reads the right
+//! one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use actix::prelude::*;
+use tokio::sync::watch;
 
+use crate::core::join_tokens::{JoinRole, JoinTokenTable};
+use crate::security::files::{manager_token_path, worker_token_path};
 use crate::security::pki::write_file;
 use crate::security::secret::{JoinToken, same_secret};
 
+/// What the Manager publishes after every committed rotation.
+pub type RotatedTokens = watch::Receiver<Arc<JoinTokenTable>>;
+
+#[derive(Clone)]
 pub struct JoinTokens {
-    token: JoinToken,
-    path: PathBuf,
+    /// The data dir's tokens, as they were at start.
+    worker: JoinToken,
+    manager: JoinToken,
+    rotated: RotatedTokens,
 }
 
 impl JoinTokens {
-    pub fn new(token: JoinToken, path: PathBuf) -> Self {
-        JoinTokens { token, path }
+    pub fn new(worker: JoinToken, manager: JoinToken, rotated: RotatedTokens) -> Self {
+        JoinTokens {
+            worker,
+            manager,
+            rotated,
+        }
+    }
+
+    /// The token that lets `role` in now.
+    pub fn current(&self, role: JoinRole) -> JoinToken {
+        if let Some(token) = self.rotated.borrow().get(&role) {
+            return token.clone();
+        }
+        match role {
+            JoinRole::Worker => self.worker.clone(),
+            JoinRole::Manager => self.manager.clone(),
+        }
+    }
+
+    /// Whether `secret` is the secret of `role`'s token now.
+    pub fn admits(&self, role: JoinRole, secret: &str) -> bool {
+        same_secret(secret, &self.current(role).secret)
     }
 }
 
-impl Actor for JoinTokens {
-    type Context = Context<Self>;
-}
-
-/// Whether a joining worker's secret is the worker token's.
-pub struct CheckSecret(pub String);
-
-impl Message for CheckSecret {
-    type Result = bool;
-}
-
-impl Handler<CheckSecret> for JoinTokens {
-    type Result = bool;
-
-    fn handle(&mut self, msg: CheckSecret, _ctx: &mut Context<Self>) -> bool {
-        same_secret(&msg.0, &self.token.secret)
+fn path_of(data_dir: &Path, role: JoinRole) -> PathBuf {
+    match role {
+        JoinRole::Worker => worker_token_path(data_dir),
+        JoinRole::Manager => manager_token_path(data_dir),
     }
 }
 
-/// The worker token as it is now.
-pub struct ShowToken;
-
-impl Message for ShowToken {
-    type Result = String;
-}
-
-impl Handler<ShowToken> for JoinTokens {
-    type Result = String;
-
-    fn handle(&mut self, _msg: ShowToken, _ctx: &mut Context<Self>) -> String {
-        self.token.to_string()
+/// Writes each rotated token to its file whenever the cluster's changes
+/// (at start too: a manager killed before it wrote one catches up), and
+/// leaves files that already say it alone. Runs until the Manager goes.
+pub async fn keep_files(data_dir: PathBuf, mut rotated: RotatedTokens) {
+    loop {
+        let table = rotated.borrow_and_update().clone();
+        for (role, token) in table.iter() {
+            let path = path_of(&data_dir, *role);
+            let text = format!("{token}\n");
+            let role = *role;
+            let written = actix_rt::task::spawn_blocking(move || {
+                if std::fs::read_to_string(&path).is_ok_and(|now| now == text) {
+                    return Ok(false);
+                }
+                write_file(&path, text.as_bytes(), true).map(|()| true)
+            })
+            .await;
+            match written {
+                Ok(Ok(true)) => {
+                    log::info!("manager: the {role} join token file now holds the cluster's")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => log::error!("manager: cannot write the {role} join token file: {e}"),
+                Err(e) => log::error!("manager: cannot write the {role} join token file: {e}"),
+            }
+        }
+        if rotated.changed().await.is_err() {
+            return;
+        }
     }
 }
 
-/// A new worker token, saved; the answer is it.
-pub struct Rotate;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Message for Rotate {
-    type Result = Result<String, String>;
-}
+    fn token() -> JoinToken {
+        JoinToken::new(&"ab".repeat(32)).expect("token")
+    }
 
-impl Handler<Rotate> for JoinTokens {
-    type Result = AtomicResponse<Self, Result<String, String>>;
+    #[test]
+    fn the_rotated_token_replaces_the_data_dirs_and_the_old_one_is_refused() {
+        let (worker, manager) = (token(), token());
+        let (tx, rx) = watch::channel(Arc::new(JoinTokenTable::new()));
+        let tokens = JoinTokens::new(worker.clone(), manager.clone(), rx);
+        assert!(tokens.admits(JoinRole::Worker, &worker.secret));
+        assert!(tokens.admits(JoinRole::Manager, &manager.secret));
+        assert!(!tokens.admits(JoinRole::Worker, &manager.secret));
 
-    fn handle(&mut self, _msg: Rotate, _ctx: &mut Context<Self>) -> Self::Result {
-        let next = JoinToken::new(&self.token.ca_digest);
-        let path = self.path.clone();
-        let work = async move {
-            let next: JoinToken = next.map_err(|e| e.to_string())?;
-            let text = format!("{next}\n");
-            actix_rt::task::spawn_blocking(move || write_file(&path, text.as_bytes(), true))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            Ok(next)
-        };
-        // Atomic: nothing else is taken until it is saved and in use.
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(
-            |saved: Result<JoinToken, String>, act, _ctx| {
-                let next = saved?;
-                log::info!("manager: the worker join token was rotated; the old one is refused");
-                act.token = next;
-                Ok(act.token.to_string())
-            },
-        )))
+        let next = token();
+        tx.send_replace(Arc::new(JoinTokenTable::from([(
+            JoinRole::Worker,
+            next.clone(),
+        )])));
+        assert_eq!(tokens.current(JoinRole::Worker), next);
+        assert!(tokens.admits(JoinRole::Worker, &next.secret));
+        assert!(!tokens.admits(JoinRole::Worker, &worker.secret));
+        // The other role keeps its own.
+        assert!(tokens.admits(JoinRole::Manager, &manager.secret));
     }
 }

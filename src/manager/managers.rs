@@ -27,9 +27,8 @@ use tokio::sync::watch;
 use super::auth::{Admin, Reader};
 use super::consensus::member;
 use super::join::JoinAuthority;
-use super::join_tokens::{CheckSecret, ShowToken};
-use super::routes::mailbox;
 use crate::api_error::ApiError;
+use crate::core::join_tokens::JoinRole;
 use crate::raft::{ChangeMembers, Metrics, NodeId, Raft};
 use crate::security::peer::ManagerPeer;
 use crate::wire::{AddManager, ClusterView, ManagerJoinReply, ManagerJoinRequest, MemberView};
@@ -125,20 +124,15 @@ async fn join(
     authority: web::Data<JoinAuthority>,
     request: web::Json<ManagerJoinRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let known = authority
-        .managers
-        .send(CheckSecret(request.secret.clone()))
-        .await
-        .map_err(mailbox)?;
-    if !known {
+    if !authority.join.admits(JoinRole::Manager, &request.secret) {
         log::warn!("manager: refused a manager's join: wrong manager join token");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "the token is not this cluster's manager join token (or it was rotated)",
         ));
     }
-    let worker_token = authority.tokens.send(ShowToken).await.map_err(mailbox)?;
-    let manager_token = authority.managers.send(ShowToken).await.map_err(mailbox)?;
+    let worker_token = authority.join.current(JoinRole::Worker).to_string();
+    let manager_token = authority.join.current(JoinRole::Manager).to_string();
     log::info!("manager: a new manager got the cluster's keys");
     Ok(HttpResponse::Ok().json(ManagerJoinReply {
         ca_cert: authority.ca.cert_pem().to_string(),
@@ -234,29 +228,6 @@ async fn remove(
     log::info!("manager: manager {id} removed by {}", admin.token);
     let metrics = raft.metrics().borrow().clone();
     Ok(HttpResponse::Ok().json(view(&metrics, &contacts.borrow(), Instant::now())))
-}
-
-/// A join token is each manager's own file, not replicated: rotated on
-/// one of several managers, the others would still take the old one.
-/// Refused (`409`) while the cluster has more than one manager.
-pub fn alone(raft: &Raft, what: &str) -> Result<(), ApiError> {
-    let members = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .nodes()
-        .count();
-    if members > 1 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "the {what} join token cannot be rotated while the cluster has {members} managers: \
-                 each keeps its own copy"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

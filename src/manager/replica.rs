@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::config::SchedulerKind;
 use crate::core::events::EventDraft;
+use crate::core::join_tokens::JoinTokenRecord;
 use crate::core::nodes::NodeRecord;
 use crate::core::tokens::TokenRecord;
 use crate::core::{ClusterState, Retention};
@@ -44,6 +45,7 @@ pub struct Records {
     pub tasks: Vec<TaskRecord>,
     pub nodes: Vec<NodeRecord>,
     pub tokens: Vec<TokenRecord>,
+    pub join_tokens: Vec<JoinTokenRecord>,
     pub services: Vec<ServiceRecord>,
 }
 
@@ -69,6 +71,7 @@ impl Records {
                 TaskRecord::TABLE => records.tasks.push(decode(table, key, bytes)?),
                 NodeRecord::TABLE => records.nodes.push(decode(table, key, bytes)?),
                 TokenRecord::TABLE => records.tokens.push(decode(table, key, bytes)?),
+                JoinTokenRecord::TABLE => records.join_tokens.push(decode(table, key, bytes)?),
                 ServiceRecord::TABLE => records.services.push(decode(table, key, bytes)?),
                 _ => {}
             }
@@ -90,14 +93,17 @@ impl Shape {
             now,
         )
         .with_tokens(records.tokens)
+        .with_join_tokens(records.join_tokens)
         .with_services(records.services)
     }
 }
 
-/// What following changes altered, for the actor to publish.
+/// What committed changes altered, for the actor to publish (the
+/// leader's batch, or the changes a follower follows).
 #[derive(Debug, Default)]
-pub struct Followed {
+pub struct Altered {
     pub tokens_changed: bool,
+    pub join_tokens_changed: bool,
     pub nodes_changed: bool,
     /// The services whose endpoints may have changed.
     pub services: BTreeSet<String>,
@@ -111,8 +117,8 @@ pub fn follow(
     state: &mut ClusterState,
     changes: &[Change],
     at: DateTime<Utc>,
-) -> Result<Followed, ReplicaError> {
-    let mut followed = Followed::default();
+) -> Result<Altered, ReplicaError> {
+    let mut followed = Altered::default();
     let result = changes
         .iter()
         .flat_map(|c| c.records.iter())
@@ -129,7 +135,7 @@ fn put(
     state: &mut ClusterState,
     record: &Record,
     at: DateTime<Utc>,
-    followed: &mut Followed,
+    followed: &mut Altered,
 ) -> Result<(), ReplicaError> {
     let (table, key) = (record.table.as_str(), record.key.as_str());
     let value = record.value.as_ref().map(|v| v.get().as_bytes());
@@ -168,6 +174,10 @@ fn put(
             state.remove_token(key);
             followed.tokens_changed = true;
         }
+        (JoinTokenRecord::TABLE, Some(bytes)) => {
+            state.put_join_token(decode(table, key, bytes)?);
+            followed.join_tokens_changed = true;
+        }
         (ServiceRecord::TABLE, Some(bytes)) => {
             let service: ServiceRecord = decode(table, key, bytes)?;
             followed.services.insert(service.spec.name.clone());
@@ -191,7 +201,8 @@ pub fn change_of(staged: crate::core::Staged) -> Result<Change, serde_json::Erro
             + staged.nodes.len()
             + staged.removed_tasks.len()
             + staged.services.len()
-            + staged.tokens.len(),
+            + staged.tokens.len()
+            + staged.join_tokens.len(),
     );
     for node in &staged.nodes {
         records.push(Record::put(node)?);
@@ -223,12 +234,16 @@ pub fn change_of(staged: crate::core::Staged) -> Result<Change, serde_json::Erro
             .iter()
             .map(|name| Record::delete(TokenRecord::TABLE, name.clone())),
     );
+    for join_token in &staged.join_tokens {
+        records.push(Record::put(join_token)?);
+    }
     Ok(Change { records })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::join_tokens::JoinRole;
     use crate::core::tokens::Role as TokenRole;
     use crate::core::{Command, Now, apply};
     use crate::wire::{Capacity, MachineStats, Registration};
@@ -375,6 +390,58 @@ mod tests {
         );
         same(&leader, &follower);
         assert!(follower.token("ci").is_none());
+    }
+
+    fn rotation(role: JoinRole) -> Command {
+        Command::RotateJoinToken {
+            record: JoinTokenRecord {
+                role,
+                token: crate::security::secret::JoinToken::new(&"cd".repeat(32)).unwrap(),
+                rotated_at: chrono::Utc::now(),
+                rotated_by: "admin".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_rotated_join_token_reaches_the_follower_and_a_failed_batch_undoes_it() {
+        let (mut leader, mut follower) = (empty(), empty());
+        assert!(follower.join_token_table().is_empty());
+        batch(&mut leader, &mut follower, vec![rotation(JoinRole::Worker)]);
+        assert_eq!(follower.join_token_table(), leader.join_token_table());
+        assert_eq!(
+            follower.join_token_table().keys().collect::<Vec<_>>(),
+            [&JoinRole::Worker]
+        );
+        // A second rotation replaces the first.
+        batch(
+            &mut leader,
+            &mut follower,
+            vec![rotation(JoinRole::Worker), rotation(JoinRole::Manager)],
+        );
+        assert_eq!(follower.join_token_table(), leader.join_token_table());
+        assert_eq!(follower.join_token_table().len(), 2);
+        // Rolled back (a batch not committed): the last committed token.
+        let before = leader.join_token_table();
+        apply(&mut leader, rotation(JoinRole::Manager), Now::read()).unwrap();
+        assert_ne!(leader.join_token_table(), before);
+        leader.take_staged();
+        leader.rollback();
+        assert_eq!(leader.join_token_table(), before);
+        // And a rebuild from the Store's records holds it.
+        let dump: Vec<RawWrite> = JoinRole::ALL
+            .iter()
+            .map(|role| {
+                let record = leader.join_token(*role).unwrap();
+                RawWrite {
+                    table: JoinTokenRecord::TABLE.into(),
+                    key: record.key(),
+                    value: Some(serde_json::to_vec(record).unwrap()),
+                }
+            })
+            .collect();
+        let rebuilt = shape().build(Records::from_dump(&dump).unwrap(), Instant::now());
+        assert_eq!(rebuilt.join_token_table(), before);
     }
 
     #[test]

@@ -94,6 +94,20 @@ impl FromStr for JoinToken {
     }
 }
 
+/// Kept and sent as its text (`CUBE1-...`), checked when read back.
+impl serde::Serialize for JoinToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JoinToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether two secrets are the same, compared through their digests: how
 /// long the comparison takes says nothing about where they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {

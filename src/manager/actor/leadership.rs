@@ -99,14 +99,10 @@ impl StreamHandler<Replicated> for Manager {
                     return;
                 }
                 match follow(&mut self.state, &changes, chrono::Utc::now()) {
-                    Ok(followed) => {
+                    Ok(mut followed) => {
                         self.applied = upto;
-                        self.events.publish(followed.events);
-                        self.publish(
-                            followed.tokens_changed,
-                            followed.nodes_changed,
-                            &followed.services,
-                        );
+                        self.events.publish(std::mem::take(&mut followed.events));
+                        self.publish(&followed);
                     }
                     Err(e) => {
                         log::error!("manager {}: {e}; rebuilding from the store", self.id);
