@@ -13,8 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
 use super::Manager;
-use super::actor::Admission;
-use super::actor::Apply;
+use super::actor::{Admission, Apply};
 use super::auth::Admin;
 use super::join_tokens::JoinTokens;
 use super::members::Member;

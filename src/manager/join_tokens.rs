@@ -74,15 +74,18 @@ pub async fn keep_files(data_dir: PathBuf, mut rotated: RotatedTokens) {
                 if std::fs::read_to_string(&path).is_ok_and(|now| now == text) {
                     return Ok(false);
                 }
-                write_file(&path, text.as_bytes(), true).map(|()| true)
+                write_file(&path, text.as_bytes(), true)
+                    .map(|()| true)
+                    .map_err(|e| e.to_string())
             })
-            .await;
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
             match written {
-                Ok(Ok(true)) => {
+                Ok(true) => {
                     log::info!("manager: the {role} join token file now holds the cluster's")
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => log::error!("manager: cannot write the {role} join token file: {e}"),
+                Ok(false) => {}
                 Err(e) => log::error!("manager: cannot write the {role} join token file: {e}"),
             }
         }
