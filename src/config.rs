@@ -16,6 +16,7 @@
 //! network = "cube"                 # the bridge network the containers join
 //! dns_listen = "127.0.0.2:5353"    # optional: where the host can ask the node's DNS
 //! ingress_threads = 1              # threads serving each published HTTP port
+//! ingress_kernel_tcp = true        # the kernel (nftables) forwards published TCP ports
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -263,10 +264,20 @@ pub struct WorkerConfig {
     /// cores and one very busy port.
     #[serde(default = "default_ingress_threads")]
     pub ingress_threads: usize,
+    /// Whether the kernel forwards the published TCP ports it can
+    /// (nftables, needs root and Debian's `nftables`), so that their bytes
+    /// never pass through the balancer's process. `false`: the balancer
+    /// carries every connection itself.
+    #[serde(default = "default_true")]
+    pub ingress_kernel_tcp: bool,
 }
 
 fn default_ingress_threads() -> usize {
     1
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The most threads a published HTTP port may be given.

@@ -306,7 +306,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             threads: wc.ingress_threads,
             bodies: crate::ingress::budget::BodyBudget::new(crate::ingress::budget::BODY_BUDGET),
             running: worker.running_view(),
+            open: Default::default(),
         };
+        if wc.ingress_kernel_tcp {
+            actix_rt::spawn(crate::ingress::kernel::run(crate::ingress::kernel::Feeds {
+                node: wc.name.clone(),
+                ingress: wc.ingress_addr,
+                endpoints: endpoint_view.clone(),
+                running: worker.running_view(),
+                network: worker.network_view(),
+                open: ingress.open.subscribe(),
+            }));
+        }
         actix_rt::spawn(crate::ingress::run(ingress.clone(), endpoint_view.clone()));
         if let Some(at) = wc.dns_listen {
             let listen = crate::dns::Listen {

@@ -620,6 +620,139 @@ async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
     }
 }
 
+/// Packets the kernel forwarded to `publish` by the table of the node
+/// process `pid`, waited for (a connection to `addr` each try) until there
+/// are some.
+async fn kernel_forwarded(pid: u32, addr: &str, publish: u16) -> u64 {
+    wait_for(
+        &format!("the kernel of node {pid} forwarding port {publish}"),
+        T,
+        || async move {
+            let _ = tcp_get(addr).await;
+            let listing = forwarding_table(pid)?;
+            let packets = *cube::ingress::kernel::rules::counted(&listing).get(&publish)?;
+            (packets > 0).then_some(packets)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its_restart() {
+    ensure_image();
+    let (mut cluster, publish, _) = behind_balancers(web(2, "kernel"), "tcp").await;
+    let (tasks, _) = running(&cluster, 2, "two replicas").await;
+    let containers = short_container_ids(&tasks);
+    let addr = format!("127.0.0.2:{publish}");
+    let worker = cluster.nodes[1]
+        .pid()
+        .expect("the worker on 127.0.0.2 runs");
+    // Both replicas (one on this node, at its container; one on the
+    // other, at its host port) are reached through the kernel's table,
+    // not the balancer's process.
+    tcp_forwards(&addr, "kernel from").await;
+    wait_for("the table to forward to both replicas", T, || async {
+        let listing = forwarding_table(worker)?;
+        listing.contains("numgen inc mod 2").then_some(())
+    })
+    .await;
+    let before = kernel_forwarded(worker, &addr, publish).await;
+    let mut reached = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let answer = tcp_get(&addr).await.unwrap();
+        let from = containers
+            .iter()
+            .find(|c| answer.contains(c.as_str()))
+            .unwrap_or_else(|| panic!("{answer}"));
+        *reached.entry(from.clone()).or_insert(0) += 1;
+    }
+    let after = kernel_forwarded(worker, &addr, publish).await;
+    println!(
+        "through {addr}: {reached:?}; the kernel forwarded {} packets",
+        after - before
+    );
+    assert_eq!(
+        reached.values().copied().collect::<Vec<_>>(),
+        [10, 10],
+        "in turn"
+    );
+    assert!(
+        after >= before + 20,
+        "20 connections, {} packets",
+        after - before
+    );
+    // From inside each replica's container, on either node, through its
+    // node's gateway: the kernel forwards there too (a replica may reach
+    // itself). Of the two, one is on this node: one more connection at
+    // least beside `kernel_forwarded`'s own.
+    for task in &tasks {
+        let container = task.container_id.as_deref().unwrap();
+        let answer = wait_for("web.cube to answer inside a container", T, || {
+            let answer = get_from_inside(container, publish);
+            async move { answer.contains("kernel from").then_some(answer) }
+        })
+        .await;
+        println!(
+            "inside {} on {:?}: {}",
+            &container[..12],
+            task.node,
+            answer.trim()
+        );
+    }
+    let inside = kernel_forwarded(worker, &addr, publish).await;
+    assert!(
+        inside >= after + 2,
+        "the container's connection was not forwarded"
+    );
+    // One replica less: the table follows, and every connection reaches
+    // the one left.
+    cluster.client().scale_service("web", 1).await.unwrap();
+    wait_for("the table to forward to one replica", T, || async {
+        let listing = forwarding_table(worker)?;
+        (!listing.contains("numgen")).then_some(())
+    })
+    .await;
+    let (left, _) = running(&cluster, 1, "one replica").await;
+    let left = short_container_ids(&left).remove(0);
+    for _ in 0..10 {
+        let answer = tcp_get(&addr).await.unwrap();
+        assert!(answer.contains(&left), "not the replica left: {answer}");
+    }
+    // Killed, the worker leaves its table (the kernel keeps forwarding
+    // to what it last knew); restarted, it removes it and makes its own.
+    cluster.nodes[1].kill9();
+    assert!(
+        forwarding_table(worker).is_some(),
+        "a killed process's table stays"
+    );
+    let answer = tcp_get(&addr).await.unwrap();
+    assert!(
+        answer.contains(&left),
+        "forwarded while the worker is down: {answer}"
+    );
+    cluster.nodes[1].restart();
+    let again = cluster.nodes[1].pid().unwrap();
+    wait_for(
+        "the restarted worker to remove the dead one's table",
+        T,
+        || async { forwarding_table(worker).is_none().then_some(()) },
+    )
+    .await;
+    tcp_forwards(&addr, "kernel from").await;
+    kernel_forwarded(again, &addr, publish).await;
+    // The service gone: no forwarding, and the port is closed.
+    cluster.client().remove_service("web").await.unwrap();
+    wait_for(&format!("{addr} to close"), T, || async {
+        tokio::net::TcpStream::connect(&addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let listing = forwarding_table(again).unwrap_or_default();
+    assert!(!listing.contains(&format!("dport {publish} ")), "{listing}");
+}
+
 #[tokio::test]
 async fn every_node_balances_http_per_request_over_the_replicas() {
     ensure_image();

@@ -61,7 +61,14 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        let pid = self.0.id();
         self.kill9();
+        // Killed, it could not remove its kernel forwarding table.
+        let table = cube::ingress::kernel::rules::table_name(pid);
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &table])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -764,6 +764,7 @@ mod tests {
             threads: 1,
             bodies: BodyBudget::new(1 << 20),
             running: watch::channel(Default::default()).1,
+            open: Default::default(),
         };
         let route = Route {
             service: "web".into(),

@@ -11,10 +11,13 @@
 //!
 //! `tcp.rs` balances per connection (round-robin over the endpoints; a
 //! replica that refuses the connection is skipped; optional PROXY protocol
-//! v2); `http.rs` per request.
+//! v2); `http.rs` per request. `kernel` has the kernel forward the TCP
+//! ports it can (nftables), past `tcp.rs`, which then serves only what the
+//! kernel leaves it.
 
 pub mod budget;
 pub mod http;
+pub mod kernel;
 mod splice;
 mod stall;
 pub mod tcp;
@@ -180,6 +183,9 @@ pub struct Place {
     pub bodies: std::sync::Arc<budget::BodyBudget>,
     /// The node's tasks that run, as its worker sees them.
     pub running: RunningView,
+    /// Where the places of the node say which ports they hold open (what
+    /// the kernel may forward).
+    pub open: kernel::OpenPortsTx,
 }
 
 /// A published port being served; dropped, it takes no more connections.
@@ -245,6 +251,7 @@ impl Listener {
 /// served.
 pub async fn run(place: Place, mut view: EndpointView) {
     let mut open: HashMap<u16, (Route, Listener)> = HashMap::new();
+    let said = kernel::OpenAt::new(place.open.clone(), place.addr);
     // Ports that could not be opened, said once each.
     let mut complained: std::collections::HashSet<u16> = std::collections::HashSet::new();
     loop {
@@ -290,6 +297,7 @@ pub async fn run(place: Place, mut view: EndpointView) {
                 }
             }
         }
+        said.set(open.keys().copied().collect());
         // A port that could not be opened (another process on it) is
         // tried again soon.
         if failed {
@@ -428,6 +436,7 @@ mod tests {
             threads: 2,
             bodies: budget::BodyBudget::new(1 << 20),
             running,
+            open: Default::default(),
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

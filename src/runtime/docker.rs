@@ -300,11 +300,30 @@ fn network_of(
         });
     let (gateway, subnet) =
         ipv4.ok_or_else(|| RuntimeError::Engine(format!("network {name} has no IPv4 gateway")))?;
+    let named = found
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name"))
+        .cloned();
+    let bridge = named
+        .or_else(|| Some(format!("br-{}", found.id.as_deref()?.get(..12)?)))
+        .filter(|b| interface_name(b));
     Ok(ContainerNetwork {
         name: name.to_string(),
         gateway,
         subnet,
+        bridge,
     })
+}
+
+/// Whether `name` can be a Linux network interface's: 1 to 15 letters,
+/// digits, `-`, `_` or `.` (what is written into firewall rules and
+/// `/proc` paths).
+fn interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// The bridge network `name`, made if missing; its gateway.
@@ -557,6 +576,48 @@ fn container_events(docker: &Docker, node: &str, since_s: i64) -> EngineStream<C
 mod tests {
     use super::*;
     use crate::runtime::PublishedPort;
+
+    fn bridge_network(id: &str, options: &[(&str, &str)]) -> bollard::models::NetworkInspect {
+        bollard::models::NetworkInspect {
+            id: Some(id.into()),
+            driver: Some("bridge".into()),
+            options: Some(
+                options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ipam: Some(bollard::models::Ipam {
+                config: Some(vec![bollard::models::IpamConfig {
+                    gateway: Some("172.18.0.1".into()),
+                    subnet: Some("172.18.0.0/16".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_network_s_bridge_is_its_given_name_or_br_and_its_id() {
+        let id = "0123456789abcdef0123";
+        let net = network_of("cube", "w1", bridge_network(id, &[])).unwrap();
+        assert_eq!(net.bridge.as_deref(), Some("br-0123456789ab"));
+        let named = [("com.docker.network.bridge.name", "docker0")];
+        let net = network_of("bridge", "w1", bridge_network(id, &named)).unwrap();
+        assert_eq!(net.bridge.as_deref(), Some("docker0"));
+        // What cannot be an interface's name is not taken for one.
+        let odd = [("com.docker.network.bridge.name", "a\"; drop")];
+        let net = network_of("x", "w1", bridge_network(id, &odd)).unwrap();
+        assert_eq!(net.bridge, None);
+        assert_eq!(
+            network_of("x", "w1", bridge_network("short", &[]))
+                .unwrap()
+                .bridge,
+            None
+        );
+    }
 
     fn spec() -> ContainerSpec {
         ContainerSpec {

@@ -367,6 +367,7 @@ impl Engine for FakeEngine {
             name: name.to_string(),
             gateway: std::net::Ipv4Addr::LOCALHOST.into(),
             subnet: None,
+            bridge: None,
         });
         Box::pin(async move { result })
     }

@@ -102,6 +102,9 @@ pub struct ContainerNetwork {
     pub gateway: IpAddr,
     /// Its containers' addresses.
     pub subnet: Option<ipnet::IpNet>,
+    /// The host's interface for it (`br-<id>`, or the name the network
+    /// was made with), when the engine says.
+    pub bridge: Option<String>,
 }
 
 /// A container port published on the host.

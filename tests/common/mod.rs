@@ -216,18 +216,51 @@ impl NodeProc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
         // A paused process must wake to die promptly.
-        if let Some(child) = &self.child {
+        let pid = self.pid();
+        if let Some(pid) = pid {
             let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
+                .args(["-CONT", &pid.to_string()])
                 .status();
         }
         self.kill9();
+        // Killed, it could not remove its forwarding table (a later node
+        // would): the test leaves none behind.
+        if let Some(pid) = pid {
+            remove_forwarding_table(pid);
+        }
     }
+}
+
+/// Removes the kernel forwarding table of the node process `pid`, if any.
+pub fn remove_forwarding_table(pid: u32) {
+    let name = cube::ingress::kernel::rules::table_name(pid);
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", &name])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// What `nft list table` shows of the node process `pid`'s forwarding
+/// table, if it has one.
+pub fn forwarding_table(pid: u32) -> Option<String> {
+    let name = cube::ingress::kernel::rules::table_name(pid);
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", &name])
+        .output()
+        .expect("cannot run nft (Debian's nftables)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The `[worker]` line giving a worker a container network of its own
