@@ -580,10 +580,20 @@ async fn every_node_balances_a_tcp_port_over_the_replicas_anywhere() {
     let containers = short_container_ids(&tasks);
     for ingress in ["127.0.0.2", "127.0.0.3"] {
         let addr = format!("{ingress}:{publish}");
-        // The node's listener opens once its copy of the endpoints has them.
-        wait_for(&format!("{addr} to forward"), T, || {
+        // The node's listener opens once its copy of the endpoints has
+        // them, and the kernel forwards to both once its table has both
+        // (each node learns of the other's replica in its own time).
+        wait_for(&format!("{addr} to forward to both"), T, || {
             let addr = addr.clone();
-            async move { tcp_get(&addr).await.ok().filter(|a| a.contains("tcp from")) }
+            let containers = containers.clone();
+            async move {
+                let mut seen = std::collections::BTreeSet::new();
+                for _ in 0..4 {
+                    let answer = tcp_get(&addr).await.ok()?;
+                    seen.extend(containers.iter().filter(|c| answer.contains(c.as_str())));
+                }
+                (seen.len() == 2).then_some(())
+            }
         })
         .await;
         let mut reached = std::collections::BTreeMap::new();
