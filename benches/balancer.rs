@@ -101,11 +101,17 @@ fn wrk(url: &str) -> Http {
 /// connection to `addr` (one fetch, 64 MiB, lasts some 50 ms: alone it
 /// would measure the machine's noise more than the path).
 async fn transfer(addr: &str) -> f64 {
+    transfer_from(&[addr.to_string()]).await
+}
+
+/// As [`transfer`], fetch `k` from `addrs[k % addrs.len()]`.
+async fn transfer_from(addrs: &[String]) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let start = Instant::now();
     let mut total = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
-    for _ in 0..FETCHES {
+    for k in 0..FETCHES {
+        let addr = &addrs[k % addrs.len()];
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         stream
             .write_all(b"GET /big HTTP/1.0\r\nHost: bench\r\n\r\n")
@@ -325,6 +331,9 @@ async fn main() {
     answers(&haproxy_many).await;
     let mut http: Vec<Vec<Http>> = vec![Vec::new(); paths.len()];
     let mut tcp: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    // The replicas the balancers share, each in turn at its container.
+    let at_containers: Vec<String> = replicas.iter().map(|r| format!("{}:8080", r.ip)).collect();
+    let mut every_replica = Vec::new();
     for _ in 0..ROUNDS {
         for (i, (_, url, _)) in paths.iter().enumerate() {
             http[i].push(wrk(url));
@@ -334,6 +343,7 @@ async fn main() {
         for (i, (_, _, addr)) in paths.iter().enumerate() {
             tcp[i].push(transfer(addr).await);
         }
+        every_replica.push(transfer_from(&at_containers).await);
     }
     // Block 2: Cube restarted with one thread per core (its replicas
     // adopted as they are), beside HAProxy with as many.
@@ -418,6 +428,12 @@ async fn main() {
             m / container * 100.0
         );
     }
+    let m = common::median(every_replica.clone());
+    println!(
+        "| direct (the {REPLICAS} replicas in turn, container addresses) | {m:.0} | {:.0}% | {:.0}% |",
+        m / published * 100.0,
+        m / container * 100.0
+    );
     let m = common::median(user_tcp.clone());
     println!(
         "| cube, in user space (`ingress_kernel_tcp = false`) | {m:.0} | {:.0}% | {:.0}% |",
