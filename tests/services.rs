@@ -719,7 +719,13 @@ async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its
     cluster.client().scale_service("web", 1).await.unwrap();
     wait_for("the table to forward to one replica", T, || async {
         let listing = forwarding_table(worker)?;
-        (!listing.contains("numgen")).then_some(())
+        let port = format!("dport {publish} ");
+        let rules: Vec<&str> = listing.lines().filter(|l| l.contains(&port)).collect();
+        let one = !rules.is_empty()
+            && rules
+                .iter()
+                .all(|l| l.contains("dnat to") && !l.contains("numgen"));
+        one.then_some(())
     })
     .await;
     let (left, _) = running(&cluster, 1, "one replica").await;
@@ -728,17 +734,24 @@ async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its
         let answer = tcp_get(&addr).await.unwrap();
         assert!(answer.contains(&left), "not the replica left: {answer}");
     }
-    // Killed, the worker leaves its table (the kernel keeps forwarding
-    // to what it last knew); restarted, it removes it and makes its own.
+    // While the table lets loopback clients reach the bridge, the bridge
+    // lets loopback packets out (and the table guards it).
+    let listing = forwarding_table(worker).unwrap();
+    let bridge = listing
+        .lines()
+        .find(|l| l.contains("ip saddr 127.0.0.0/8 drop"))
+        .and_then(|l| l.split('"').nth(1))
+        .unwrap_or_else(|| panic!("no guard: {listing}"))
+        .to_string();
+    let localnet = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_string();
+    assert_eq!(read(&localnet), "1");
+    // Killed, the worker leaves its table; restarted, it removes it and
+    // makes its own.
     cluster.nodes[1].kill9();
     assert!(
         forwarding_table(worker).is_some(),
         "a killed process's table stays"
-    );
-    let answer = tcp_get(&addr).await.unwrap();
-    assert!(
-        answer.contains(&left),
-        "forwarded while the worker is down: {answer}"
     );
     cluster.nodes[1].restart();
     let again = cluster.nodes[1].pid().unwrap();
@@ -761,6 +774,19 @@ async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its
     .await;
     let listing = forwarding_table(again).unwrap_or_default();
     assert!(!listing.contains(&format!("dport {publish} ")), "{listing}");
+    // Stopped (SIGTERM), the worker removes its table and gives its
+    // bridge back its route_localnet.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &again.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(
+        cluster.nodes[1].wait_exit(T).await.is_some(),
+        "did not stop"
+    );
+    assert!(forwarding_table(again).is_none(), "its table outlived it");
+    assert_eq!(read(&localnet), "0", "route_localnet left on");
 }
 
 #[tokio::test]

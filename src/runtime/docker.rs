@@ -307,23 +307,13 @@ fn network_of(
         .cloned();
     let bridge = named
         .or_else(|| Some(format!("br-{}", found.id.as_deref()?.get(..12)?)))
-        .filter(|b| interface_name(b));
+        .filter(|b| super::interface_name(b));
     Ok(ContainerNetwork {
         name: name.to_string(),
         gateway,
         subnet,
         bridge,
     })
-}
-
-/// Whether `name` can be a Linux network interface's: 1 to 15 letters,
-/// digits, `-`, `_` or `.` (what is written into firewall rules and
-/// `/proc` paths).
-fn interface_name(name: &str) -> bool {
-    (1..=15).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// The bridge network `name`, made if missing; its gateway.

@@ -107,6 +107,18 @@ pub struct ContainerNetwork {
     pub bridge: Option<String>,
 }
 
+/// Whether `name` can be a Linux network interface's: 1 to 15 letters,
+/// digits, `-`, `_` or `.`, not `.` or `..` (what Cube writes into
+/// firewall rules and `/proc` paths).
+pub fn interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// A container port published on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishedPort {

@@ -76,22 +76,57 @@ pub struct Feeds {
     pub open: watch::Receiver<OpenPorts>,
 }
 
-/// Removes the process's table when dropped (the node stopping).
-struct Owned(String);
+/// The process's table, and the bridge whose `route_localnet` it set
+/// (with what it was before): both given back when dropped (the node
+/// stopping), the bridge first, while its guard still stands.
+struct Owned {
+    name: String,
+    localnet: Option<(String, bool)>,
+}
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        nft::remove_now(&self.0);
+        if let Some((bridge, was)) = self.localnet.take() {
+            nft::restore_route_localnet_now(&bridge, was);
+        }
+        nft::remove_now(&self.name);
+    }
+}
+
+impl Owned {
+    /// Lets loopback packets out through `bridge` (its guard applied
+    /// already), giving any other bridge back what it had. Whether it is
+    /// let.
+    async fn open_localnet(&mut self, bridge: &str) -> Result<(), nft::NftError> {
+        match &self.localnet {
+            Some((b, _)) if b == bridge => return Ok(()),
+            _ => self.close_localnet().await,
+        }
+        let was = nft::route_localnet(bridge).await?;
+        nft::set_route_localnet(bridge, true).await?;
+        self.localnet = Some((bridge.to_string(), was));
+        Ok(())
+    }
+
+    /// Gives the bridge whose `route_localnet` was set what it had.
+    async fn close_localnet(&mut self) {
+        if let Some((bridge, was)) = self.localnet.take()
+            && let Err(e) = nft::set_route_localnet(&bridge, was).await
+        {
+            log::warn!("ingress: {e}");
+        }
     }
 }
 
 /// The places the node's balancer listens at: `ingress`, and the
 /// container network's gateway unless `ingress` is every address already;
 /// each with the ports open there.
-fn places(ingress: IpAddr, network: Option<&ContainerNetwork>) -> Vec<Listen> {
+fn places(ingress: IpAddr, network: Option<&ContainerNetwork>, open: &OpenPorts) -> Vec<Listen> {
+    let open_at = |addr: &IpAddr| open.get(addr).cloned().unwrap_or_default();
     let mut places = vec![Listen {
         addr: ingress,
         allow: None,
+        open: open_at(&ingress),
     }];
     if let Some(net) = network
         && !ingress.is_unspecified()
@@ -99,32 +134,36 @@ fn places(ingress: IpAddr, network: Option<&ContainerNetwork>) -> Vec<Listen> {
         places.push(Listen {
             addr: net.gateway,
             allow: net.subnet,
+            open: open_at(&net.gateway),
         });
     }
     places
 }
 
-/// What the table should forward now: the forwards of ports open at
-/// their place, and the bridge to guard.
-fn wanted(feeds: &mut Feeds) -> (Option<String>, Vec<Forward>) {
+/// What the table should hold now: the bridge to guard (when its
+/// interface is known) and the forwards. Loopback clients are sent to the
+/// bridge's replicas only when it can let them (`localnet_ok`).
+fn wanted(feeds: &mut Feeds, localnet_ok: bool) -> (Option<String>, Vec<Forward>) {
     let network = feeds.network.borrow_and_update().clone();
     let open = feeds.open.borrow_and_update().clone();
     let running = feeds.running.borrow_and_update().clone();
     let table = feeds.endpoints.borrow_and_update().clone();
+    let bridge = network
+        .as_ref()
+        .and_then(|n| n.bridge.clone())
+        .filter(|b| crate::runtime::interface_name(b));
     let bridge_net = match network.as_ref().and_then(|n| n.subnet) {
-        Some(ipnet::IpNet::V4(net)) => Some(net),
+        Some(ipnet::IpNet::V4(net)) if bridge.is_some() && localnet_ok => Some(net),
         _ => None,
     };
-    let places = places(feeds.ingress, network.as_ref());
-    let forwards = rules::forwards(&table, &running, &feeds.node, &places, bridge_net)
-        .into_iter()
-        .filter(|f| {
-            let addr = f.addr.map_or(feeds.ingress, IpAddr::V4);
-            open.get(&addr).is_some_and(|ports| ports.contains(&f.port))
-        })
-        .collect();
-    (network.and_then(|n| n.bridge), forwards)
+    let places = places(feeds.ingress, network.as_ref(), &open);
+    let forwards = rules::forwards(&table, &running, &feeds.node, &places, bridge_net);
+    (bridge, forwards)
 }
+
+/// How often a node looks for tables of Cube processes gone (killed on
+/// this machine without restarting).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Keeps the node's table true to its feeds until one of them ends (the
 /// node stopping), then removes it. When `nft` cannot be run, says so
@@ -139,25 +178,53 @@ pub async fn run(mut feeds: Feeds) {
         }
     }
     let name = rules::table_name(std::process::id());
-    let _owned = Owned(name.clone());
+    let mut owned = Owned {
+        name: name.clone(),
+        localnet: None,
+    };
     let mut applied: Option<(Option<String>, Vec<Forward>)> = None;
-    let mut localnet: Option<String> = None;
+    // The bridge that could not be made to let loopback packets out.
+    let mut unlet: Option<String> = None;
     let mut complained = false;
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let want = wanted(&mut feeds);
+        let current = feeds
+            .network
+            .borrow()
+            .as_ref()
+            .and_then(|n| n.bridge.clone());
+        let want = wanted(&mut feeds, unlet.is_none() || unlet != current);
+        if unlet.is_some() && unlet != current {
+            // Another bridge now: it may let them.
+            unlet = None;
+        }
         if applied.as_ref() != Some(&want) {
             let (bridge, forwards) = &want;
             let told = async {
-                if let Some(bridge) = bridge
-                    && localnet.as_ref() != Some(bridge)
-                {
-                    nft::route_localnet(bridge).await?;
-                    localnet = Some(bridge.clone());
+                if let Some(bridge) = bridge {
+                    // The guard first, then the bridge let open, then
+                    // the forwards (meanwhile user space serves).
+                    let let_open = owned.localnet.as_ref().map(|(b, _)| b) == Some(bridge);
+                    if !let_open && unlet.as_ref() != Some(bridge) {
+                        nft::apply(&rules::script(&name, Some(bridge), &[])).await?;
+                        if let Err(e) = owned.open_localnet(bridge).await {
+                            log::warn!(
+                                "ingress: loopback clients of {bridge}'s replicas stay in user space: {e}"
+                            );
+                            unlet = Some(bridge.clone());
+                            return Ok(false);
+                        }
+                    }
+                } else {
+                    owned.close_localnet().await;
                 }
-                nft::apply(&rules::script(&name, bridge.as_deref(), forwards)).await
+                nft::apply(&rules::script(&name, bridge.as_deref(), forwards))
+                    .await
+                    .map(|()| true)
             };
             match told.await {
-                Ok(()) => {
+                Ok(true) => {
                     log::debug!(
                         "ingress: the kernel forwards {} TCP port(s)",
                         forwards.len()
@@ -165,6 +232,8 @@ pub async fn run(mut feeds: Feeds) {
                     applied = Some(want);
                     complained = false;
                 }
+                // Worked out again without the bridge's loopback clients.
+                Ok(false) => continue,
                 Err(e) => {
                     if !complained {
                         log::error!(
@@ -172,8 +241,13 @@ pub async fn run(mut feeds: Feeds) {
                         );
                     }
                     complained = true;
-                    // Removed, so that no outdated forwarding stays.
-                    let _ = nft::apply(&rules::removal(&name)).await;
+                    // No forwarding left, the guard kept while the bridge
+                    // lets loopback packets out.
+                    let guard = owned.localnet.as_ref().map(|(b, _)| b.as_str());
+                    if let Err(e) = nft::apply(&rules::script(&name, guard, &[])).await {
+                        log::error!("ingress: cannot empty the forwarding table {name}: {e}");
+                        owned.close_localnet().await;
+                    }
                     applied = None;
                 }
             }
@@ -183,6 +257,12 @@ pub async fn run(mut feeds: Feeds) {
             r = feeds.running.changed() => r.is_err(),
             r = feeds.network.changed() => r.is_err(),
             r = feeds.open.changed() => r.is_err(),
+            _ = sweep.tick() => {
+                if let Err(e) = nft::remove_orphans().await {
+                    log::warn!("ingress: cannot look for forwarding tables of processes gone: {e}");
+                }
+                false
+            }
         };
         if ended {
             return;

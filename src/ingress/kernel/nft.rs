@@ -13,6 +13,10 @@ use super::rules;
 pub enum NftError {
     #[error("cannot run nft (is Debian's nftables installed, and is this root?): {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot talk to nft: {0}")]
+    Pipe(#[source] std::io::Error),
+    #[error("nft did not finish within {0:?}")]
+    Hung(std::time::Duration),
     #[error("nft refused the table: {0}")]
     Refused(String),
     #[error("cannot set {path}: {source}")]
@@ -33,7 +37,16 @@ pub async fn listing(name: &str) -> Result<String, NftError> {
     run(&["list", "table", "ip", name], None).await
 }
 
+/// How long one `nft` may take (it is killed after).
+const NFT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn run(args: &[&str], input: Option<&str>) -> Result<String, NftError> {
+    tokio::time::timeout(NFT_TIMEOUT, run_once(args, input))
+        .await
+        .map_err(|_| NftError::Hung(NFT_TIMEOUT))?
+}
+
+async fn run_once(args: &[&str], input: Option<&str>) -> Result<String, NftError> {
     let mut child = tokio::process::Command::new("nft")
         .args(args)
         .stdin(Stdio::piped())
@@ -46,9 +59,9 @@ async fn run(args: &[&str], input: Option<&str>) -> Result<String, NftError> {
         stdin
             .write_all(input.as_bytes())
             .await
-            .map_err(NftError::Spawn)?;
+            .map_err(NftError::Pipe)?;
     }
-    let out = child.wait_with_output().await.map_err(NftError::Spawn)?;
+    let out = child.wait_with_output().await.map_err(NftError::Pipe)?;
     if !out.status.success() {
         return Err(NftError::Refused(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -74,6 +87,15 @@ pub async fn remove_orphans() -> Result<usize, NftError> {
         if alive(pid) {
             continue;
         }
+        // Its bridge lets loopback packets through no more once its
+        // guard is gone.
+        if let Ok(listing) = listing(name).await {
+            for bridge in guarded(&listing) {
+                if let Err(e) = set_route_localnet(&bridge, false).await {
+                    log::warn!("ingress: {e}");
+                }
+            }
+        }
         // One that cannot be removed is said, and the others still are.
         match apply(&rules::removal(name)).await {
             Ok(()) => removed += 1,
@@ -96,15 +118,51 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// The bridges a table's `guard` chain guards, as `nft list` shows it.
+fn guarded(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter(|l| l.contains("127.0.0.0/8 drop"))
+        .filter_map(|l| l.split('"').nth(1))
+        .filter(|b| crate::runtime::interface_name(b))
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn localnet_path(bridge: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
+}
+
+/// Whether packets from loopback addresses may leave through `bridge`.
+pub async fn route_localnet(bridge: &str) -> Result<bool, NftError> {
+    let path = localnet_path(bridge);
+    match tokio::fs::read_to_string(&path).await {
+        Ok(text) => Ok(text.trim() == "1"),
+        Err(source) => Err(NftError::Sysctl { path, source }),
+    }
+}
+
 /// Lets packets from loopback addresses leave through `bridge` (to be
-/// given the bridge's address on the way out): what a client on the
-/// node's loopback needs to reach a replica there through the kernel. The
-/// table's `guard` chain drops such packets arriving from the bridge.
-pub async fn route_localnet(bridge: &str) -> Result<(), NftError> {
-    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
-    tokio::fs::write(&path, b"1")
+/// given the bridge's address on the way out), or no more: what a client
+/// on the node's loopback needs to reach a replica there through the
+/// kernel. Set only while the table's `guard` chain drops such packets
+/// arriving from the bridge (a container could otherwise reach the
+/// host's loopback services).
+pub async fn set_route_localnet(bridge: &str, on: bool) -> Result<(), NftError> {
+    let path = localnet_path(bridge);
+    tokio::fs::write(&path, if on { b"1" } else { b"0" })
         .await
         .map_err(|source| NftError::Sysctl { path, source })
+}
+
+/// Gives `bridge` back the `route_localnet` it had, now, without the
+/// async runtime (for a process that is stopping).
+pub fn restore_route_localnet_now(bridge: &str, was: bool) {
+    if let Err(e) = std::fs::write(localnet_path(bridge), if was { "1" } else { "0" }) {
+        log::warn!("ingress: cannot restore route_localnet of {bridge}: {e}");
+    }
 }
 
 /// Removes the table `name` now, without the async runtime (for a
@@ -122,5 +180,21 @@ pub fn remove_now(name: &str) {
             let _ = stdin.write_all(rules::removal(name).as_bytes());
         }
         let _ = child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_names_the_bridges_its_guard_guards() {
+        let listing = "table ip cube_ingress_1 {\n\tchain guard {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\
+            \t\tiifname \"br-0898695589fa\" ip saddr 127.0.0.0/8 drop\n\
+            \t\tiifname \"br-0898695589fa\" ip daddr 127.0.0.0/8 drop\n\t}\n}\n";
+        assert_eq!(guarded(listing), ["br-0898695589fa"]);
+        assert!(guarded("table ip cube_ingress_1 {}").is_empty());
+        // What is no interface's name is not written into /proc.
+        assert!(guarded("iifname \"../../x\" ip saddr 127.0.0.0/8 drop").is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! ports it forwards itself (`Forward`), and the nftables table that does
 //! it (`table`). Plain functions over plain data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
@@ -21,12 +21,15 @@ pub const MARK: u32 = 0x0010_0000;
 /// The prefix of every table Cube makes; the owning process's id follows.
 pub const TABLE_PREFIX: &str = "cube_ingress_";
 
-/// Where a node's balancer listens on its published ports and whom it
-/// serves there, beside loopback.
+/// Where a node's balancer listens on its published ports, whom it
+/// serves there beside loopback, and the ports its listeners hold open
+/// there (only those may be forwarded: a port another program holds is
+/// never taken from it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     pub addr: IpAddr,
     pub allow: Option<IpNet>,
+    pub open: BTreeSet<u16>,
 }
 
 /// One published TCP port at one listening address, forwarded by the
@@ -38,11 +41,6 @@ pub struct Forward {
     pub port: u16,
     /// Who may connect, beside loopback (`None`: anyone).
     pub allow: Option<Ipv4Net>,
-    /// Whether clients on loopback are forwarded too: only when every
-    /// replica is on loopback or on the node's bridge (a packet from
-    /// 127.0.0.1 cannot leave by another interface; such clients are
-    /// carried in user space).
-    pub from_loopback: bool,
     pub targets: Vec<SocketAddrV4>,
 }
 
@@ -51,10 +49,14 @@ pub struct Forward {
 /// `idle_timeout_s` of its own (the kernel cannot close an idle
 /// connection: it can only forget it, and the client would never learn),
 /// at each
-/// IPv4 place, to its IPv4 replicas as `target` reaches them. A port with
-/// no replica is left to user space (which refuses the connection).
-/// `bridge` is the node's container network, whose replicas loopback
-/// clients can reach.
+/// IPv4 place that holds it open, to its IPv4 replicas as `target` reaches
+/// them, when every one of them is near: on the node's bridge (`bridge`,
+/// given when loopback clients can reach it: its interface is known and
+/// lets them) or at a loopback address. A replica on another host keeps
+/// the port in user space: a packet from 127.0.0.1 cannot leave by
+/// another interface, and one from outside forwarded to another host
+/// meets the engine's forwarding policy (drop). A port with no replica is
+/// left to user space too (which refuses the connection).
 pub fn forwards(
     table: &EndpointTable,
     running: &Running,
@@ -91,8 +93,10 @@ pub fn forwards(
         let near = |t: &SocketAddrV4| {
             t.ip().is_loopback() || bridge.is_some_and(|net| net.contains(t.ip()))
         };
-        let from_loopback = targets.iter().all(near);
-        for place in places {
+        if !targets.iter().all(near) {
+            continue;
+        }
+        for place in places.iter().filter(|p| p.open.contains(&port)) {
             let addr = match place.addr {
                 IpAddr::V4(ip) if ip.is_unspecified() => None,
                 IpAddr::V4(ip) => Some(ip),
@@ -108,7 +112,6 @@ pub fn forwards(
                 addr,
                 port,
                 allow,
-                from_loopback,
                 targets: targets.clone(),
             });
         }
@@ -127,11 +130,14 @@ pub fn owner(name: &str) -> Option<u32> {
 }
 
 /// An nftables script that replaces the table `name` in one transaction
-/// with one that forwards `forwards`. `bridge`, the node's container
+/// with one that forwards `forwards`. Its DNAT comes after every other
+/// (priority -99, after `dstnat`): a port that the engine or another
+/// program forwards itself stays theirs. `bridge`, the node's container
 /// network's interface, is guarded: packets from it to or from loopback
 /// addresses are dropped (it lets loopback clients reach its replicas, see
 /// `route_localnet`).
 pub fn script(name: &str, bridge: Option<&str>, forwards: &[Forward]) -> String {
+    let bridge = bridge.filter(|b| crate::runtime::interface_name(b));
     let mut s = String::new();
     // Made if missing, so that the delete always succeeds.
     let _ = writeln!(s, "table ip {name} {{}}");
@@ -148,7 +154,7 @@ pub fn script(name: &str, bridge: Option<&str>, forwards: &[Forward]) -> String 
     for hook in ["prerouting", "output"] {
         let _ = writeln!(
             s,
-            "  chain {hook} {{\n    type nat hook {hook} priority -101; policy accept;\n    jump ports\n  }}"
+            "  chain {hook} {{\n    type nat hook {hook} priority -99; policy accept;\n    jump ports\n  }}"
         );
     }
     let _ = writeln!(s, "  chain ports {{");
@@ -172,22 +178,15 @@ pub fn removal(name: &str) -> String {
 
 fn rule(f: &Forward) -> String {
     let mut r = String::new();
-    match f.addr {
-        Some(ip) => {
-            let _ = write!(r, "ip daddr {ip} ");
-        }
-        None => r.push_str("fib daddr type local "),
+    // Only to this host: an address that moved to another machine is
+    // routed through, not taken.
+    r.push_str("fib daddr type local ");
+    if let Some(ip) = f.addr {
+        let _ = write!(r, "ip daddr {ip} ");
     }
     let _ = write!(r, "tcp dport {} ", f.port);
-    match (f.from_loopback, f.allow) {
-        (true, None) => {}
-        (true, Some(net)) => {
-            let _ = write!(r, "ip saddr {{ 127.0.0.0/8, {net} }} ");
-        }
-        (false, None) => r.push_str("ip saddr != 127.0.0.0/8 "),
-        (false, Some(net)) => {
-            let _ = write!(r, "ip saddr {net} ");
-        }
+    if let Some(net) = f.allow {
+        let _ = write!(r, "ip saddr {{ 127.0.0.0/8, {net} }} ");
     }
     let _ = write!(r, "meta mark set meta mark | {MARK:#x} counter dnat to ");
     if let [only] = f.targets.as_slice() {
@@ -270,6 +269,7 @@ mod tests {
         Listen {
             addr: addr.parse().unwrap(),
             allow: None,
+            open: [9000].into(),
         }
     }
 
@@ -282,6 +282,7 @@ mod tests {
         let gateway = Listen {
             addr: "172.18.0.1".parse().unwrap(),
             allow: Some("172.18.0.0/16".parse().unwrap()),
+            open: [9000].into(),
         };
         let bridge = Some("172.18.0.0/16".parse().unwrap());
         let got = forwards(&t, &running, "w1", &[host("127.0.0.2"), gateway], bridge);
@@ -293,9 +294,13 @@ mod tests {
         assert_eq!(got[0].addr, Some("127.0.0.2".parse().unwrap()));
         assert_eq!(got[0].allow, None);
         assert_eq!(got[0].targets, targets);
-        assert!(got[0].from_loopback, "every replica is near");
         assert_eq!(got[1].addr, Some("172.18.0.1".parse().unwrap()));
         assert_eq!(got[1].allow, Some("172.18.0.0/16".parse().unwrap()));
+        // A place that does not hold the port open (another program
+        // does) gets no forwarding of it.
+        let mut held = host("127.0.0.2");
+        held.open.clear();
+        assert!(forwards(&t, &running, "w1", &[held], bridge).is_empty());
     }
 
     #[test]
@@ -322,19 +327,29 @@ mod tests {
     }
 
     #[test]
-    fn a_far_replica_keeps_loopback_clients_in_user_space() {
-        let t = table(
-            Protocol::Tcp,
-            false,
-            vec![endpoint("w2", "10.0.0.3", 32002)],
-        );
-        let got = forwards(&t, &Running::new(), "w1", &[host("0.0.0.0")], None);
+    fn a_replica_on_another_host_keeps_the_port_in_user_space() {
+        let far = endpoint("w2", "10.0.0.3", 32002);
+        let here = endpoint("w1", "10.0.0.1", 32001);
+        let running = Running::from([(here.task, Some("172.18.0.5".parse().unwrap()))]);
+        let bridge = Some("172.18.0.0/16".parse().unwrap());
+        let t = table(Protocol::Tcp, false, vec![here.clone(), far]);
+        assert!(forwards(&t, &running, "w1", &[host("0.0.0.0")], bridge).is_empty());
+        // The bridge unknown (or not letting loopback out): its replicas
+        // are not near either.
+        let t = table(Protocol::Tcp, false, vec![here]);
+        assert!(forwards(&t, &running, "w1", &[host("0.0.0.0")], None).is_empty());
+        let got = forwards(&t, &running, "w1", &[host("0.0.0.0")], bridge);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].addr, None);
-        assert!(!got[0].from_loopback);
-        let rule = rule(&got[0]);
-        assert!(rule.starts_with("fib daddr type local tcp dport 9000 ip saddr != 127.0.0.0/8 "));
-        assert!(rule.ends_with("dnat to 10.0.0.3:32002"), "{rule}");
+        let text = rule(&got[0]);
+        assert_eq!(
+            text,
+            "fib daddr type local tcp dport 9000 meta mark set meta mark | 0x100000 \
+             counter dnat to 172.18.0.5:7777"
+        );
+        let mut at = got[0].clone();
+        at.addr = Some("10.0.0.1".parse().unwrap());
+        assert!(rule(&at).starts_with("fib daddr type local ip daddr 10.0.0.1 tcp dport 9000 "));
     }
 
     #[test]
@@ -343,7 +358,6 @@ mod tests {
             addr: Some("172.18.0.1".parse().unwrap()),
             port: 9000,
             allow: Some("172.18.0.0/16".parse().unwrap()),
-            from_loopback: true,
             targets: vec![
                 "172.18.0.5:7777".parse().unwrap(),
                 "127.0.0.3:32002".parse().unwrap(),
@@ -355,7 +369,7 @@ mod tests {
         ));
         assert!(s.contains("iifname \"br-abc\" ip saddr 127.0.0.0/8 drop"));
         assert!(s.contains(
-            "ip daddr 172.18.0.1 tcp dport 9000 ip saddr { 127.0.0.0/8, 172.18.0.0/16 } \
+            "fib daddr type local ip daddr 172.18.0.1 tcp dport 9000 ip saddr { 127.0.0.0/8, 172.18.0.0/16 } \
              meta mark set meta mark | 0x100000 counter \
              dnat to numgen inc mod 2 map { 0 : 172.18.0.5 . 7777, 1 : 127.0.0.3 . 32002 }"
         ));
