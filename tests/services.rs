@@ -648,7 +648,7 @@ async fn kernel_forwarded(pid: u32, addr: &str, publish: u16) -> u64 {
 }
 
 #[tokio::test]
-async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its_restart() {
+async fn the_kernel_forwards_a_tcp_port_and_its_table_dies_with_the_worker() {
     ensure_image();
     let (mut cluster, publish, _) = behind_balancers(web(2, "kernel"), "tcp").await;
     let (tasks, _) = running(&cluster, 2, "two replicas").await;
@@ -734,9 +734,9 @@ async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its
         let answer = tcp_get(&addr).await.unwrap();
         assert!(answer.contains(&left), "not the replica left: {answer}");
     }
-    // While the table lets loopback clients reach the bridge, the bridge
-    // lets loopback packets out (and the table guards it).
-    let listing = forwarding_table(worker).unwrap();
+    // While the table sends loopback clients to the bridge, the bridge
+    // lets loopback packets out, and the guard table guards it.
+    let listing = guard_table(worker).expect("a guard table");
     let bridge = listing
         .lines()
         .find(|l| l.contains("ip saddr 127.0.0.0/8 drop"))
@@ -746,19 +746,25 @@ async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its
     let localnet = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
     let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_string();
     assert_eq!(read(&localnet), "1");
-    // Killed, the worker leaves its table; restarted, it removes it and
-    // makes its own.
+    // Killed, the worker's forwarding table goes with it (its nft
+    // session ends); its guard stays until the restarted worker sweeps
+    // it, and makes its own.
     cluster.nodes[1].kill9();
+    wait_for("the killed worker's forwarding table to go", T, || async {
+        forwarding_table(worker).is_none().then_some(())
+    })
+    .await;
     assert!(
-        forwarding_table(worker).is_some(),
-        "a killed process's table stays"
+        guard_table(worker).is_some(),
+        "the guard went before the sweep"
     );
+    assert_eq!(read(&localnet), "1");
     cluster.nodes[1].restart();
     let again = cluster.nodes[1].pid().unwrap();
     wait_for(
-        "the restarted worker to remove the dead one's table",
+        "the restarted worker to sweep the dead one's guard",
         T,
-        || async { forwarding_table(worker).is_none().then_some(()) },
+        || async { guard_table(worker).is_none().then_some(()) },
     )
     .await;
     tcp_forwards(&addr, "kernel from").await;
@@ -786,6 +792,7 @@ async fn the_kernel_forwards_a_tcp_port_and_a_killed_workers_table_goes_with_its
         "did not stop"
     );
     assert!(forwarding_table(again).is_none(), "its table outlived it");
+    assert!(guard_table(again).is_none(), "its guard outlived it");
     assert_eq!(read(&localnet), "0", "route_localnet left on");
 }
 

@@ -241,21 +241,33 @@ impl Drop for NodeProc {
     }
 }
 
-/// Removes the kernel forwarding table of the node process `pid`, if any.
+/// Removes the kernel tables (forwarding, guard) of the node process
+/// `pid`, if any.
 pub fn remove_forwarding_table(pid: u32) {
-    let name = cube::ingress::kernel::rules::table_name(pid);
-    let _ = Command::new("nft")
-        .args(["delete", "table", "ip", &name])
-        .stderr(Stdio::null())
-        .status();
+    use cube::ingress::kernel::rules::{guard_name, table_name};
+    for name in [table_name(pid), guard_name(pid)] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &name])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// What `nft list table` shows of the node process `pid`'s forwarding
 /// table, if it has one.
 pub fn forwarding_table(pid: u32) -> Option<String> {
-    let name = cube::ingress::kernel::rules::table_name(pid);
+    nft_table(&cube::ingress::kernel::rules::table_name(pid))
+}
+
+/// What `nft list table` shows of the node process `pid`'s guard table,
+/// if it has one.
+pub fn guard_table(pid: u32) -> Option<String> {
+    nft_table(&cube::ingress::kernel::rules::guard_name(pid))
+}
+
+fn nft_table(name: &str) -> Option<String> {
     let out = Command::new("nft")
-        .args(["list", "table", "ip", &name])
+        .args(["list", "table", "ip", name])
         .output()
         .expect("cannot run nft (Debian's nftables)");
     out.status

@@ -16,6 +16,7 @@
 
 pub mod nft;
 pub mod rules;
+mod session;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -76,11 +77,13 @@ pub struct Feeds {
     pub open: watch::Receiver<OpenPorts>,
 }
 
-/// The process's table, and the bridge whose `route_localnet` it set
-/// (with what it was before): both given back when dropped (the node
-/// stopping), the bridge first, while its guard still stands.
+/// What the process changed on the host beside its forwarding table
+/// (which goes with its session): its guard table, and the bridge whose
+/// `route_localnet` it set (with what it was before). Both given back when
+/// dropped (the node stopping), the bridge first, while the guard still
+/// stands.
 struct Owned {
-    name: String,
+    guard: String,
     localnet: Option<(String, bool)>,
 }
 
@@ -89,26 +92,27 @@ impl Drop for Owned {
         if let Some((bridge, was)) = self.localnet.take() {
             nft::restore_route_localnet_now(&bridge, was);
         }
-        nft::remove_now(&self.name);
+        nft::remove_now(&self.guard);
     }
 }
 
 impl Owned {
-    /// Lets loopback packets out through `bridge` (its guard applied
-    /// already), giving any other bridge back what it had. Whether it is
-    /// let.
+    /// Guards `bridge` and lets loopback packets out through it, giving
+    /// any other bridge back what it had.
     async fn open_localnet(&mut self, bridge: &str) -> Result<(), nft::NftError> {
         match &self.localnet {
             Some((b, _)) if b == bridge => return Ok(()),
             _ => self.close_localnet().await,
         }
+        nft::apply(&rules::guard(&self.guard, bridge)).await?;
         let was = nft::route_localnet(bridge).await?;
         nft::set_route_localnet(bridge, true).await?;
         self.localnet = Some((bridge.to_string(), was));
         Ok(())
     }
 
-    /// Gives the bridge whose `route_localnet` was set what it had.
+    /// Gives the bridge whose `route_localnet` was set what it had (its
+    /// guard stays: harmless alone).
     async fn close_localnet(&mut self) {
         if let Some((bridge, was)) = self.localnet.take()
             && let Err(e) = nft::set_route_localnet(&bridge, was).await
@@ -140,10 +144,10 @@ fn places(ingress: IpAddr, network: Option<&ContainerNetwork>, open: &OpenPorts)
     places
 }
 
-/// What the table should hold now: the bridge to guard (when its
-/// interface is known) and the forwards. Loopback clients are sent to the
-/// bridge's replicas only when it can let them (`localnet_ok`).
-fn wanted(feeds: &mut Feeds, localnet_ok: bool) -> (Option<String>, Vec<Forward>) {
+/// What the table should forward now, and the node's bridge (when its
+/// interface is known). Loopback clients are sent to the bridge's
+/// replicas only when it lets them (`localnet`).
+fn wanted(feeds: &mut Feeds, localnet: bool) -> (Option<String>, Vec<Forward>) {
     let network = feeds.network.borrow_and_update().clone();
     let open = feeds.open.borrow_and_update().clone();
     let running = feeds.running.borrow_and_update().clone();
@@ -153,7 +157,7 @@ fn wanted(feeds: &mut Feeds, localnet_ok: bool) -> (Option<String>, Vec<Forward>
         .and_then(|n| n.bridge.clone())
         .filter(|b| crate::runtime::interface_name(b));
     let bridge_net = match network.as_ref().and_then(|n| n.subnet) {
-        Some(ipnet::IpNet::V4(net)) if bridge.is_some() && localnet_ok => Some(net),
+        Some(ipnet::IpNet::V4(net)) if bridge.is_some() && localnet => Some(net),
         _ => None,
     };
     let places = places(feeds.ingress, network.as_ref(), &open);
@@ -166,8 +170,8 @@ fn wanted(feeds: &mut Feeds, localnet_ok: bool) -> (Option<String>, Vec<Forward>
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Keeps the node's table true to its feeds until one of them ends (the
-/// node stopping), then removes it. When `nft` cannot be run, says so
-/// once and leaves every port to user space.
+/// node stopping). When `nft` cannot be run, says so once and leaves
+/// every port to user space.
 pub async fn run(mut feeds: Feeds) {
     match nft::remove_orphans().await {
         Ok(0) => {}
@@ -177,63 +181,63 @@ pub async fn run(mut feeds: Feeds) {
             return;
         }
     }
-    let name = rules::table_name(std::process::id());
+    let pid = std::process::id();
+    let name = rules::table_name(pid);
     let mut owned = Owned {
-        name: name.clone(),
+        guard: rules::guard_name(pid),
         localnet: None,
     };
-    let mut applied: Option<(Option<String>, Vec<Forward>)> = None;
+    let mut session: Option<session::Session> = None;
+    let mut applied: Option<Vec<Forward>> = None;
     // The bridge that could not be made to let loopback packets out.
     let mut unlet: Option<String> = None;
     let mut complained = false;
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let current = feeds
-            .network
-            .borrow()
-            .as_ref()
-            .and_then(|n| n.bridge.clone());
-        let want = wanted(&mut feeds, unlet.is_none() || unlet != current);
-        if unlet.is_some() && unlet != current {
+        // What could be forwarded were the bridge let open: then it is
+        // guarded and let open first (meanwhile user space serves its
+        // loopback clients), else given back what it had.
+        let (bridge, could) = wanted(&mut feeds, true);
+        if unlet.is_some() && unlet != bridge {
             // Another bridge now: it may let them.
             unlet = None;
         }
-        if applied.as_ref() != Some(&want) {
-            let (bridge, forwards) = &want;
-            let told = async {
-                if let Some(bridge) = bridge {
-                    // The guard first, then the bridge let open, then
-                    // the forwards (meanwhile user space serves).
-                    let let_open = owned.localnet.as_ref().map(|(b, _)| b) == Some(bridge);
-                    if !let_open && unlet.as_ref() != Some(bridge) {
-                        nft::apply(&rules::script(&name, Some(bridge), &[])).await?;
-                        if let Err(e) = owned.open_localnet(bridge).await {
-                            log::warn!(
-                                "ingress: loopback clients of {bridge}'s replicas stay in user space: {e}"
-                            );
-                            unlet = Some(bridge.clone());
-                            return Ok(false);
-                        }
-                    }
-                } else {
+        match bridge.as_deref() {
+            Some(bridge) if !could.is_empty() && unlet.is_none() => {
+                if let Err(e) = owned.open_localnet(bridge).await {
+                    log::warn!(
+                        "ingress: loopback clients of the replicas on {bridge} stay in user space: {e}"
+                    );
                     owned.close_localnet().await;
+                    unlet = Some(bridge.to_string());
                 }
-                nft::apply(&rules::script(&name, bridge.as_deref(), forwards))
-                    .await
-                    .map(|()| true)
+            }
+            _ => owned.close_localnet().await,
+        }
+        let forwards = match owned.localnet {
+            Some(_) => could,
+            None => wanted(&mut feeds, false).1,
+        };
+        if applied.as_ref() != Some(&forwards) {
+            let told = async {
+                if session.is_none() {
+                    session = Some(session::Session::open(&name).await?);
+                }
+                match session.as_mut() {
+                    Some(s) => s.run(&rules::forwarding(&name, &forwards)).await,
+                    None => Err(nft::NftError::Hung(std::time::Duration::ZERO)),
+                }
             };
             match told.await {
-                Ok(true) => {
+                Ok(_) => {
                     log::debug!(
                         "ingress: the kernel forwards {} TCP port(s)",
                         forwards.len()
                     );
-                    applied = Some(want);
+                    applied = Some(forwards);
                     complained = false;
                 }
-                // Worked out again without the bridge's loopback clients.
-                Ok(false) => continue,
                 Err(e) => {
                     if !complained {
                         log::error!(
@@ -241,13 +245,9 @@ pub async fn run(mut feeds: Feeds) {
                         );
                     }
                     complained = true;
-                    // No forwarding left, the guard kept while the bridge
-                    // lets loopback packets out.
-                    let guard = owned.localnet.as_ref().map(|(b, _)| b.as_str());
-                    if let Err(e) = nft::apply(&rules::script(&name, guard, &[])).await {
-                        log::error!("ingress: cannot empty the forwarding table {name}: {e}");
-                        owned.close_localnet().await;
-                    }
+                    // Its table goes with it; the next change starts
+                    // another.
+                    session = None;
                     applied = None;
                 }
             }

@@ -18,8 +18,12 @@ use crate::worker::endpoints::Running;
 /// replica's answers come back through the node.
 pub const MARK: u32 = 0x0010_0000;
 
-/// The prefix of every table Cube makes; the owning process's id follows.
+/// The prefix of every forwarding table Cube makes; the owning process's
+/// id follows.
 pub const TABLE_PREFIX: &str = "cube_ingress_";
+
+/// The prefix of every guard table Cube makes; the process's id follows.
+pub const GUARD_PREFIX: &str = "cube_guard_";
 
 /// Where a node's balancer listens on its published ports, whom it
 /// serves there beside loopback, and the ports its listeners hold open
@@ -119,38 +123,36 @@ pub fn forwards(
     out
 }
 
-/// The name of the table of the process `pid`.
+/// The name of the forwarding table of the process `pid`.
 pub fn table_name(pid: u32) -> String {
     format!("{TABLE_PREFIX}{pid}")
 }
 
-/// The process whose table `name` is, if it is one of Cube's.
-pub fn owner(name: &str) -> Option<u32> {
-    name.strip_prefix(TABLE_PREFIX)?.parse().ok()
+/// The name of the guard table of the process `pid`.
+pub fn guard_name(pid: u32) -> String {
+    format!("{GUARD_PREFIX}{pid}")
 }
 
-/// An nftables script that replaces the table `name` in one transaction
-/// with one that forwards `forwards`. Its DNAT comes after every other
-/// (priority -99, after `dstnat`): a port that the engine or another
-/// program forwards itself stays theirs. `bridge`, the node's container
-/// network's interface, is guarded: packets from it to or from loopback
-/// addresses are dropped (it lets loopback clients reach its replicas, see
-/// `route_localnet`).
-pub fn script(name: &str, bridge: Option<&str>, forwards: &[Forward]) -> String {
-    let bridge = bridge.filter(|b| crate::runtime::interface_name(b));
+/// The process whose table (forwarding or guard) `name` is, if it is one
+/// of Cube's.
+pub fn owner(name: &str) -> Option<u32> {
+    name.strip_prefix(TABLE_PREFIX)
+        .or_else(|| name.strip_prefix(GUARD_PREFIX))?
+        .parse()
+        .ok()
+}
+
+/// A command (one line, one transaction) that replaces the forwarding
+/// table `name` with one that forwards `forwards`. The table is the
+/// session's that made it (`flags owner`): the kernel removes it when
+/// that session ends, with the process or not. Its DNAT comes after every
+/// other (priority -99, after `dstnat`): a port that the engine or another
+/// program forwards itself stays theirs.
+pub fn forwarding(name: &str, forwards: &[Forward]) -> String {
     let mut s = String::new();
-    // Made if missing, so that the delete always succeeds.
-    let _ = writeln!(s, "table ip {name} {{}}");
     let _ = writeln!(s, "delete table ip {name}");
     let _ = writeln!(s, "table ip {name} {{");
-    if let Some(bridge) = bridge {
-        let _ = writeln!(
-            s,
-            "  chain guard {{\n    type filter hook prerouting priority -300; policy accept;\n    \
-             iifname \"{bridge}\" ip saddr 127.0.0.0/8 drop\n    \
-             iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop\n  }}"
-        );
-    }
+    let _ = writeln!(s, "  flags owner");
     for hook in ["prerouting", "output"] {
         let _ = writeln!(
             s,
@@ -168,7 +170,43 @@ pub fn script(name: &str, bridge: Option<&str>, forwards: &[Forward]) -> String 
          meta mark & {MARK:#x} == {MARK:#x} masquerade\n  }}"
     );
     let _ = writeln!(s, "}}");
+    one_line(&s)
+}
+
+/// The command that makes the (empty) forwarding table `name`, owned by
+/// the session that runs it.
+pub fn owned_table(name: &str) -> String {
+    format!("table ip {name} {{ flags owner; }}")
+}
+
+/// A script that replaces the guard table `name` with one that drops
+/// packets from `bridge` to or from loopback addresses (the bridge lets
+/// them out, `route_localnet`, so that loopback clients reach its
+/// replicas; a container must not reach the host's loopback services).
+/// It outlives the process (it is harmless alone) until the process
+/// stops, or the next node sweeps it and shuts the bridge again.
+pub fn guard(name: &str, bridge: &str) -> String {
+    let mut s = removal(name);
+    if crate::runtime::interface_name(bridge) {
+        let _ = writeln!(
+            s,
+            "table ip {name} {{\n  chain guard {{\n    type filter hook prerouting priority -300; policy accept;\n    \
+             iifname \"{bridge}\" ip saddr 127.0.0.0/8 drop\n    \
+             iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop\n  }}\n}}"
+        );
+    }
     s
+}
+
+/// `script` as one line (what an interactive `nft` takes as one
+/// transaction).
+fn one_line(script: &str) -> String {
+    let mut line = String::new();
+    for part in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        line.push_str(part);
+        line.push_str(if part.ends_with('{') { " " } else { "; " });
+    }
+    line
 }
 
 /// The script that removes the table `name`, if it is there.
@@ -363,24 +401,29 @@ mod tests {
                 "127.0.0.3:32002".parse().unwrap(),
             ],
         };
-        let s = script("cube_ingress_7", Some("br-abc"), &[f]);
+        let s = forwarding("cube_ingress_7", &[f]);
+        assert!(!s.contains('\n'), "one line, one transaction: {s}");
         assert!(s.starts_with(
-            "table ip cube_ingress_7 {}\ndelete table ip cube_ingress_7\ntable ip cube_ingress_7 {\n"
+            "delete table ip cube_ingress_7; table ip cube_ingress_7 { flags owner; chain prerouting { "
         ));
-        assert!(s.contains("iifname \"br-abc\" ip saddr 127.0.0.0/8 drop"));
         assert!(s.contains(
             "fib daddr type local ip daddr 172.18.0.1 tcp dport 9000 ip saddr { 127.0.0.0/8, 172.18.0.0/16 } \
              meta mark set meta mark | 0x100000 counter \
-             dnat to numgen inc mod 2 map { 0 : 172.18.0.5 . 7777, 1 : 127.0.0.3 . 32002 }"
+             dnat to numgen inc mod 2 map { 0 : 172.18.0.5 . 7777, 1 : 127.0.0.3 . 32002 }; "
         ));
-        assert!(s.contains("meta mark & 0x100000 == 0x100000 masquerade"));
-        // No bridge, no guard.
-        assert!(!script("t", None, &[]).contains("guard"));
+        assert!(s.contains("meta mark & 0x100000 == 0x100000 masquerade; "));
+        let g = guard("cube_guard_7", "br-abc");
+        assert!(g.starts_with("table ip cube_guard_7 {}\ndelete table ip cube_guard_7\n"));
+        assert!(g.contains("iifname \"br-abc\" ip saddr 127.0.0.0/8 drop"));
+        assert!(g.contains("iifname \"br-abc\" ip daddr 127.0.0.0/8 drop"));
+        // No interface of that name can be: no guard written for it.
+        assert_eq!(guard("g", "a\" drop"), removal("g"));
     }
 
     #[test]
     fn tables_are_named_by_their_process() {
         assert_eq!(owner(&table_name(4242)), Some(4242));
+        assert_eq!(owner(&guard_name(4243)), Some(4243));
         assert_eq!(owner("nat"), None);
         assert_eq!(owner("cube_ingress_x"), None);
     }
