@@ -87,14 +87,18 @@ pub async fn remove_orphans() -> Result<usize, NftError> {
         if alive(pid) {
             continue;
         }
-        // Its bridge lets loopback packets through no more once its
-        // guard is gone.
-        if let Ok(listing) = listing(name).await {
-            for bridge in guarded(&listing) {
-                if let Err(e) = set_route_localnet(&bridge, false).await {
-                    log::warn!("ingress: {e}");
-                }
+        // Its bridges let loopback packets through no more before its
+        // guard goes; a guard whose bridge could not be shut (but still
+        // is there) stays.
+        let shut = match listing(name).await {
+            Ok(listing) => shut_all(&guarded(&listing)).await,
+            Err(e) => {
+                log::warn!("ingress: cannot read table {name} of a process gone: {e}");
+                false
             }
+        };
+        if !shut {
+            continue;
         }
         // One that cannot be removed is said, and the others still are.
         match apply(&rules::removal(name)).await {
@@ -103,6 +107,22 @@ pub async fn remove_orphans() -> Result<usize, NftError> {
         }
     }
     Ok(removed)
+}
+
+/// Shuts `bridges` to loopback packets; whether none is left open (a
+/// bridge that is gone is not).
+async fn shut_all(bridges: &[String]) -> bool {
+    let mut shut = true;
+    for bridge in bridges {
+        if let Err(e) = set_route_localnet(bridge, false).await {
+            let gone = !Path::new(&localnet_path(bridge)).exists();
+            if !gone {
+                log::warn!("ingress: {e}");
+                shut = false;
+            }
+        }
+    }
+    shut
 }
 
 /// Whether `pid` is a running process of the same program as this one.
