@@ -695,20 +695,7 @@ async fn the_kernel_forwards_a_tcp_port_and_its_table_dies_with_the_worker() {
     // node's gateway: the kernel forwards there too (a replica may reach
     // itself). Of the two, one is on this node: one more connection at
     // least beside `kernel_forwarded`'s own.
-    for task in &tasks {
-        let container = task.container_id.as_deref().unwrap();
-        let answer = wait_for("web.cube to answer inside a container", T, || {
-            let answer = get_from_inside(container, publish);
-            async move { answer.contains("kernel from").then_some(answer) }
-        })
-        .await;
-        println!(
-            "inside {} on {:?}: {}",
-            &container[..12],
-            task.node,
-            answer.trim()
-        );
-    }
+    answers_inside_each(&tasks, publish, "kernel from").await;
     let inside = kernel_forwarded(worker, &addr, publish).await;
     assert!(
         inside >= after + 2,
@@ -1035,6 +1022,25 @@ fn ports_of(tasks: &[TaskRecord]) -> std::collections::BTreeSet<u16> {
     tasks.iter().map(|t| t.host_ports[&7777]).collect()
 }
 
+/// Waits until `web.cube:<publish>` answers with `text` from inside each
+/// of `tasks`' containers.
+async fn answers_inside_each(tasks: &[TaskRecord], publish: u16, text: &str) {
+    for task in tasks {
+        let container = task.container_id.as_deref().unwrap();
+        let answer = wait_for("web.cube to answer inside a container", T, || {
+            let answer = get_from_inside(container, publish);
+            async move { answer.contains(text).then_some(answer) }
+        })
+        .await;
+        println!(
+            "inside {} on {:?}: {}",
+            &container[..12],
+            task.node,
+            answer.lines().find(|l| l.contains("from")).unwrap_or("")
+        );
+    }
+}
+
 /// Runs `/echo get web.cube:<publish> /` inside container `id`; its output.
 fn get_from_inside(id: &str, publish: u16) -> String {
     let out = std::process::Command::new("docker")
@@ -1109,20 +1115,7 @@ async fn dns_follows_the_healthy_replicas_and_containers_reach_services_by_name(
 
     // From inside each replica's container, on either node: the service by
     // name, through the node's balancer.
-    for task in &tasks {
-        let container = task.container_id.as_deref().unwrap();
-        let answer = wait_for("web.cube to answer inside a container", T, || {
-            let answer = get_from_inside(container, publish);
-            async move { answer.contains("dns from").then_some(answer) }
-        })
-        .await;
-        println!(
-            "inside {} on {:?}: {}",
-            &container[..12],
-            task.node,
-            answer.lines().find(|l| l.contains("from")).unwrap_or("")
-        );
-    }
+    answers_inside_each(&tasks, publish, "dns from").await;
 
     // A container on one node's network is answered by that node's DNS,
     // and refused by the other's (not its subnet): no open resolver.

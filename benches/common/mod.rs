@@ -63,8 +63,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         let pid = self.0.id();
         self.kill9();
-        // Killed, it could not remove its kernel forwarding table.
-        let table = cube::ingress::kernel::rules::table_name(pid);
+        // Killed, it could not remove its guard table (its forwarding
+        // table went with it).
+        let table = cube::ingress::kernel::rules::guard_name(pid);
         let _ = Command::new("nft")
             .args(["delete", "table", "ip", &table])
             .stderr(Stdio::null())

@@ -233,24 +233,22 @@ impl Drop for NodeProc {
                 .status();
         }
         self.kill9();
-        // Killed, it could not remove its forwarding table (a later node
+        // Killed, it could not remove its guard table (a later node
         // would): the test leaves none behind.
         if let Some(pid) = pid {
-            remove_forwarding_table(pid);
+            remove_guard_table(pid);
         }
     }
 }
 
-/// Removes the kernel tables (forwarding, guard) of the node process
-/// `pid`, if any.
-pub fn remove_forwarding_table(pid: u32) {
-    use cube::ingress::kernel::rules::{guard_name, table_name};
-    for name in [table_name(pid), guard_name(pid)] {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &name])
-            .stderr(Stdio::null())
-            .status();
-    }
+/// Removes the guard table of the node process `pid`, if any (its
+/// forwarding table went with it).
+pub fn remove_guard_table(pid: u32) {
+    let name = cube::ingress::kernel::rules::guard_name(pid);
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", &name])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// What `nft list table` shows of the node process `pid`'s forwarding

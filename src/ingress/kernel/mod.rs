@@ -144,10 +144,17 @@ fn places(ingress: IpAddr, network: Option<&ContainerNetwork>, open: &OpenPorts)
     places
 }
 
-/// What the table should forward now, and the node's bridge (when its
-/// interface is known). Loopback clients are sent to the bridge's
-/// replicas only when it lets them (`localnet`).
-fn wanted(feeds: &mut Feeds, localnet: bool) -> (Option<String>, Vec<Forward>) {
+/// What the table could forward now, from one look at the feeds.
+struct Wanted {
+    /// The node's bridge, when its interface is known.
+    bridge: Option<String>,
+    /// The forwards were the bridge letting loopback packets out.
+    with_bridge: Vec<Forward>,
+    /// The forwards were it not (its replicas then not near).
+    without: Vec<Forward>,
+}
+
+fn wanted(feeds: &mut Feeds) -> Wanted {
     let network = feeds.network.borrow_and_update().clone();
     let open = feeds.open.borrow_and_update().clone();
     let running = feeds.running.borrow_and_update().clone();
@@ -157,12 +164,16 @@ fn wanted(feeds: &mut Feeds, localnet: bool) -> (Option<String>, Vec<Forward>) {
         .and_then(|n| n.bridge.clone())
         .filter(|b| crate::runtime::interface_name(b));
     let bridge_net = match network.as_ref().and_then(|n| n.subnet) {
-        Some(ipnet::IpNet::V4(net)) if bridge.is_some() && localnet => Some(net),
+        Some(ipnet::IpNet::V4(net)) if bridge.is_some() => Some(net),
         _ => None,
     };
     let places = places(feeds.ingress, network.as_ref(), &open);
-    let forwards = rules::forwards(&table, &running, &feeds.node, &places, bridge_net);
-    (bridge, forwards)
+    let forwards = |net| rules::forwards(&table, &running, &feeds.node, &places, net);
+    Wanted {
+        with_bridge: forwards(bridge_net),
+        without: forwards(None),
+        bridge,
+    }
 }
 
 /// How often a node looks for tables of Cube processes gone (killed on
@@ -198,13 +209,17 @@ pub async fn run(mut feeds: Feeds) {
         // What could be forwarded were the bridge let open: then it is
         // guarded and let open first (meanwhile user space serves its
         // loopback clients), else given back what it had.
-        let (bridge, could) = wanted(&mut feeds, true);
+        let Wanted {
+            bridge,
+            with_bridge,
+            without,
+        } = wanted(&mut feeds);
         if unlet.is_some() && unlet != bridge {
             // Another bridge now: it may let them.
             unlet = None;
         }
         match bridge.as_deref() {
-            Some(bridge) if !could.is_empty() && unlet.is_none() => {
+            Some(bridge) if !with_bridge.is_empty() && unlet.is_none() => {
                 if let Err(e) = owned.open_localnet(bridge).await {
                     log::warn!(
                         "ingress: loopback clients of the replicas on {bridge} stay in user space: {e}"
@@ -216,18 +231,16 @@ pub async fn run(mut feeds: Feeds) {
             _ => owned.close_localnet().await,
         }
         let forwards = match owned.localnet {
-            Some(_) => could,
-            None => wanted(&mut feeds, false).1,
+            Some(_) => with_bridge,
+            None => without,
         };
         if applied.as_ref() != Some(&forwards) {
             let told = async {
-                if session.is_none() {
-                    session = Some(session::Session::open(&name).await?);
-                }
-                match session.as_mut() {
-                    Some(s) => s.run(&rules::forwarding(&name, &forwards)).await,
-                    None => Err(nft::NftError::Hung(std::time::Duration::ZERO)),
-                }
+                let open = match &mut session {
+                    Some(open) => open,
+                    None => session.insert(session::Session::open(&name).await?),
+                };
+                open.run(&rules::forwarding(&name, &forwards)).await
             };
             match told.await {
                 Ok(_) => {
