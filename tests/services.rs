@@ -756,6 +756,16 @@ async fn the_kernel_forwards_a_tcp_port_and_its_table_dies_with_the_worker() {
     .await;
     tcp_forwards(&addr, "kernel from").await;
     kernel_forwarded(again, &addr, publish).await;
+    // Its guard removed behind its back (as `nft flush ruleset` would,
+    // which leaves the session's own table): the worker's next look sees
+    // it, shuts the bridge and guards it again.
+    remove_guard_table(again);
+    wait_for("the worker to guard its bridge again", T, || async {
+        guard_table(again).map(drop)
+    })
+    .await;
+    assert_eq!(read(&localnet), "1");
+    tcp_forwards(&addr, "kernel from").await;
     // The service gone: no forwarding, and the port is closed.
     cluster.client().remove_service("web").await.unwrap();
     wait_for(&format!("{addr} to close"), T, || async {

@@ -105,19 +105,39 @@ impl Owned {
             _ => self.close_localnet().await,
         }
         nft::apply(&rules::guard(&self.guard, bridge)).await?;
-        let was = nft::route_localnet(bridge).await?;
+        // Set by another living node that guards it too: theirs, not what
+        // the bridge had.
+        let was = nft::route_localnet(bridge).await? && !nft::guarded_by_others(bridge).await;
         nft::set_route_localnet(bridge, true).await?;
         self.localnet = Some((bridge.to_string(), was));
         Ok(())
     }
 
     /// Gives the bridge whose `route_localnet` was set what it had (its
-    /// guard stays: harmless alone).
+    /// guard stays: harmless alone), unless another living node guards it
+    /// and still needs it.
     async fn close_localnet(&mut self) {
         if let Some((bridge, was)) = self.localnet.take()
+            && !nft::guarded_by_others(&bridge).await
             && let Err(e) = nft::set_route_localnet(&bridge, was).await
         {
             log::warn!("ingress: {e}");
+        }
+    }
+
+    /// Whether the guard is still in the kernel while the bridge is let
+    /// open (someone's `nft flush ruleset` removes it, not the forwarding
+    /// table, which is the session's); if not, the bridge is shut at once
+    /// and the keeper guards and opens it again.
+    async fn check_guard(&mut self) {
+        let Some((bridge, _)) = &self.localnet else {
+            return;
+        };
+        if let Err(e) = nft::listing(&self.guard).await {
+            log::warn!(
+                "ingress: the guard of {bridge} is gone ({e}); it is shut and guarded again"
+            );
+            self.close_localnet().await;
         }
     }
 }
@@ -184,7 +204,7 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// node stopping). When `nft` cannot be run, says so once and leaves
 /// every port to user space.
 pub async fn run(mut feeds: Feeds) {
-    match nft::remove_orphans().await {
+    match nft::remove_orphans(true).await {
         Ok(0) => {}
         Ok(n) => log::info!("ingress: removed {n} forwarding table(s) of Cube processes gone"),
         Err(e) => {
@@ -235,6 +255,12 @@ pub async fn run(mut feeds: Feeds) {
             None => without,
         };
         if applied.as_ref() != Some(&forwards) {
+            if session.as_ref().is_some_and(session::Session::worn) {
+                // Its table goes with it, before the next one's is made.
+                if let Some(worn) = session.take() {
+                    worn.close().await;
+                }
+            }
             let told = async {
                 let open = match &mut session {
                     Some(open) => open,
@@ -271,9 +297,10 @@ pub async fn run(mut feeds: Feeds) {
             r = feeds.network.changed() => r.is_err(),
             r = feeds.open.changed() => r.is_err(),
             _ = sweep.tick() => {
-                if let Err(e) = nft::remove_orphans().await {
+                if let Err(e) = nft::remove_orphans(false).await {
                     log::warn!("ingress: cannot look for forwarding tables of processes gone: {e}");
                 }
+                owned.check_guard().await;
                 false
             }
         };

@@ -72,19 +72,20 @@ async fn run_once(args: &[&str], input: Option<&str>) -> Result<String, NftError
 
 /// Removes the tables of Cube processes that are gone (killed before they
 /// could remove their own), so that no dead process's forwarding
-/// outlives it for longer than the next start of a node. Returns how
-/// many were removed; fails only when the tables cannot be listed.
-pub async fn remove_orphans() -> Result<usize, NftError> {
+/// outlives it for longer than the next start of a node. At a node's
+/// start (`starting`) the tables that bear its own process id are an
+/// earlier process's (one that had the same id: the first process of a
+/// container, say) and go too. Returns how many were removed; fails only
+/// when the tables cannot be listed.
+pub async fn remove_orphans(starting: bool) -> Result<usize, NftError> {
     let tables = run(&["list", "tables", "ip"], None).await?;
     let mut removed = 0;
-    for line in tables.lines() {
-        let Some(name) = line.trim().strip_prefix("table ip ") else {
-            continue;
-        };
+    for name in table_names(&tables) {
         let Some(pid) = rules::owner(name) else {
             continue;
         };
-        if alive(pid) {
+        let earlier_self = starting && pid == std::process::id();
+        if alive(pid) && !earlier_self {
             continue;
         }
         // Its bridges let loopback packets through no more before its
@@ -109,11 +110,71 @@ pub async fn remove_orphans() -> Result<usize, NftError> {
     Ok(removed)
 }
 
+/// The names in what `nft list tables ip` prints.
+fn table_names(tables: &str) -> impl Iterator<Item = &str> {
+    tables
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("table ip "))
+}
+
+/// The guard tables of living Cube processes other than this one.
+fn others_guards(tables: &str) -> Vec<String> {
+    let me = std::process::id();
+    table_names(tables)
+        .filter(|name| name.starts_with(rules::GUARD_PREFIX))
+        .filter(|name| rules::owner(name).is_some_and(|pid| pid != me && alive(pid)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a living Cube process other than this one guards `bridge`
+/// (a node sharing this one's container network): it then still lets
+/// loopback packets out through the bridge, safely, and the bridge is
+/// left to it.
+pub async fn guarded_by_others(bridge: &str) -> bool {
+    let Ok(tables) = run(&["list", "tables", "ip"], None).await else {
+        return false;
+    };
+    for name in others_guards(&tables) {
+        if let Ok(listing) = listing(&name).await
+            && guarded(&listing).iter().any(|b| b == bridge)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// [`guarded_by_others`], now, without the async runtime (for a process
+/// that is stopping).
+fn guarded_by_others_now(bridge: &str) -> bool {
+    let list = |args: &[&str]| {
+        std::process::Command::new("nft")
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let Some(tables) = list(&["list", "tables", "ip"]) else {
+        return false;
+    };
+    others_guards(&tables).iter().any(|name| {
+        list(&["list", "table", "ip", name])
+            .is_some_and(|listing| guarded(&listing).iter().any(|b| b == bridge))
+    })
+}
+
 /// Shuts `bridges` to loopback packets; whether none is left open (a
-/// bridge that is gone is not).
+/// bridge that is gone is not, nor one another living node guards).
 async fn shut_all(bridges: &[String]) -> bool {
     let mut shut = true;
     for bridge in bridges {
+        if guarded_by_others(bridge).await {
+            continue;
+        }
         if let Err(e) = set_route_localnet(bridge, false).await {
             let gone = !Path::new(&localnet_path(bridge)).exists();
             if !gone {
@@ -178,8 +239,12 @@ pub async fn set_route_localnet(bridge: &str, on: bool) -> Result<(), NftError> 
 }
 
 /// Gives `bridge` back the `route_localnet` it had, now, without the
-/// async runtime (for a process that is stopping).
+/// async runtime (for a process that is stopping); left as it is while
+/// another living node guards it.
 pub fn restore_route_localnet_now(bridge: &str, was: bool) {
+    if guarded_by_others_now(bridge) {
+        return;
+    }
     if let Err(e) = std::fs::write(localnet_path(bridge), if was { "1" } else { "0" }) {
         log::warn!("ingress: cannot restore route_localnet of {bridge}: {e}");
     }
