@@ -7,13 +7,16 @@
 //! debootstrap, cached), starts a release `cube` dev node whose balancer
 //! listens on 127.0.0.7, creates a service of 3 nginx replicas published as
 //! `http` and as `tcp`, and starts HAProxy twice (`balance roundrobin`,
-//! keep-alive to the replicas, `http-reuse always`, `option
-//! splice-request` and `splice-response` for TCP): with one thread on 127.0.0.8 and with one per core (its
+//! keep-alive to the replicas, `http-reuse always`, `option forwardfor`
+//! (it adds `X-Forwarded-For` as Cube does), `option splice-request` and
+//! `splice-response` for TCP): with one thread on 127.0.0.8 and with one per core (its
 //! default) on 127.0.0.9. HAProxy reaches the replicas where Cube's
 //! balancer reaches those of its own node: at their containers' addresses
 //! on the node's network. Then, per path:
-//! - HTTP: `wrk` (2 threads, 64 connections, 8 s, `--latency`): requests/s,
-//!   p50 and p99; direct is one replica, once at its published host port
+//! - HTTP: `wrk` (2 threads, 64 connections, 8 s, `--latency`), 5 rounds
+//!   of every path, every other round in reverse order: requests/s, p50,
+//!   p99 and the balancer process's CPU time per request (user and
+//!   system, from `/proc`); direct is one replica, once at its published host port
 //!   (through the engine's port proxy) and once at its container address.
 //!   First both direct paths, HAProxy and Cube at one thread (Cube's
 //!   default `ingress_threads`); then Cube is restarted with one thread per
@@ -40,7 +43,7 @@ const CUBE_IP: &str = "127.0.0.7";
 const HAPROXY_IP: &str = "127.0.0.8";
 const HAPROXY_MANY_IP: &str = "127.0.0.9";
 const REPLICAS: usize = 3;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const WRK_SECONDS: u32 = 8;
 const TRANSFERS: usize = 6;
 const FETCHES: usize = 5;
@@ -51,6 +54,35 @@ struct Http {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The balancer's CPU time per request, user and system, in µs (its
+    /// whole process, over the run).
+    cpu_us: Option<(f64, f64)>,
+}
+
+/// The CPU time a process has used, user and system, in seconds.
+fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's name (in parentheses, perhaps with spaces):
+    // utime and stime are the 12th and 13th fields.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = clock_ticks();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user / ticks, system / ticks))
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// A latency as wrk prints it (`812.00us`, `1.20ms`, `2.01s`), in ms.
@@ -67,7 +99,10 @@ fn millis(text: &str) -> Option<f64> {
     })
 }
 
-fn wrk(url: &str) -> Http {
+/// One wrk run at `url`; with `balancer`, its process's CPU time per
+/// request.
+fn wrk(url: &str, balancer: Option<u32>) -> Http {
+    let before = balancer.and_then(cpu_seconds);
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -78,6 +113,7 @@ fn wrk(url: &str) -> Http {
         ])
         .output()
         .expect("run wrk (benches/setup.sh installs it)");
+    let after = balancer.and_then(cpu_seconds);
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |prefix: &str| {
         text.lines()
@@ -90,10 +126,22 @@ fn wrk(url: &str) -> Http {
         !text.contains("Non-2xx"),
         "{url} answered errors under load:\n{text}"
     );
+    let requests: Option<f64> = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    let cpu_us = match (before, after, requests) {
+        (Some((u0, s0)), Some((u1, s1)), Some(n)) if n > 0.0 => {
+            Some(((u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n))
+        }
+        _ => None,
+    };
     Http {
         rps: field("Requests/sec:").parse().expect("a rate"),
         p50_ms: millis(&field("50%")).expect("p50"),
         p99_ms: millis(&field("99%")).expect("p99"),
+        cpu_us,
     }
 }
 
@@ -152,7 +200,7 @@ fn haproxy(
          defaults\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
          frontend web\n    mode http\n    bind {ip}:{http}\n    default_backend web\n\
          backend web\n    mode http\n    balance roundrobin\n    option http-keep-alive\n    \
-         http-reuse always\n{}\
+         option forwardfor\n    http-reuse always\n{}\
          frontend raw\n    mode tcp\n    bind {ip}:{tcp}\n    default_backend raw\n\
          backend raw\n    mode tcp\n    balance roundrobin\n    option splice-request\n    option splice-response\n{}",
         servers("h"),
@@ -215,6 +263,15 @@ impl Drop for CleanUp {
 struct Replica {
     host_port: u16,
     ip: String,
+}
+
+/// The order of `n` paths in round `round`: forwards, then backwards.
+fn in_turn(n: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
 }
 
 fn median_of<T: Copy>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
@@ -334,9 +391,13 @@ async fn main() {
     // The replicas the balancers share, each in turn at its container.
     let at_containers: Vec<String> = replicas.iter().map(|r| format!("{}:8080", r.ip)).collect();
     let mut every_replica = Vec::new();
-    for _ in 0..ROUNDS {
-        for (i, (_, url, _)) in paths.iter().enumerate() {
-            http[i].push(wrk(url));
+    // Whose CPU time is counted on each path: the balancer's process.
+    let pids = [None, None, Some(proxies[0].id()), Some(node.0.id())];
+    for round in 0..ROUNDS {
+        // Every other round backwards, so that no path always runs
+        // after the same one (the machine drifts within a run).
+        for i in in_turn(paths.len(), round) {
+            http[i].push(wrk(&paths[i].1, pids[i]));
         }
     }
     for _ in 0..TRANSFERS {
@@ -371,10 +432,11 @@ async fn main() {
         ),
         (format!("cube, {cores} threads"), cube_http),
     ];
+    let many_pids = [Some(proxies[1].id()), Some(node.0.id())];
     let mut many_http: Vec<Vec<Http>> = vec![Vec::new(); many_paths.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, url)) in many_paths.iter().enumerate() {
-            many_http[i].push(wrk(url));
+    for round in 0..ROUNDS {
+        for i in in_turn(many_paths.len(), round) {
+            many_http[i].push(wrk(&many_paths[i].1, many_pids[i]));
         }
     }
     for proxy in &mut proxies {
@@ -387,8 +449,10 @@ async fn main() {
         "\nHTTP through each path to {REPLICAS} nginx replicas: wrk -t2 -c64 -d{WRK_SECONDS}s, \
          median of {ROUNDS} runs\n"
     );
-    println!("| path | requests/s | p50 (ms) | p99 (ms) |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| path | requests/s | p50 (ms) | p99 (ms) | balancer CPU per request, user + system (µs) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     let rows: Vec<(&str, &Vec<Http>)> = paths
         .iter()
         .map(|(name, _, _)| name.as_str())
@@ -401,16 +465,26 @@ async fn main() {
         )
         .collect();
     for (name, runs) in &rows {
+        let cpu = if runs.iter().all(|h| h.cpu_us.is_some()) {
+            let part =
+                |f: fn((f64, f64)) -> f64| median_of(runs, |h| h.cpu_us.map(f).unwrap_or_default());
+            format!("{:.1} + {:.1}", part(|c| c.0), part(|c| c.1))
+        } else {
+            "-".to_string()
+        };
         println!(
-            "| {name} | {:.0} | {:.3} | {:.3} |",
+            "| {name} | {:.0} | {:.3} | {:.3} | {cpu} |",
             median_of(runs, |h| h.rps),
             median_of(runs, |h| h.p50_ms),
             median_of(runs, |h| h.p99_ms),
         );
     }
     for (name, runs) in &rows {
-        let each: Vec<String> = runs.iter().map(|h| format!("{:.0}", h.rps)).collect();
-        println!("{name}: requests/s per run {}", each.join(", "));
+        let each: Vec<String> = runs
+            .iter()
+            .map(|h| format!("{:.0} ({:.2} ms)", h.rps, h.p99_ms))
+            .collect();
+        println!("{name}: requests/s (p99) per run {}", each.join(", "));
     }
     println!("\nTCP: 64 MiB over a fresh connection, {FETCHES} in a row, median of {TRANSFERS}\n");
     println!("| path | MiB/s | of direct (published port) | of direct (container) |");

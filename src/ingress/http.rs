@@ -37,14 +37,13 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::budget::{BodyBudget, Held};
+use super::pool::{Lease, Pool};
 use super::stall::{Stall, WriteTimeout};
 use super::{Place, Route, Targets, allowed};
 use crate::api_error::ApiError;
@@ -81,7 +80,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-type ReplicaClient = Client<HttpConnector, Full<Bytes>>;
 type Answer = Response<Either<Passed, Full<Bytes>>>;
 
 /// What every worker thread of one published port shares (each has its own
@@ -95,26 +93,27 @@ struct Balancer {
     in_flight: Mutex<HashMap<SocketAddr, usize>>,
 }
 
-/// What one thread of a port keeps for itself: its client of the replicas
-/// (whose connections live on the thread's runtime) and its copy of where
-/// the replicas are.
+/// What one thread of a port keeps for itself: its connections to the
+/// replicas (which live on the thread's runtime) and its copy of where the
+/// replicas are.
 struct Local {
-    client: ReplicaClient,
+    pool: Rc<Pool>,
     targets: RefCell<Targets<Target>>,
 }
 
 /// A replica as a request is sent to it: its address, and that address
-/// as a URI's authority (made once, when the endpoints change).
+/// as a `Host` header for a request that has none (made once, when the
+/// endpoints change).
 #[derive(Clone)]
 struct Target {
     addr: SocketAddr,
-    authority: Authority,
+    host: HeaderValue,
 }
 
 impl Target {
     fn new(addr: SocketAddr) -> Option<Self> {
-        let authority = Authority::try_from(addr.to_string()).ok()?;
-        Some(Target { addr, authority })
+        let host = HeaderValue::from_str(&addr.to_string()).ok()?;
+        Some(Target { addr, host })
     }
 }
 
@@ -240,7 +239,7 @@ async fn take_connections(
     };
     // Made on each thread: its pool lives there.
     let local = Rc::new(Local {
-        client: replica_client(),
+        pool: Pool::new(CONNECT_TIMEOUT, POOL_IDLE),
         targets: RefCell::new(Targets::new(
             balancer.view.clone(),
             balancer.place.running.clone(),
@@ -279,18 +278,6 @@ async fn take_connections(
     // The connections still open get a while to finish.
     let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(SHUTDOWN_S), places.acquire_many(all)).await;
-}
-
-/// The balancer's client of the replicas: plain HTTP/1, connections kept
-/// and reused, redirects handed back to the client (never followed).
-fn replica_client() -> ReplicaClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// Serves one client connection's requests, kept alive between them.
@@ -359,13 +346,16 @@ async fn pass(
     head.headers.insert(X_FORWARDED_FOR, forwarded);
     head.headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    // HTTP/1.1 to the replicas, whatever the client spoke: kept alive.
+    // HTTP/1.1 to the replicas, whatever the client spoke: kept alive;
+    // the path alone (a client may have named the whole URL).
     head.version = hyper::Version::HTTP_11;
-    let path = head
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    head.uri = Uri::from(
+        head.uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let has_host = head.headers.contains_key(hyper::header::HOST);
     let may_retry = idempotent(&head.method);
     // A replica that sends nothing for this long is given up on.
     let patience = balancer.route.expose.idle_timeout();
@@ -384,25 +374,17 @@ async fn pass(
             balancer.route.service
         ),
     );
-    for Target {
-        addr: target,
-        authority,
-    } in balancer.order(local)
-    {
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(path.clone());
-        let uri = Uri::from_parts(uri)
-            .map_err(|e| ApiError::bad_request(format!("the request's path: {e}"), None))?;
+    for Target { addr: target, host } in balancer.order(local) {
         let mut out = Request::from_parts(head.clone(), Full::new(body.clone()));
-        *out.uri_mut() = uri;
+        if !has_host {
+            out.headers_mut().insert(hyper::header::HOST, host);
+        }
         let guard = InFlight::new(balancer, target);
-        let sent = tokio::time::timeout_at(deadline, local.client.request(out));
-        let response = match sent.await {
-            Ok(Ok(response)) => response,
+        let sent = tokio::time::timeout_at(deadline, local.pool.send(target, out));
+        let (response, lease) = match sent.await {
+            Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
-                let retry = e.is_connect() || may_retry;
+                let retry = e.unsent() || may_retry;
                 failed = failure(
                     StatusCode::BAD_GATEWAY,
                     format!("the replica at {target} failed: {e}"),
@@ -432,6 +414,7 @@ async fn pass(
         // In flight until its body has been passed on (or dropped).
         let passed = Passed {
             body,
+            lease,
             _guard: guard,
             stall: Stall::new(patience),
         };
@@ -598,11 +581,21 @@ impl Drop for InFlight {
 
 /// A replica's response body on its way to the client: in flight until
 /// done, and given up on when the replica sends nothing for the port's
-/// idle timeout.
+/// idle timeout. Its connection goes back to the pool once the body has
+/// been passed on whole (cut short, the connection is closed).
 struct Passed {
     body: Incoming,
+    lease: Lease,
     _guard: InFlight,
     stall: Stall,
+}
+
+impl Drop for Passed {
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.lease.give_back();
+        }
+    }
 }
 
 impl Body for Passed {
@@ -615,6 +608,9 @@ impl Body for Passed {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.lease.give_back();
+        }
         this.stall.watch(cx, polled).map(|watched| match watched {
             Ok(frame) => frame.map(|f| f.map_err(Into::into)),
             Err(stalled) => Some(Err(format!("the replica: {stalled}").into())),

@@ -18,6 +18,7 @@
 pub mod budget;
 pub mod http;
 pub mod kernel;
+mod pool;
 mod splice;
 mod stall;
 pub mod tcp;
