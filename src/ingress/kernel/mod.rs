@@ -113,19 +113,29 @@ impl Owned {
         Ok(())
     }
 
-    /// Gives the bridge whose `route_localnet` was set what it had (its
-    /// guard stays: harmless alone), unless another living node guards it
-    /// and still needs it.
+    /// Gives the bridge whose `route_localnet` was set what it had, unless
+    /// another living node guards it and still needs it; then takes the
+    /// guard away.
     async fn close_localnet(&mut self) {
-        if let Some((bridge, was)) = self.localnet.take()
-            && !nft::guarded_by_others(&bridge).await
+        let Some((bridge, was)) = self.localnet.take() else {
+            return;
+        };
+        if !nft::guarded_by_others(&bridge).await
             && let Err(e) = nft::set_route_localnet(&bridge, was).await
         {
+            // Still open: the guard stays.
             log::warn!("ingress: {e}");
+            return;
+        }
+        // Shut, or left to another node's guard: this guard goes, so that
+        // no other node takes it for a node that still needs the bridge
+        // open (and leaves the bridge open when that node stops).
+        if let Err(e) = nft::apply(&rules::removal(&self.guard)).await {
+            log::warn!("ingress: cannot remove the guard {}: {e}", self.guard);
         }
     }
 
-    /// Whether the guard is still in the kernel while the bridge is let
+    /// Whether the guard still guards the bridge while it is let
     /// open (someone's `nft flush ruleset` removes it, not the forwarding
     /// table, which is the session's); if not, the bridge is shut at once
     /// and the keeper guards and opens it again.
@@ -133,10 +143,8 @@ impl Owned {
         let Some((bridge, _)) = &self.localnet else {
             return;
         };
-        if let Err(e) = nft::listing(&self.guard).await {
-            log::warn!(
-                "ingress: the guard of {bridge} is gone ({e}); it is shut and guarded again"
-            );
+        if !nft::guards(&self.guard, bridge).await {
+            log::warn!("ingress: the guard of {bridge} is gone; it is shut and guarded again");
             self.close_localnet().await;
         }
     }

@@ -92,7 +92,7 @@ pub async fn remove_orphans(starting: bool) -> Result<usize, NftError> {
         // guard goes; a guard whose bridge could not be shut (but still
         // is there) stays.
         let shut = match listing(name).await {
-            Ok(listing) => shut_all(&guarded(&listing)).await,
+            Ok(listing) => shut_all(&guarded(&listing), !starting).await,
             Err(e) => {
                 log::warn!("ingress: cannot read table {name} of a process gone: {e}");
                 false
@@ -117,14 +117,23 @@ fn table_names(tables: &str) -> impl Iterator<Item = &str> {
         .filter_map(|line| line.trim().strip_prefix("table ip "))
 }
 
-/// The guard tables of living Cube processes other than this one.
-fn others_guards(tables: &str) -> Vec<String> {
+/// The guard tables of living Cube processes other than this one (and
+/// this one's too, with `with_own`).
+fn living_guards(tables: &str, with_own: bool) -> Vec<String> {
     let me = std::process::id();
     table_names(tables)
         .filter(|name| name.starts_with(rules::GUARD_PREFIX))
-        .filter(|name| rules::owner(name).is_some_and(|pid| pid != me && alive(pid)))
+        .filter(|name| rules::owner(name).is_some_and(|pid| (with_own || pid != me) && alive(pid)))
         .map(str::to_string)
         .collect()
+}
+
+/// Whether the table `name` guards `bridge` (drops its loopback
+/// packets).
+pub async fn guards(name: &str, bridge: &str) -> bool {
+    listing(name)
+        .await
+        .is_ok_and(|listing| guarded(&listing).iter().any(|b| b == bridge))
 }
 
 /// Whether a living Cube process other than this one guards `bridge`
@@ -132,13 +141,15 @@ fn others_guards(tables: &str) -> Vec<String> {
 /// loopback packets out through the bridge, safely, and the bridge is
 /// left to it.
 pub async fn guarded_by_others(bridge: &str) -> bool {
+    guarded_by_living(bridge, false).await
+}
+
+async fn guarded_by_living(bridge: &str, with_own: bool) -> bool {
     let Ok(tables) = run(&["list", "tables", "ip"], None).await else {
         return false;
     };
-    for name in others_guards(&tables) {
-        if let Ok(listing) = listing(&name).await
-            && guarded(&listing).iter().any(|b| b == bridge)
-        {
+    for name in living_guards(&tables, with_own) {
+        if guards(&name, bridge).await {
             return true;
         }
     }
@@ -161,18 +172,19 @@ fn guarded_by_others_now(bridge: &str) -> bool {
     let Some(tables) = list(&["list", "tables", "ip"]) else {
         return false;
     };
-    others_guards(&tables).iter().any(|name| {
+    living_guards(&tables, false).iter().any(|name| {
         list(&["list", "table", "ip", name])
             .is_some_and(|listing| guarded(&listing).iter().any(|b| b == bridge))
     })
 }
 
 /// Shuts `bridges` to loopback packets; whether none is left open (a
-/// bridge that is gone is not, nor one another living node guards).
-async fn shut_all(bridges: &[String]) -> bool {
+/// bridge that is gone is not, nor one a living node guards: another,
+/// or this one `with_own`).
+async fn shut_all(bridges: &[String], with_own: bool) -> bool {
     let mut shut = true;
     for bridge in bridges {
-        if guarded_by_others(bridge).await {
+        if guarded_by_living(bridge, with_own).await {
             continue;
         }
         if let Err(e) = set_route_localnet(bridge, false).await {
