@@ -133,7 +133,12 @@ fn living_guards(tables: &str, with_own: bool) -> Vec<String> {
 pub async fn guards(name: &str, bridge: &str) -> bool {
     listing(name)
         .await
-        .is_ok_and(|listing| guarded(&listing).iter().any(|b| b == bridge))
+        .is_ok_and(|listing| guards_in(&listing, bridge))
+}
+
+/// Whether a table's listing guards `bridge`.
+fn guards_in(listing: &str, bridge: &str) -> bool {
+    guarded(listing).iter().any(|b| b == bridge)
 }
 
 /// Whether a living Cube process other than this one guards `bridge`
@@ -159,22 +164,12 @@ async fn guarded_by_living(bridge: &str, with_own: bool) -> bool {
 /// [`guarded_by_others`], now, without the async runtime (for a process
 /// that is stopping).
 fn guarded_by_others_now(bridge: &str) -> bool {
-    let list = |args: &[&str]| {
-        std::process::Command::new("nft")
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let Some(tables) = list(&["list", "tables", "ip"]) else {
+    let Some(tables) = run_now(&["list", "tables", "ip"], None) else {
         return false;
     };
     living_guards(&tables, false).iter().any(|name| {
-        list(&["list", "table", "ip", name])
-            .is_some_and(|listing| guarded(&listing).iter().any(|b| b == bridge))
+        run_now(&["list", "table", "ip", name], None)
+            .is_some_and(|listing| guards_in(&listing, bridge))
     })
 }
 
@@ -265,19 +260,27 @@ pub fn restore_route_localnet_now(bridge: &str, was: bool) {
 /// Removes the table `name` now, without the async runtime (for a
 /// process that is stopping).
 pub fn remove_now(name: &str) {
-    let child = std::process::Command::new("nft")
-        .args(["-f", "-"])
+    run_now(&["-f", "-"], Some(&rules::removal(name)));
+}
+
+/// [`run`], now, without the async runtime (for a process that is
+/// stopping): what `nft` printed, if it succeeded.
+fn run_now(args: &[&str], input: Option<&str>) -> Option<String> {
+    let mut child = std::process::Command::new("nft")
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn();
-    if let Ok(mut child) = child {
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write as _;
-            let _ = stdin.write_all(rules::removal(name).as_bytes());
-        }
-        let _ = child.wait();
+        .spawn()
+        .ok()?;
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        use std::io::Write as _;
+        let _ = stdin.write_all(input.as_bytes());
     }
+    let out = child.wait_with_output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
