@@ -8,7 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -163,21 +163,47 @@ impl Pool {
 
     fn keep(&self, addr: SocketAddr, sender: Sender) {
         let now = Instant::now();
-        let mut idle = self.idle.borrow_mut();
-        // Now and then the connections idle too long (or closed) are let
-        // go, and so are the replicas with none left: a replica gone
-        // keeps nothing open here for long.
+        // Now and then, on the way, the connections idle too long are let
+        // go (and by [`Pool::sweeping`] when no request comes).
         if now.duration_since(self.swept.get()) >= self.keep_idle {
-            self.swept.set(now);
-            let keep_idle = self.keep_idle;
-            idle.retain(|_, kept| {
-                kept.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < keep_idle);
-                !kept.is_empty()
-            });
+            self.sweep(now);
         }
+        let mut idle = self.idle.borrow_mut();
         let kept = idle.entry(addr).or_default();
         if kept.len() < MOST_IDLE {
             kept.push(Idle { sender, since: now });
+        }
+    }
+
+    /// Lets go of the connections idle too long (or closed), and of the
+    /// replicas with none left: a replica gone keeps nothing open here
+    /// for long. A sender let go ends its idle connection.
+    fn sweep(&self, now: Instant) {
+        self.swept.set(now);
+        let keep_idle = self.keep_idle;
+        self.idle.borrow_mut().retain(|_, kept| {
+            kept.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < keep_idle);
+            !kept.is_empty()
+        });
+    }
+
+    /// Sweeps the pool every `keep_idle` while it lives, so that with no
+    /// traffic at all its connections are closed after that long, not
+    /// when the replicas tire of them. Spawn it on the pool's thread.
+    pub async fn sweeping(pool: Weak<Pool>) {
+        let every = match pool.upgrade() {
+            Some(pool) => pool.keep_idle,
+            None => return,
+        };
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            match pool.upgrade() {
+                Some(pool) => pool.sweep(Instant::now()),
+                None => return,
+            }
         }
     }
 }
@@ -311,6 +337,50 @@ mod tests {
                 }
                 // None of them was reused.
                 assert!(pool.take(addr).is_none());
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_with_no_traffic_after_keep_idle() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                // A replica that keeps connections open as long as the
+                // pool does, and counts those closed.
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let closed = Rc::new(Cell::new(0));
+                let counted = closed.clone();
+                tokio::task::spawn_local(async move {
+                    let (mut stream, _) = listener.accept().await.unwrap();
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if stream.write_all(answer).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    counted.set(counted.get() + 1);
+                });
+                let pool = Pool::new(Duration::from_secs(1), Duration::from_millis(200));
+                tokio::task::spawn_local(Pool::sweeping(Rc::downgrade(&pool)));
+                let (response, mut lease) = pool.send(addr, get()).await.unwrap();
+                read_whole(response).await;
+                lease.give_back();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while closed.get() == 0 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the idle connection was still open after 5 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert!(pool.idle.borrow().is_empty());
             })
             .await;
     }

@@ -312,6 +312,18 @@ impl Drop for ContainerGuard {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+        // A network create the killed worker had sent may still be under
+        // way in the engine, which finishes it without its client: the
+        // network shows up after the loop saw none. The engine gives no
+        // barrier for requests in flight, so the guard looks once more
+        // after a bound longer than a create takes (tens of ms).
+        if self.0.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for node in &self.0 {
+            remove_networks_of_node(node);
+        }
     }
 }
 
