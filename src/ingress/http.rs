@@ -367,14 +367,8 @@ async fn pass(
     let wait = patience.max(CONNECT_TIMEOUT + CONNECT_TIMEOUT / 2);
     let deadline = tokio::time::Instant::now() + wait;
     // What went wrong with the last replica tried, answered when none
-    // takes the request.
-    let mut failed = failure(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "no replica of service {} could take the request",
-            balancer.route.service
-        ),
-    );
+    // takes the request (made only then: not on every request's way).
+    let mut failed = None;
     for Target { addr: target, host } in balancer.order(local) {
         let mut out = Request::from_parts(head.clone(), Full::new(body.clone()));
         if !has_host {
@@ -386,14 +380,15 @@ async fn pass(
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 let retry = e.unsent() || may_retry;
-                failed = failure(
+                let e = failure(
                     StatusCode::BAD_GATEWAY,
                     format!("the replica at {target} failed: {e}"),
                 );
                 if retry {
+                    failed = Some(e);
                     continue;
                 }
-                return Err(failed);
+                return Err(e);
             }
             // Not tried elsewhere: the client has waited the port's idle
             // timeout already (and a slow service is not made slower by
@@ -421,7 +416,15 @@ async fn pass(
         };
         return Ok(Response::from_parts(head, Either::Left(passed)));
     }
-    Err(failed)
+    Err(failed.unwrap_or_else(|| {
+        failure(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "no replica of service {} could take the request",
+                balancer.route.service
+            ),
+        )
+    }))
 }
 
 /// The request's whole body (none read for a request without one) and
@@ -522,6 +525,11 @@ fn too_large() -> ApiError {
 /// Takes out the headers of one connection: the hop-by-hop ones and those
 /// the `Connection` header names.
 fn strip_connection_headers(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the few names they have
+    // costs less than a removal (a hash) of each of the eight.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()

@@ -49,16 +49,17 @@ impl Stall {
             self.running = false;
             return Poll::Ready(Ok(value));
         }
-        let deadline = Instant::now() + self.patience;
+        // The clock is read only when it starts, not on every poll while
+        // it runs.
         let timer = match &mut self.timer {
             Some(timer) if !self.running => {
-                timer.as_mut().reset(deadline);
+                timer.as_mut().reset(Instant::now() + self.patience);
                 timer
             }
             Some(timer) => timer,
             None => self
                 .timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                .insert(Box::pin(tokio::time::sleep(self.patience))),
         };
         self.running = true;
         timer
