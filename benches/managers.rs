@@ -7,16 +7,20 @@
 //!   `CUBE_BENCH_RUNS`, default 20);
 //! - with three managers, the leader killed with SIGKILL
 //!   (`CUBE_BENCH_KILLS` times, default 20, restarted each time): the
-//!   time until another manager accepts a write.
+//!   time until another manager accepts a write (`CUBE_BENCH_ONLY=failover`:
+//!   this alone).
 //!
-//! Not a test: it prints a table. Needs Docker (the worker runs the tasks).
+//! The nodes' logs (`CUBE_BENCH_LOG`, default `warn`) are kept when the
+//! bench fails. Not a test: it prints a table. Needs Docker (the worker runs the tasks).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{IMAGE, Node, admin_http, free_port, image_and_engine, median, remove_labelled};
+use common::{
+    BenchDir, IMAGE, Node, admin_http, free_port, image_and_engine, median, remove_labelled,
+};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
@@ -234,8 +238,10 @@ async fn main() {
     let docker = image_and_engine().await;
     let mut rows: Vec<(String, String)> = Vec::new();
 
-    for n in [1usize, 3] {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    // `CUBE_BENCH_ONLY=failover` runs the leader kills alone.
+    let only_failover = std::env::var("CUBE_BENCH_ONLY").is_ok_and(|v| v == "failover");
+    for n in [1usize, 3].into_iter().filter(|_| !only_failover) {
+        let dir = BenchDir::new();
         let setup = Setup::start(dir.path(), n, false).await;
         let leader = setup.leader(0).await.expect("a leader");
         let (rate, p50, p99) = throughput(&setup.http, &setup.urls[leader], clients, secs).await;
@@ -245,7 +251,7 @@ async fn main() {
         ));
         drop(setup);
 
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let dir = BenchDir::new();
         let setup = Setup::start(dir.path(), n, true).await;
         let leader = setup.leader(0).await.expect("a leader");
         let times = to_running(&setup.http, &setup.urls[leader], runs).await;
@@ -258,7 +264,7 @@ async fn main() {
         remove_labelled(&docker, &format!("cube.node=bench-m{n}")).await;
     }
 
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let dir = BenchDir::new();
     let mut setup = Setup::start(dir.path(), 3, false).await;
     let mut to_write = Vec::new();
     for round in 0..kills {

@@ -15,7 +15,7 @@
 mod raft;
 pub use raft::{
     ApplyWrites, CheckRoom, Dump, DumpRecords, LogAppend, LogLast, LogPurge, LogRange, LogTruncate,
-    MetaGet, MetaPut, RawWrite, ReplaceRecords, SyncNow,
+    MetaGet, MetaPut, RawWrite, ReadSide, ReplaceRecords, SyncNow,
 };
 
 use std::collections::HashMap;
@@ -84,6 +84,7 @@ pub trait Stored: Serialize + DeserializeOwned + Send + 'static {
     }
 }
 
+#[derive(Clone)]
 pub struct Store {
     env: Env,
     tables: HashMap<&'static str, Database<Str, Bytes>>,
@@ -135,6 +136,15 @@ impl Store {
             raft_meta,
             map_size,
         }))
+    }
+
+    /// A second thread on `store`'s environment, for reads only: LMDB's
+    /// readers do not wait for its writer, so a read sent there does not
+    /// queue behind the writer's `fdatasync`s. A read sent once a write's
+    /// answer has come sees the write (committed before it answers).
+    pub async fn reader(store: &Addr<Store>) -> Result<Addr<Store>, StoreError> {
+        let copy = store.send(ReadSide).await?;
+        Ok(SyncArbiter::start(1, move || copy.clone()))
     }
 
     fn table(&self, name: &'static str) -> Database<Str, Bytes> {

@@ -33,21 +33,57 @@ pub async fn image_and_engine() -> Docker {
         .expect("the Docker engine is not reachable")
 }
 
+/// A temporary directory for nodes' files, kept (and named on stderr)
+/// when the bench panics, so that their logs can be read.
+pub struct BenchDir(Option<tempfile::TempDir>);
+
+impl BenchDir {
+    pub fn new() -> BenchDir {
+        BenchDir(Some(
+            tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir"),
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().map_or(Path::new("."), |d| d.path())
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!("the nodes' logs are kept in {}", dir.keep().display());
+        }
+    }
+}
+
 /// A `cube node` process, killed when dropped.
 pub struct Node(pub Child);
 
 impl Node {
     /// Writes `toml` as `<dir>/<name>.toml` and starts a node with it.
+    /// Its log (`RUST_LOG` as `CUBE_BENCH_LOG` says, `warn` unless set)
+    /// goes to `<dir>/<name>.log`, appended to across restarts.
     pub fn start(dir: &Path, name: &str, toml: &str) -> Node {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))
+            .expect("a log file");
         Node(
             Command::new(env!("CARGO_BIN_EXE_cube"))
                 .args(["node", "--config"])
                 .arg(&config)
-                .env("RUST_LOG", "error")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("CUBE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
+                .stderr(log)
                 .spawn()
                 .expect("start cube"),
         )

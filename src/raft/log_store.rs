@@ -1,6 +1,8 @@
-//! The Raft log in LMDB: entries by index (JSON), the vote, the committed
-//! id and the last purged id, each write committed by the Store before it
-//! is acknowledged.
+//! The Raft log in LMDB: entries by index (JSON), the vote and the last
+//! purged id, each write committed by the Store before it is
+//! acknowledged. Reads go to a Store thread of their own, so that
+//! replication and the log's state do not wait behind the writer's
+//! `fdatasync`s.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -13,18 +15,21 @@ use super::types::{Cube, Entry, LogId, NodeId, StorageError};
 use crate::store::{LogAppend, LogLast, LogPurge, LogRange, LogTruncate, MetaGet, MetaPut, Store};
 
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
 
-/// The log of one manager, through its Store.
+/// The log of one manager, through its Store: writes to its one writer,
+/// reads to a reader on the same environment ([`Store::reader`]).
 #[derive(Clone)]
 pub struct LogStore {
     store: Addr<Store>,
+    reader: Addr<Store>,
 }
 
 impl LogStore {
-    pub fn new(store: Addr<Store>) -> Self {
-        LogStore { store }
+    /// `reader` takes reads only: a write sent there could overtake one
+    /// sent to `store` before it.
+    pub fn new(store: Addr<Store>, reader: Addr<Store>) -> Self {
+        LogStore { store, reader }
     }
 
     /// One metadata value, decoded.
@@ -34,7 +39,7 @@ impl LogStore {
         fail: fn(AnyError) -> StorageIOError<NodeId>,
     ) -> Result<Option<T>, StorageError> {
         let mut values = self
-            .store
+            .reader
             .send(MetaGet(vec![key]))
             .await
             .map_err(|e| fail(AnyError::new(&e)))?
@@ -94,7 +99,7 @@ impl RaftLogReader<Cube> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let rows = self
-            .store
+            .reader
             .send(LogRange { from, to })
             .await
             .map_err(|e| read_error(AnyError::new(&e)))?
@@ -109,7 +114,7 @@ impl RaftLogStorage<Cube> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<Cube>, StorageError> {
         let purged: Option<LogId> = self.meta(PURGED, read_error).await?;
         let last = self
-            .store
+            .reader
             .send(LogLast)
             .await
             .map_err(|e| read_error(AnyError::new(&e)))?
@@ -137,13 +142,23 @@ impl RaftLogStorage<Cube> for LogStore {
         self.meta(VOTE, StorageIOError::read_vote).await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(COMMITTED, committed.as_ref(), write_error)
-            .await
+    /// Not kept: the commit index is volatile in Raft, and keeping it cost
+    /// a synced commit (two `fdatasync`s) on every node for every batch,
+    /// on the leader's path to an answer. What a node applied is in the
+    /// Store, noted with the records in one transaction; what was
+    /// committed beyond it is applied again once a leader says so. A
+    /// leader takes commands only after it has applied everything
+    /// committed (the Manager's `settle`), so a state rolled back by a
+    /// machine's crash (the apply's meta page is not synced) is caught up
+    /// before anything acts on it.
+    async fn save_committed(&mut self, _committed: Option<LogId>) -> Result<(), StorageError> {
+        Ok(())
     }
 
+    /// None: see [`LogStore::save_committed`]. A value an earlier version
+    /// kept in the data dir is left unread.
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.meta(COMMITTED, read_error).await
+        Ok(None)
     }
 
     async fn append<I>(

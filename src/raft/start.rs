@@ -92,11 +92,14 @@ pub async fn start<T: Transport>(
     }
     .validate()
     .map_err(|e| StartError::Timing(e.to_string()))?;
+    let reader = Store::reader(&store)
+        .await
+        .map_err(|e| StartError::Raft(format!("no reader of the store: {e}")))?;
     Raft::new(
         id,
         Arc::new(config),
         Network::new(transport, taps.contacts),
-        LogStore::new(store.clone()),
+        LogStore::new(store.clone(), reader),
         StateMachine::new(store, taps.feed),
     )
     .await

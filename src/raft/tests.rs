@@ -14,9 +14,10 @@ impl StoreBuilder<Cube, LogStore, StateMachine, tempfile::TempDir> for Fresh {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::start(dir.path()).expect("the store opens");
+        let reader = Store::reader(&store).await.expect("a reader");
         Ok((
             dir,
-            LogStore::new(store.clone()),
+            LogStore::new(store.clone(), reader),
             StateMachine::new(store, None),
         ))
     }

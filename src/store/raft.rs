@@ -8,6 +8,21 @@ use heed::{EnvFlags, FlagSetMode};
 
 use super::{REPLICATED, Store, StoreError};
 
+/// A copy of the Store's handles, for [`Store::reader`].
+pub struct ReadSide;
+
+impl Message for ReadSide {
+    type Result = Store;
+}
+
+impl Handler<ReadSide> for Store {
+    type Result = MessageResult<ReadSide>;
+
+    fn handle(&mut self, _msg: ReadSide, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(self.clone())
+    }
+}
+
 /// Entries appended to the log: (index, encoded entry), in index order.
 pub struct LogAppend(pub Vec<(u64, Vec<u8>)>);
 
