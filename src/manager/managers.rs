@@ -49,7 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The cluster as `metrics` and `contacts` say, at `now`.
 pub fn view(metrics: &Metrics, contacts: &BTreeMap<NodeId, Instant>, now: Instant) -> ClusterView {
     let membership = metrics.membership_config.membership();
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let voters = settled_voters(membership.get_joint_config());
     let members = membership
         .nodes()
         .map(|(id, m)| MemberView {
@@ -81,6 +81,20 @@ pub fn view(metrics: &Metrics, contacts: &BTreeMap<NodeId, Instant>, now: Instan
         applied_index: metrics.last_applied.map(|l| l.index),
         members,
     }
+}
+
+/// The members that vote in every configuration of a membership: while a
+/// change is under way (a joint configuration, old and new), one being
+/// added is not yet a voter to count on. Until the change settles, an
+/// election needs a majority of the old configuration too, so a cluster
+/// going from two voters to three stalls if either of the two dies; a
+/// member is shown as a voter only once it settled.
+fn settled_voters(configs: &[BTreeSet<NodeId>]) -> BTreeSet<NodeId> {
+    let mut all = configs.iter();
+    let first = all.next().cloned().unwrap_or_default();
+    all.fold(first, |kept, config| {
+        kept.intersection(config).copied().collect()
+    })
 }
 
 /// Why a member may not be removed without force: the voters left, and
@@ -233,6 +247,23 @@ async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_being_added_is_no_voter_until_the_change_settles() {
+        let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<NodeId>>();
+        assert_eq!(settled_voters(&[set(&[1, 2, 3])]), set(&[1, 2, 3]));
+        // Joint: from {1, 2} to {1, 2, 3}.
+        assert_eq!(
+            settled_voters(&[set(&[1, 2]), set(&[1, 2, 3])]),
+            set(&[1, 2])
+        );
+        // Joint: from {1, 2, 3} to {1, 2} (3 leaving).
+        assert_eq!(
+            settled_voters(&[set(&[1, 2, 3]), set(&[1, 2])]),
+            set(&[1, 2])
+        );
+        assert!(settled_voters(&[]).is_empty());
+    }
 
     fn member(id: u64, voter: bool, last_contact_ms: Option<u64>) -> MemberView {
         MemberView {
