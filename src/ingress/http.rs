@@ -248,7 +248,6 @@ async fn take_connections(
             Target::new,
         )),
     });
-    tokio::task::spawn_local(Pool::sweeping(Rc::downgrade(&local.pool)));
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let place = tokio::select! {

@@ -5,7 +5,7 @@
 //! taking and giving back a connection is a lookup in the thread's own
 //! map (no lock, no task of its own per request).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -52,8 +52,6 @@ struct Idle {
 
 pub struct Pool {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
-    /// When idle connections were last looked over for ones to let go.
-    swept: Cell<Instant>,
     connect_timeout: Duration,
     keep_idle: Duration,
 }
@@ -63,13 +61,17 @@ pub struct Pool {
 const MOST_IDLE: usize = 512;
 
 impl Pool {
+    /// Made on the thread (inside the `LocalSet`) that uses it: its sweep
+    /// of idle connections runs there as a task of its own while the pool
+    /// lives.
     pub fn new(connect_timeout: Duration, keep_idle: Duration) -> Rc<Self> {
-        Rc::new(Pool {
+        let pool = Rc::new(Pool {
             idle: RefCell::new(HashMap::new()),
-            swept: Cell::new(Instant::now()),
             connect_timeout,
             keep_idle,
-        })
+        });
+        tokio::task::spawn_local(sweeping(Rc::downgrade(&pool), keep_idle));
+        pool
     }
 
     /// Sends `req` to the replica at `addr`: over a kept connection that
@@ -162,16 +164,13 @@ impl Pool {
     }
 
     fn keep(&self, addr: SocketAddr, sender: Sender) {
-        let now = Instant::now();
-        // Now and then, on the way, the connections idle too long are let
-        // go (and by [`Pool::sweeping`] when no request comes).
-        if now.duration_since(self.swept.get()) >= self.keep_idle {
-            self.sweep(now);
-        }
         let mut idle = self.idle.borrow_mut();
         let kept = idle.entry(addr).or_default();
         if kept.len() < MOST_IDLE {
-            kept.push(Idle { sender, since: now });
+            kept.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -179,31 +178,25 @@ impl Pool {
     /// replicas with none left: a replica gone keeps nothing open here
     /// for long. A sender let go ends its idle connection.
     fn sweep(&self, now: Instant) {
-        self.swept.set(now);
         let keep_idle = self.keep_idle;
         self.idle.borrow_mut().retain(|_, kept| {
             kept.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < keep_idle);
             !kept.is_empty()
         });
     }
+}
 
-    /// Sweeps the pool every `keep_idle` while it lives, so that with no
-    /// traffic at all its connections are closed after that long, not
-    /// when the replicas tire of them. Spawn it on the pool's thread.
-    pub async fn sweeping(pool: Weak<Pool>) {
-        let every = match pool.upgrade() {
-            Some(pool) => pool.keep_idle,
-            None => return,
-        };
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Sweeps `pool` every `every` while it lives, so that its connections
+/// are closed after that long idle, traffic or none, not when the replicas
+/// tire of them.
+async fn sweeping(pool: Weak<Pool>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
         ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            match pool.upgrade() {
-                Some(pool) => pool.sweep(Instant::now()),
-                None => return,
-            }
+        match pool.upgrade() {
+            Some(pool) => pool.sweep(Instant::now()),
+            None => return,
         }
     }
 }
@@ -226,36 +219,40 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A replica that answers every request on a connection with `200`
-    /// and counts the connections it took.
-    async fn replica() -> (SocketAddr, Rc<Cell<usize>>) {
+    /// A replica that answers every request on a connection with `200`,
+    /// keeps each connection open until the pool closes it, and counts
+    /// the connections it took and those closed.
+    async fn replica() -> (SocketAddr, Rc<Cell<usize>>, Rc<Cell<usize>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let taken = Rc::new(Cell::new(0));
-        let counted = taken.clone();
+        let (taken, closed) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let (counted, ended) = (taken.clone(), closed.clone());
         tokio::task::spawn_local(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 counted.set(counted.get() + 1);
+                let ended = ended.clone();
                 tokio::task::spawn_local(async move {
                     let mut buf = vec![0u8; 4096];
                     loop {
                         match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => break,
                             Ok(_) => {
                                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                                 if stream.write_all(answer).await.is_err() {
-                                    return;
+                                    break;
                                 }
                             }
                         }
                     }
+                    ended.set(ended.get() + 1);
                 });
             }
         });
-        (addr, taken)
+        (addr, taken, closed)
     }
 
     fn get() -> Request<Full<Bytes>> {
@@ -275,7 +272,7 @@ mod tests {
     async fn a_connection_given_back_is_reused_and_one_not_given_back_is_not() {
         tokio::task::LocalSet::new()
             .run_until(async {
-                let (addr, taken) = replica().await;
+                let (addr, taken, _) = replica().await;
                 let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
                 for _ in 0..5 {
                     let (response, mut lease) = pool.send(addr, get()).await.unwrap();
@@ -345,30 +342,8 @@ mod tests {
     async fn an_idle_connection_is_closed_with_no_traffic_after_keep_idle() {
         tokio::task::LocalSet::new()
             .run_until(async {
-                // A replica that keeps connections open as long as the
-                // pool does, and counts those closed.
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                let closed = Rc::new(Cell::new(0));
-                let counted = closed.clone();
-                tokio::task::spawn_local(async move {
-                    let (mut stream, _) = listener.accept().await.unwrap();
-                    let mut buf = vec![0u8; 4096];
-                    loop {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {
-                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                                if stream.write_all(answer).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    counted.set(counted.get() + 1);
-                });
+                let (addr, _, closed) = replica().await;
                 let pool = Pool::new(Duration::from_secs(1), Duration::from_millis(200));
-                tokio::task::spawn_local(Pool::sweeping(Rc::downgrade(&pool)));
                 let (response, mut lease) = pool.send(addr, get()).await.unwrap();
                 read_whole(response).await;
                 lease.give_back();

@@ -108,6 +108,16 @@ impl RaftLogReader<Cube> for LogStore {
     }
 }
 
+// `save_committed` / `read_committed` keep openraft's defaults: the commit
+// index is not kept. It is volatile in Raft, and keeping it cost a synced
+// commit (two `fdatasync`s) on every node for every batch, on the
+// leader's path to an answer. What a node applied is in the Store, noted
+// with the records in one transaction; what was committed beyond it is
+// applied again once a leader says so. A leader takes commands only after
+// it has applied everything committed (the Manager's `settle`), so a state
+// rolled back by a machine's crash (the apply's meta page is not synced)
+// is caught up before anything acts on it. A value an earlier version
+// kept in the data dir is left unread.
 impl RaftLogStorage<Cube> for LogStore {
     type LogReader = LogStore;
 
@@ -140,25 +150,6 @@ impl RaftLogStorage<Cube> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         self.meta(VOTE, StorageIOError::read_vote).await
-    }
-
-    /// Not kept: the commit index is volatile in Raft, and keeping it cost
-    /// a synced commit (two `fdatasync`s) on every node for every batch,
-    /// on the leader's path to an answer. What a node applied is in the
-    /// Store, noted with the records in one transaction; what was
-    /// committed beyond it is applied again once a leader says so. A
-    /// leader takes commands only after it has applied everything
-    /// committed (the Manager's `settle`), so a state rolled back by a
-    /// machine's crash (the apply's meta page is not synced) is caught up
-    /// before anything acts on it.
-    async fn save_committed(&mut self, _committed: Option<LogId>) -> Result<(), StorageError> {
-        Ok(())
-    }
-
-    /// None: see [`LogStore::save_committed`]. A value an earlier version
-    /// kept in the data dir is left unread.
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(None)
     }
 
     async fn append<I>(
